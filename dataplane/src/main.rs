@@ -1,0 +1,185 @@
+//! `moat-agent`: the Moat node agent.
+//!
+//! `moat-agent --state-dir DIR` runs a standalone node: it loads the eBPF datapath
+//! (re-adopting pinned maps and links), serves the API on a unix socket for the CNI
+//! plugin and `moatctl`, and keeps running until SIGINT/SIGTERM. The datapath stays in
+//! place after the agent exits, so pods keep talking while it restarts.
+mod datapath;
+mod install_cni;
+mod ipam;
+mod netdev;
+mod node;
+mod server;
+
+use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Parser)]
+#[command(
+    name = "moat-agent",
+    about = "Moat node agent: eBPF pod datapath, IPAM and the node API",
+    version
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the `moat` CNI plugin binary and write the conflist (what an init-container does).
+    InstallCni {
+        #[arg(long, default_value = "/opt/cni/bin")]
+        cni_bin_dir: PathBuf,
+        #[arg(long, default_value = "/etc/cni/net.d/05-moat.conflist")]
+        conf_path: PathBuf,
+        /// The plugin binary to install (default: `moat` next to this binary).
+        #[arg(long)]
+        plugin: Option<PathBuf>,
+        /// Agent socket the plugin should dial (written into the conflist).
+        #[arg(long, default_value = moat_api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long, default_value = "moat")]
+        network_name: String,
+        /// Chain the reference `portmap` plugin after moat (hostPort support).
+        #[arg(long)]
+        with_portmap: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Standalone mode: a directory of Kubernetes manifests (may be empty).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Unix socket the API is served on (root-only).
+    #[arg(long, default_value = moat_api::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// bpffs directory for pinned maps and links.
+    #[arg(long, default_value = moat_dataplane_common::DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    /// Where leases and endpoints are persisted.
+    #[arg(long, default_value = "/var/lib/moat")]
+    data_dir: PathBuf,
+    /// This node's pod CIDR.
+    #[arg(long, default_value = "10.244.0.0/24")]
+    pod_cidr: String,
+    /// Link-local gateway address every pod routes through.
+    #[arg(long, default_value = "169.254.1.1")]
+    gateway: Ipv4Addr,
+    #[arg(long)]
+    node_name: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MOAT_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::InstallCni {
+            cni_bin_dir,
+            conf_path,
+            plugin,
+            socket,
+            network_name,
+            with_portmap,
+        }) => install_cni::run(&install_cni::InstallCni {
+            cni_bin_dir,
+            conf_path,
+            plugin,
+            socket,
+            network_name,
+            with_portmap,
+        }),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(run(cli.run)),
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    if let Some(dir) = &args.state_dir {
+        if !dir.is_dir() {
+            bail!("--state-dir {}: not a directory", dir.display());
+        }
+    }
+    let pod_cidr = ipam::Cidr::parse(&args.pod_cidr).context("--pod-cidr")?;
+    if netdev::ensure_bpffs(Path::new("/sys/fs/bpf")).context("mounting bpffs at /sys/fs/bpf")? {
+        tracing::info!("mounted bpffs at /sys/fs/bpf");
+    }
+    match netdev::ensure_tracefs(Path::new("/sys/kernel/tracing")) {
+        Ok(true) => tracing::info!("mounted tracefs at /sys/kernel/tracing"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "tracefs unavailable (runtime hooks will need it)"),
+    }
+    let node_name = args.node_name.unwrap_or_else(hostname);
+    let cfg = node::NodeConfig {
+        node_name,
+        pod_cidr,
+        gateway: args.gateway,
+        pin_dir: args.pin_dir,
+        data_dir: args.data_dir,
+        state_dir: args.state_dir,
+    };
+    let node = node::Node::open(cfg).context("starting the node")?;
+    let node = Arc::new(Mutex::new(node));
+
+    let listener = bind(&args.socket)?;
+    tracing::info!(socket = %args.socket.display(), "serving the agent API");
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let mut term = signal(SignalKind::terminate())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down; pinned datapath stays in place");
+    };
+    tonic::transport::Server::builder()
+        .add_service(moat_api::AgentServer::new(server::AgentService { node }))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .context("serving the API")?;
+    let _ = std::fs::remove_file(&args.socket);
+    Ok(())
+}
+
+fn bind(socket: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if socket.exists() {
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            bail!(
+                "{}: another agent is already serving on this socket",
+                socket.display()
+            );
+        }
+        std::fs::remove_file(socket)
+            .with_context(|| format!("removing stale socket {}", socket.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(socket)
+        .with_context(|| format!("binding {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_or_else(|_| "node".into(), |s| s.trim().to_string())
+}

@@ -1,0 +1,150 @@
+//! Small queries about network devices and filesystems, answered for the network
+//! namespace the agent runs in (ioctl/netlink follow the netns; /sys may not).
+use std::ffi::CString;
+use std::io;
+use std::path::Path;
+
+/// ifindex of `name` in the current network namespace.
+///
+/// # Errors
+/// When no such device exists.
+pub fn ifindex(name: &str) -> io::Result<u32> {
+    let c = CString::new(name).map_err(|_| io::Error::other("interface name has a NUL byte"))?;
+    // SAFETY: valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(idx)
+}
+
+/// MAC address of `name` in the current network namespace.
+///
+/// # Errors
+/// When no such device exists or the name is too long.
+pub fn mac(name: &str) -> io::Result<[u8; 6]> {
+    if name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::other(format!(
+            "interface name {name:?} is longer than 15 bytes"
+        )));
+    }
+    // SAFETY: plain socket for the ioctl; closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: zeroed ifreq is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: fd and req are valid for SIOCGIFHWADDR.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) };
+    let err = io::Error::last_os_error();
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        return Err(err);
+    }
+    // SAFETY: SIOCGIFHWADDR fills ifru_hwaddr.
+    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+    let mut mac = [0u8; 6];
+    for (m, d) in mac.iter_mut().zip(data.iter()) {
+        *m = *d as u8;
+    }
+    Ok(mac)
+}
+
+#[must_use]
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+#[must_use]
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const TRACEFS_MAGIC: i64 = 0x7472_6163;
+
+fn fs_magic(path: &Path) -> Option<i64> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: zeroed statfs is valid; c is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: pointers are valid for the call.
+    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0).then_some(st.f_type)
+}
+
+fn mount(fstype: &str, target: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(target)?;
+    let src = CString::new(fstype).map_err(io::Error::other)?;
+    let tgt = CString::new(target.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    // SAFETY: valid C strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Mounts bpffs at `/sys/fs/bpf` unless one is there already (a bare host or a
+/// fresh mount namespace, e.g. under `ip netns exec`, may lack it).
+///
+/// # Errors
+/// When mounting fails.
+pub fn ensure_bpffs(root: &Path) -> io::Result<bool> {
+    if fs_magic(root) == Some(BPF_FS_MAGIC) {
+        return Ok(false);
+    }
+    mount("bpf", root).map(|()| true)
+}
+
+/// Mounts tracefs at `/sys/kernel/tracing` unless present (needed by tracepoint hooks).
+///
+/// # Errors
+/// When mounting fails.
+pub fn ensure_tracefs(root: &Path) -> io::Result<bool> {
+    if fs_magic(root) == Some(TRACEFS_MAGIC) {
+        return Ok(false);
+    }
+    mount("tracefs", root).map(|()| true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_round_trip() {
+        let m = [0x02, 0xab, 0, 1, 0xfe, 0x10];
+        assert_eq!(format_mac(&m), "02:ab:00:01:fe:10");
+        assert_eq!(parse_mac("02:ab:00:01:fe:10"), Some(m));
+        assert_eq!(parse_mac("02:ab:00:01:fe"), None);
+        assert_eq!(parse_mac("02:ab:00:01:fe:10:11"), None);
+        assert_eq!(parse_mac("zz:ab:00:01:fe:10"), None);
+    }
+
+    #[test]
+    fn loopback_exists() {
+        assert!(ifindex("lo").unwrap() > 0);
+        assert!(ifindex("no-such-dev0").is_err());
+    }
+}

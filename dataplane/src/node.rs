@@ -1,0 +1,384 @@
+//! The agent's view of its node: leases, endpoints and the datapath, kept consistent.
+//!
+//! Every change is written to the data dir before it is acknowledged, so a restarted
+//! agent re-adopts exactly what its predecessor had promised (leases, endpoint ids) and
+//! reconciles the pinned maps and links against it.
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+use moat_dataplane_common::EndpointInfo;
+use serde::{Deserialize, Serialize};
+
+use crate::datapath::Datapath;
+use crate::ipam::{Cidr, Ipam, Owner};
+use crate::netdev;
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_name: String,
+    pub pod_cidr: Cidr,
+    pub gateway: Ipv4Addr,
+    pub pin_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub state_dir: Option<PathBuf>,
+}
+
+/// One wired pod interface, as persisted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EndpointRecord {
+    pub id: u32,
+    pub container_id: String,
+    pub ifname: String,
+    pub netns: String,
+    pub pod_namespace: String,
+    pub pod_name: String,
+    pub pod_uid: String,
+    pub ipv4: Ipv4Addr,
+    pub host_ifname: String,
+    pub host_ifindex: u32,
+    pub pod_mac: String,
+    pub host_mac: String,
+    /// "agent" or "delegated".
+    pub ipam: String,
+    pub created_unix: i64,
+    /// "ready", or why the datapath is not attached.
+    pub state: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct EndpointFile {
+    next_id: u32,
+    endpoints: Vec<EndpointRecord>,
+}
+
+/// What the CNI plugin reports after wiring a pod.
+#[derive(Debug, Clone)]
+pub struct NewEndpoint {
+    pub owner: Owner,
+    pub netns: String,
+    pub pod_namespace: String,
+    pub pod_name: String,
+    pub pod_uid: String,
+    pub ipv4: Ipv4Addr,
+    pub host_ifname: String,
+    pub pod_mac: String,
+    pub ipam: String,
+}
+
+pub struct Node {
+    pub cfg: NodeConfig,
+    ipam: Ipam,
+    next_id: u32,
+    endpoints: BTreeMap<Owner, EndpointRecord>,
+    datapath: Datapath,
+    started: Instant,
+}
+
+const ENDPOINTS_FILE: &str = "endpoints.json";
+const IPAM_FILE: &str = "ipam.json";
+
+impl Node {
+    /// Loads persisted state and the datapath, then reconciles them.
+    ///
+    /// # Errors
+    /// When persisted state is unreadable, was made for another pod CIDR, or the
+    /// datapath cannot be loaded.
+    pub fn open(cfg: NodeConfig) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+        let ipam: Ipam = match read_json(&cfg.data_dir.join(IPAM_FILE))? {
+            Some(ipam) => ipam,
+            None => Ipam::new(cfg.pod_cidr),
+        };
+        let ipam: Ipam = ipam;
+        if ipam.cidr() != cfg.pod_cidr {
+            bail!(
+                "{}: leases were made from pod CIDR {} but --pod-cidr is {}; release them or keep the CIDR",
+                cfg.data_dir.join(IPAM_FILE).display(),
+                ipam.cidr(),
+                cfg.pod_cidr
+            );
+        }
+        let file: EndpointFile = read_json(&cfg.data_dir.join(ENDPOINTS_FILE))?.unwrap_or_default();
+        let datapath = Datapath::load(&cfg.pin_dir).context("loading the eBPF datapath")?;
+        let endpoints = file
+            .endpoints
+            .into_iter()
+            .map(|e| (owner_of(&e), e))
+            .collect();
+        let mut node = Self {
+            cfg,
+            ipam,
+            next_id: file.next_id.max(1),
+            endpoints,
+            datapath,
+            started: Instant::now(),
+        };
+        node.reconcile();
+        node.persist()?;
+        Ok(node)
+    }
+
+    /// Makes maps and links match the endpoint records: re-attach live endpoints
+    /// (swapping in this agent's programs), drop what belongs to no endpoint.
+    fn reconcile(&mut self) {
+        let owners: Vec<Owner> = self.endpoints.keys().cloned().collect();
+        for owner in owners {
+            let rec = self.endpoints[&owner].clone();
+            let state = match self.install(&rec) {
+                Ok(info) => {
+                    let e = self.endpoints.get_mut(&owner).expect("present");
+                    e.host_ifindex = info.ifindex;
+                    e.host_mac = netdev::format_mac(&info.host_mac);
+                    "ready".to_string()
+                }
+                Err(err) => {
+                    self.datapath.remove_endpoint(rec.ipv4);
+                    self.datapath.detach(&rec.host_ifname);
+                    format!("not attached: {err:#}")
+                }
+            };
+            tracing::info!(endpoint = rec.id, pod = %format!("{}/{}", rec.pod_namespace, rec.pod_name), %state, "re-adopted endpoint");
+            self.endpoints.get_mut(&owner).expect("present").state = state;
+        }
+        let live_ifs: Vec<String> = self
+            .endpoints
+            .values()
+            .filter(|e| e.state == "ready")
+            .map(|e| e.host_ifname.clone())
+            .collect();
+        for ifname in self.datapath.pinned_interfaces() {
+            if !live_ifs.contains(&ifname) {
+                tracing::info!(%ifname, "removing links of an interface no endpoint owns");
+                self.datapath.detach(&ifname);
+            }
+        }
+        let live_ips: Vec<Ipv4Addr> = self
+            .endpoints
+            .values()
+            .filter(|e| e.state == "ready")
+            .map(|e| e.ipv4)
+            .collect();
+        for (ip, _) in self.datapath.endpoint_entries() {
+            if !live_ips.contains(&ip) {
+                self.datapath.remove_endpoint(ip);
+            }
+        }
+    }
+
+    /// Map entry + tcx attachment for one endpoint. The map entry goes in first so
+    /// the program never sees its own pod as unknown (it would drop it as spoofed).
+    fn install(&mut self, rec: &EndpointRecord) -> anyhow::Result<EndpointInfo> {
+        let ifindex = netdev::ifindex(&rec.host_ifname)
+            .with_context(|| format!("host interface {}", rec.host_ifname))?;
+        let host_mac = netdev::mac(&rec.host_ifname)
+            .with_context(|| format!("MAC of host interface {}", rec.host_ifname))?;
+        let pod_mac = netdev::parse_mac(&rec.pod_mac).with_context(|| {
+            format!(
+                "endpoint {}: podMac {:?} is not a MAC address",
+                rec.id, rec.pod_mac
+            )
+        })?;
+        let info = EndpointInfo {
+            ifindex,
+            endpoint_id: rec.id,
+            pod_mac,
+            host_mac,
+            flags: 0,
+        };
+        self.datapath.upsert_endpoint(rec.ipv4, info)?;
+        self.datapath.attach(&rec.host_ifname)?;
+        Ok(info)
+    }
+
+    fn persist(&self) -> anyhow::Result<()> {
+        let file = EndpointFile {
+            next_id: self.next_id,
+            endpoints: self.endpoints.values().cloned().collect(),
+        };
+        write_json(&self.cfg.data_dir.join(ENDPOINTS_FILE), &file)?;
+        write_json(&self.cfg.data_dir.join(IPAM_FILE), &self.ipam)
+    }
+
+    /// # Errors
+    /// When the CIDR is exhausted or the lease cannot be persisted.
+    pub fn allocate_ip(&mut self, owner: &Owner) -> anyhow::Result<Ipv4Addr> {
+        let ip = self.ipam.allocate(owner)?;
+        self.persist()?;
+        Ok(ip)
+    }
+
+    /// Registers a wired interface and attaches the datapath to it. Registering the
+    /// same attachment again replaces the old record (a retried ADD).
+    ///
+    /// # Errors
+    /// When the host interface is missing or the datapath cannot attach.
+    pub fn add_endpoint(&mut self, new: NewEndpoint) -> anyhow::Result<EndpointRecord> {
+        if new.ipam == "agent" && self.ipam.lookup(&new.owner) != Some(new.ipv4) {
+            bail!(
+                "endpoint {}/{}: ipv4 {} is not leased to this attachment",
+                new.owner.container_id,
+                new.owner.ifname,
+                new.ipv4
+            );
+        }
+        if let Some(other) = self
+            .endpoints
+            .values()
+            .find(|e| e.ipv4 == new.ipv4 && owner_of(e) != new.owner)
+        {
+            bail!(
+                "ipv4 {} already belongs to endpoint {} ({}/{})",
+                new.ipv4,
+                other.id,
+                other.pod_namespace,
+                other.pod_name
+            );
+        }
+        let id = match self.endpoints.get(&new.owner) {
+            Some(old) => old.id,
+            None => {
+                self.next_id += 1;
+                self.next_id - 1
+            }
+        };
+        let mut rec = EndpointRecord {
+            id,
+            container_id: new.owner.container_id.clone(),
+            ifname: new.owner.ifname.clone(),
+            netns: new.netns,
+            pod_namespace: new.pod_namespace,
+            pod_name: new.pod_name,
+            pod_uid: new.pod_uid,
+            ipv4: new.ipv4,
+            host_ifname: new.host_ifname,
+            host_ifindex: 0,
+            pod_mac: new.pod_mac,
+            host_mac: String::new(),
+            ipam: new.ipam,
+            created_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+            state: "ready".into(),
+        };
+        match self.install(&rec) {
+            Ok(info) => {
+                rec.host_ifindex = info.ifindex;
+                rec.host_mac = netdev::format_mac(&info.host_mac);
+            }
+            Err(e) => {
+                self.datapath.remove_endpoint(rec.ipv4);
+                self.datapath.detach(&rec.host_ifname);
+                return Err(e);
+            }
+        }
+        self.endpoints.insert(new.owner, rec.clone());
+        self.persist()?;
+        tracing::info!(endpoint = rec.id, pod = %format!("{}/{}", rec.pod_namespace, rec.pod_name), ip = %rec.ipv4, ifname = %rec.host_ifname, "endpoint added");
+        Ok(rec)
+    }
+
+    /// Removes an attachment's endpoint, datapath state and lease. Idempotent.
+    ///
+    /// # Errors
+    /// When the change cannot be persisted.
+    pub fn delete_endpoint(&mut self, owner: &Owner) -> anyhow::Result<Option<EndpointRecord>> {
+        let rec = self.endpoints.remove(owner);
+        if let Some(rec) = &rec {
+            self.datapath.remove_endpoint(rec.ipv4);
+            self.datapath.detach(&rec.host_ifname);
+            tracing::info!(endpoint = rec.id, ip = %rec.ipv4, "endpoint deleted");
+        }
+        self.ipam.release(owner);
+        self.persist()?;
+        Ok(rec)
+    }
+
+    #[must_use]
+    pub fn endpoint(&self, owner: &Owner) -> Option<&EndpointRecord> {
+        self.endpoints.get(owner)
+    }
+
+    pub fn endpoints(&self) -> impl Iterator<Item = &EndpointRecord> {
+        self.endpoints.values()
+    }
+
+    /// CNI GC: removes every endpoint and lease whose attachment is not in `valid`.
+    ///
+    /// # Errors
+    /// When the change cannot be persisted.
+    pub fn gc(&mut self, valid: &[Owner]) -> anyhow::Result<(Vec<EndpointRecord>, u32)> {
+        let stale: Vec<Owner> = self
+            .endpoints
+            .keys()
+            .filter(|o| !valid.contains(o))
+            .cloned()
+            .collect();
+        let mut removed = Vec::new();
+        for owner in &stale {
+            if let Some(rec) = self.delete_endpoint(owner)? {
+                removed.push(rec);
+            }
+        }
+        // Leases whose ADD never registered an endpoint (a crashed plugin).
+        let orphan: Vec<Owner> = self
+            .ipam
+            .leases()
+            .map(|(_, o)| o.clone())
+            .filter(|o| !valid.contains(o))
+            .collect();
+        for owner in &orphan {
+            self.ipam.release(owner);
+        }
+        self.persist()?;
+        Ok((
+            removed,
+            u32::try_from(stale.len() + orphan.len()).unwrap_or(u32::MAX),
+        ))
+    }
+
+    #[must_use]
+    pub fn leases(&self) -> usize {
+        self.ipam.len()
+    }
+
+    #[must_use]
+    pub fn uptime_seconds(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    #[must_use]
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.datapath.counters()
+    }
+}
+
+fn owner_of(e: &EndpointRecord) -> Owner {
+    Owner {
+        container_id: e.container_id.clone(),
+        ifname: e.ifname.clone(),
+    }
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(
+            serde_json::from_slice(&bytes)
+                .with_context(|| format!("parsing {}", path.display()))?,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Write-then-rename so a crash never leaves a half-written state file.
+fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
