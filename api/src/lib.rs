@@ -17,9 +17,7 @@ pub const DEFAULT_SOCKET: &str = "/var/run/moat/agent.sock";
 ///
 /// # Errors
 /// When the socket does not exist or nobody accepts on it.
-pub async fn connect(
-    socket: &Path,
-) -> Result<AgentClient<tonic::transport::Channel>, tonic::transport::Error> {
+pub async fn connect(socket: &Path) -> Result<AgentClient<tonic::transport::Channel>, tonic::transport::Error> {
     let socket: PathBuf = socket.to_path_buf();
     // The URI is required by tonic but unused: the connector below dials the socket.
     let channel = tonic::transport::Endpoint::from_static("http://moat-agent.local")

@@ -37,9 +37,7 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let mut client = moat_api::connect(&cli.socket).await.with_context(|| {
             format!(
@@ -78,10 +76,7 @@ fn endpoint_json(e: &Endpoint) -> serde_json::Value {
 fn pod_name(e: &Endpoint) -> String {
     if e.pod_name.is_empty() {
         // Not a Kubernetes pod (e.g. `ctr run --cni`): show the container.
-        format!(
-            "container:{}",
-            e.container_id.chars().take(12).collect::<String>()
-        )
+        format!("container:{}", e.container_id.chars().take(12).collect::<String>())
     } else {
         format!("{}/{}", e.pod_namespace, e.pod_name)
     }
@@ -91,8 +86,7 @@ fn print_endpoints(eps: &[Endpoint], out: Output) {
     if out == Output::Json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&eps.iter().map(endpoint_json).collect::<Vec<_>>())
-                .unwrap_or_default()
+            serde_json::to_string_pretty(&eps.iter().map(endpoint_json).collect::<Vec<_>>()).unwrap_or_default()
         );
         return;
     }
@@ -112,20 +106,14 @@ fn print_endpoints(eps: &[Endpoint], out: Output) {
         .collect::<Vec<_>>();
     print!(
         "{}",
-        table::render(
-            &["ID", "POD", "IPV4", "HOST-IF", "IFINDEX", "IPAM", "STATE"],
-            &rows
-        )
+        table::render(&["ID", "POD", "IPV4", "HOST-IF", "IFINDEX", "IPAM", "STATE"], &rows)
     );
 }
 
 fn print_status(st: &StatusReply, out: Output) {
     if out == Output::Json {
-        let counters: serde_json::Map<String, serde_json::Value> = st
-            .counters
-            .iter()
-            .map(|c| (c.name.clone(), json!(c.value)))
-            .collect();
+        let counters: serde_json::Map<String, serde_json::Value> =
+            st.counters.iter().map(|c| (c.name.clone(), json!(c.value))).collect();
         let v = json!({
             "ready": st.ready, "version": st.version, "node": st.node_name, "podCIDR": st.pod_cidr,
             "gateway": st.gateway, "pinDir": st.pin_dir, "datapath": st.datapath, "endpoints": st.endpoints,
@@ -140,19 +128,13 @@ fn print_status(st: &StatusReply, out: Output) {
         format!("standalone ({})", st.state_dir)
     };
     let rows = vec![
-        vec![
-            "Ready".into(),
-            if st.ready { "yes".into() } else { "no".into() },
-        ],
+        vec!["Ready".into(), if st.ready { "yes".into() } else { "no".into() }],
         vec!["Version".into(), st.version.clone()],
         vec!["Node".into(), st.node_name.clone()],
         vec!["Mode".into(), mode],
         vec!["Pod CIDR".into(), st.pod_cidr.clone()],
         vec!["Gateway".into(), st.gateway.clone()],
-        vec![
-            "Datapath".into(),
-            format!("{} (pins in {})", st.datapath, st.pin_dir),
-        ],
+        vec!["Datapath".into(), format!("{} (pins in {})", st.datapath, st.pin_dir)],
         vec!["Endpoints".into(), st.endpoints.to_string()],
         vec!["IP leases".into(), st.leases.to_string()],
         vec!["Uptime".into(), format!("{}s", st.uptime_seconds)],
@@ -164,9 +146,6 @@ fn print_status(st: &StatusReply, out: Output) {
             .iter()
             .map(|c| vec![c.name.clone(), c.value.to_string()])
             .collect::<Vec<_>>();
-        print!(
-            "\n{}",
-            table::render(&["DATAPATH COUNTER", "PACKETS"], &rows)
-        );
+        print!("\n{}", table::render(&["DATAPATH COUNTER", "PACKETS"], &rows));
     }
 }

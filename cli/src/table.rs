@@ -32,10 +32,7 @@ mod tests {
     fn aligns_columns() {
         let t = super::render(
             &["ID", "POD"],
-            &[
-                vec!["1".into(), "x/a".into()],
-                vec!["10".into(), "y/bb".into()],
-            ],
+            &[vec!["1".into(), "x/a".into()], vec!["10".into(), "y/bb".into()]],
         );
         assert_eq!(t, "ID  POD\n1   x/a\n10  y/bb\n");
     }

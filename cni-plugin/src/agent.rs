@@ -24,29 +24,22 @@ where
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| {
-            CniError::new(
-                code::IO_FAILURE,
-                "starting the async runtime",
-                e.to_string(),
-            )
-        })?;
+        .map_err(|e| CniError::new(code::IO_FAILURE, "starting the async runtime", e.to_string()))?;
     rt.block_on(async {
-        let client =
-            tokio::time::timeout(std::time::Duration::from_secs(5), moat_api::connect(socket))
-                .await
-                .map_err(|_| unreachable_agent(socket, "timed out"))?
-                .map_err(|e| {
-                    unreachable_agent(
-                        socket,
-                        &format!(
-                            "{e}: {}",
-                            std::error::Error::source(&e)
-                                .map(ToString::to_string)
-                                .unwrap_or_default()
-                        ),
-                    )
-                })?;
+        let client = tokio::time::timeout(std::time::Duration::from_secs(5), moat_api::connect(socket))
+            .await
+            .map_err(|_| unreachable_agent(socket, "timed out"))?
+            .map_err(|e| {
+                unreachable_agent(
+                    socket,
+                    &format!(
+                        "{e}: {}",
+                        std::error::Error::source(&e)
+                            .map(ToString::to_string)
+                            .unwrap_or_default()
+                    ),
+                )
+            })?;
         f(client).await
     })
 }

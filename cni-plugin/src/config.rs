@@ -48,9 +48,7 @@ pub struct ValidAttachment {
 impl NetConf {
     #[must_use]
     pub fn socket(&self) -> PathBuf {
-        self.socket
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+        self.socket.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
     }
 
     /// The delegated IPAM plugin's type, if one is configured.
@@ -97,14 +95,23 @@ pub fn parse_netconf(stdin: &[u8]) -> Result<NetConf> {
             None => return Err(invalid(field, "is required")),
         }
     }
-    let conf: NetConf = serde_json::from_value(raw.clone()).map_err(|e| {
-        // serde names the field in its message ("invalid type: ... for key `mtu`").
-        CniError::new(
-            code::INVALID_CONFIG,
-            "invalid network configuration",
-            e.to_string(),
-        )
-    })?;
+    // Check the optional fields' JSON types first, so the error names the field.
+    let kinds: [(&str, fn(&serde_json::Value) -> bool, &str); 5] = [
+        ("socket", serde_json::Value::is_string, "a string (path of the agent socket)"),
+        ("mtu", serde_json::Value::is_u64, "a positive integer"),
+        ("ipam", serde_json::Value::is_object, "an object"),
+        ("prevResult", serde_json::Value::is_object, "an object"),
+        ("cni.dev/valid-attachments", serde_json::Value::is_array, "an array"),
+    ];
+    for (field, ok, want) in kinds {
+        if let Some(v) = obj.get(field) {
+            if !v.is_null() && !ok(v) {
+                return Err(invalid(field, &format!("must be {want}, got {v}")));
+            }
+        }
+    }
+    let conf: NetConf = serde_json::from_value(raw.clone())
+        .map_err(|e| CniError::new(code::INVALID_CONFIG, "invalid network configuration", e.to_string()))?;
     if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
         return Err(CniError::new(
             code::INCOMPATIBLE_VERSION,
@@ -128,11 +135,7 @@ pub fn parse_netconf(stdin: &[u8]) -> Result<NetConf> {
         }
     }
     if let Some(ipam) = &conf.ipam {
-        if ipam
-            .get("type")
-            .and_then(|t| t.as_str())
-            .is_none_or(str::is_empty)
-        {
+        if ipam.get("type").and_then(|t| t.as_str()).is_none_or(str::is_empty) {
             return Err(invalid("ipam.type", "is required when ipam is set"));
         }
     }
@@ -187,12 +190,7 @@ pub fn parse_command(var: impl Fn(&str) -> Option<String>) -> Result<Command> {
         "STATUS" => Command::Status,
         "GC" => Command::Gc,
         "VERSION" => Command::Version,
-        other => {
-            return Err(bad_env(
-                "CNI_COMMAND",
-                &format!("{other:?} is not a CNI command"),
-            ))
-        }
+        other => return Err(bad_env("CNI_COMMAND", &format!("{other:?} is not a CNI command"))),
     })
 }
 
@@ -206,13 +204,9 @@ pub fn parse_env(cmd: Command, var: impl Fn(&str) -> Option<String>) -> Result<E
     let per_container = matches!(cmd, Command::Add | Command::Del | Command::Check);
     let mut env = Env::default();
     if per_container {
-        env.container_id =
-            get("CNI_CONTAINERID").ok_or_else(|| bad_env("CNI_CONTAINERID", "is not set"))?;
+        env.container_id = get("CNI_CONTAINERID").ok_or_else(|| bad_env("CNI_CONTAINERID", "is not set"))?;
         env.ifname = get("CNI_IFNAME").ok_or_else(|| bad_env("CNI_IFNAME", "is not set"))?;
-        if env.ifname.len() > 15
-            || env.ifname.contains('/')
-            || env.ifname.contains(char::is_whitespace)
-        {
+        if env.ifname.len() > 15 || env.ifname.contains('/') || env.ifname.contains(char::is_whitespace) {
             return Err(bad_env(
                 "CNI_IFNAME",
                 &format!("{:?} is not a valid interface name", env.ifname),
@@ -225,10 +219,7 @@ pub fn parse_env(cmd: Command, var: impl Fn(&str) -> Option<String>) -> Result<E
         {
             return Err(bad_env(
                 "CNI_CONTAINERID",
-                &format!(
-                    "{:?} has characters outside [A-Za-z0-9_.-]",
-                    env.container_id
-                ),
+                &format!("{:?} has characters outside [A-Za-z0-9_.-]", env.container_id),
             ));
         }
     }
@@ -252,11 +243,7 @@ pub fn parse_env(cmd: Command, var: impl Fn(&str) -> Option<String>) -> Result<E
 }
 
 fn bad_env(var: &str, what: &str) -> CniError {
-    CniError::new(
-        code::INVALID_ENV,
-        "invalid environment",
-        format!("{var} {what}"),
-    )
+    CniError::new(code::INVALID_ENV, "invalid environment", format!("{var} {what}"))
 }
 
 #[cfg(test)]
@@ -288,21 +275,9 @@ mod tests {
         let cases: &[(&[u8], u32, &str)] = &[
             (b"not json", code::DECODE_FAILURE, ""),
             (b"[1]", code::DECODE_FAILURE, "object"),
-            (
-                br#"{"name":"n","type":"moat"}"#,
-                code::INVALID_CONFIG,
-                "cniVersion",
-            ),
-            (
-                br#"{"cniVersion":"1.0.0","type":"moat"}"#,
-                code::INVALID_CONFIG,
-                "name",
-            ),
-            (
-                br#"{"cniVersion":"1.0.0","name":"n"}"#,
-                code::INVALID_CONFIG,
-                "type",
-            ),
+            (br#"{"name":"n","type":"moat"}"#, code::INVALID_CONFIG, "cniVersion"),
+            (br#"{"cniVersion":"1.0.0","type":"moat"}"#, code::INVALID_CONFIG, "name"),
+            (br#"{"cniVersion":"1.0.0","name":"n"}"#, code::INVALID_CONFIG, "type"),
             (
                 br#"{"cniVersion":"1.0.0","name":"n","type":"bridge"}"#,
                 code::INVALID_CONFIG,
@@ -342,10 +317,7 @@ mod tests {
             ("CNI_CONTAINERID", "abc"),
             ("CNI_NETNS", "/run/netns/x"),
             ("CNI_IFNAME", "eth0"),
-            (
-                "CNI_ARGS",
-                "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p",
-            ),
+            ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p"),
             ("CNI_PATH", "/a:/b"),
         ];
         let e = parse_env(Command::Add, vars(&full)).unwrap();
@@ -358,10 +330,7 @@ mod tests {
             (code::INVALID_ENV, true)
         );
         let no_netns = [full[0], full[2]];
-        assert!(
-            parse_env(Command::Del, vars(&no_netns)).is_ok(),
-            "DEL needs no netns"
-        );
+        assert!(parse_env(Command::Del, vars(&no_netns)).is_ok(), "DEL needs no netns");
         assert!(parse_env(Command::Check, vars(&no_netns))
             .unwrap_err()
             .details
@@ -373,15 +342,10 @@ mod tests {
             .details
             .contains("CNI_ARGS"));
         assert_eq!(
-            parse_command(vars(&[("CNI_COMMAND", "NOPE")]))
-                .unwrap_err()
-                .code,
+            parse_command(vars(&[("CNI_COMMAND", "NOPE")])).unwrap_err().code,
             code::INVALID_ENV
         );
-        assert_eq!(
-            parse_command(vars(&[])).unwrap_err().code,
-            code::INVALID_ENV
-        );
+        assert_eq!(parse_command(vars(&[])).unwrap_err().code, code::INVALID_ENV);
     }
 
     #[test]

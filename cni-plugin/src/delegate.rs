@@ -26,10 +26,7 @@ fn find(plugin: &str, env: &Env) -> Result<PathBuf> {
             CniError::new(
                 code::INVALID_ENV,
                 "invalid environment",
-                format!(
-                    "IPAM plugin {plugin:?} not found in CNI_PATH {:?}",
-                    env.path
-                ),
+                format!("IPAM plugin {plugin:?} not found in CNI_PATH {:?}", env.path),
             )
         })
 }
@@ -85,13 +82,8 @@ pub fn exec(plugin: &str, command: &str, env: &Env, netconf: &Value) -> Result<V
         let code = body
             .get("code")
             .and_then(Value::as_u64)
-            .map_or(code::IO_FAILURE, |c| {
-                u32::try_from(c).unwrap_or(code::IO_FAILURE)
-            });
-        let msg = body
-            .get("msg")
-            .and_then(Value::as_str)
-            .unwrap_or("IPAM plugin failed");
+            .map_or(code::IO_FAILURE, |c| u32::try_from(c).unwrap_or(code::IO_FAILURE));
+        let msg = body.get("msg").and_then(Value::as_str).unwrap_or("IPAM plugin failed");
         let details = body.get("details").and_then(Value::as_str).unwrap_or("");
         return Err(CniError::new(
             code,
@@ -105,19 +97,10 @@ pub fn exec(plugin: &str, command: &str, env: &Env, netconf: &Value) -> Result<V
 /// Whether `plugin` says it speaks `version` (for GC, which only 1.1.0 plugins know).
 #[must_use]
 pub fn supports(plugin: &str, env: &Env, version: &str) -> bool {
-    exec(
-        plugin,
-        "VERSION",
-        env,
-        &serde_json::json!({ "cniVersion": "1.0.0" }),
-    )
-    .ok()
-    .and_then(|v| {
-        v.get("supportedVersions")
-            .and_then(Value::as_array)
-            .cloned()
-    })
-    .is_some_and(|vs| vs.iter().any(|v| v.as_str() == Some(version)))
+    exec(plugin, "VERSION", env, &serde_json::json!({ "cniVersion": "1.0.0" }))
+        .ok()
+        .and_then(|v| v.get("supportedVersions").and_then(Value::as_array).cloned())
+        .is_some_and(|vs| vs.iter().any(|v| v.as_str() == Some(version)))
 }
 
 /// The first IPv4 address (without prefix) of an IPAM result.
@@ -134,13 +117,7 @@ pub fn first_ipv4(result: &Value) -> Result<String> {
         .filter_map(|a| a.split('/').next())
         .find(|a| a.parse::<std::net::Ipv4Addr>().is_ok())
         .map(str::to_string)
-        .ok_or_else(|| {
-            CniError::new(
-                code::IO_FAILURE,
-                "IPAM result has no IPv4 address",
-                result.to_string(),
-            )
-        })
+        .ok_or_else(|| CniError::new(code::IO_FAILURE, "IPAM result has no IPv4 address", result.to_string()))
 }
 
 #[cfg(test)]

@@ -190,11 +190,7 @@ fn check(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<()> {
             .map(tonic::Response::into_inner)
             .map_err(|s| {
                 if s.code() == tonic::Code::NotFound {
-                    CniError::new(
-                        code::UNKNOWN_CONTAINER,
-                        "container unknown",
-                        s.message().to_string(),
-                    )
+                    CniError::new(code::UNKNOWN_CONTAINER, "container unknown", s.message().to_string())
                 } else {
                     agent::status_error("asking the agent for the endpoint", &s)
                 }
@@ -214,10 +210,7 @@ fn check(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<()> {
         )));
     }
     if !wire::host_link_exists(&ep.host_ifname) {
-        return Err(mismatch(format!(
-            "host interface {} is missing",
-            ep.host_ifname
-        )));
+        return Err(mismatch(format!("host interface {} is missing", ep.host_ifname)));
     }
     let (addrs, has_default) = wire::pod_state(&env.netns, &env.ifname)?;
     if !addrs.contains(&want) {

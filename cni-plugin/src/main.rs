@@ -13,11 +13,7 @@ fn main() {
         }
         Ok(None) => {}
         Err(e) => {
-            let _ = writeln!(
-                stdout,
-                "{}",
-                e.to_json(&moat_cni::config::sniff_version(&stdin))
-            );
+            let _ = writeln!(stdout, "{}", e.to_json(&moat_cni::config::sniff_version(&stdin)));
             eprintln!("moat: {e}");
             std::process::exit(1);
         }

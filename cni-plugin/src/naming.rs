@@ -20,10 +20,7 @@ fn attachment_hash(container_id: &str, ifname: &str) -> u64 {
 /// Host-side veth name: `lxc` + 12 hex digits (15 bytes, the kernel's limit).
 #[must_use]
 pub fn host_ifname(container_id: &str, ifname: &str) -> String {
-    format!(
-        "lxc{:012x}",
-        attachment_hash(container_id, ifname) & 0xffff_ffff_ffff
-    )
+    format!("lxc{:012x}", attachment_hash(container_id, ifname) & 0xffff_ffff_ffff)
 }
 
 fn mac(prefix: u8, h: u64) -> String {
@@ -62,11 +59,7 @@ mod tests {
         assert_ne!(pod, host);
         for m in [&pod, &host] {
             let first = u8::from_str_radix(&m[..2], 16).unwrap();
-            assert_eq!(
-                first & 0x03,
-                0x02,
-                "{m} must be locally administered unicast"
-            );
+            assert_eq!(first & 0x03, 0x02, "{m} must be locally administered unicast");
             assert_eq!(m.split(':').count(), 6);
         }
     }

@@ -32,8 +32,7 @@ pub fn add_result(w: &Wired<'_>) -> Value {
 pub fn prev_address(prev: &Value, ifname: &str, netns: &str) -> Option<String> {
     let ifaces = prev.get("interfaces")?.as_array()?;
     let idx = ifaces.iter().position(|i| {
-        i.get("name").and_then(Value::as_str) == Some(ifname)
-            && i.get("sandbox").and_then(Value::as_str) == Some(netns)
+        i.get("name").and_then(Value::as_str) == Some(ifname) && i.get("sandbox").and_then(Value::as_str) == Some(netns)
     })?;
     prev.get("ips")?
         .as_array()?
@@ -60,10 +59,7 @@ mod tests {
         });
         assert_eq!(r["interfaces"][1]["sandbox"], "/run/netns/p");
         assert_eq!(r["ips"][0]["interface"], 1);
-        assert_eq!(
-            prev_address(&r, "eth0", "/run/netns/p").as_deref(),
-            Some("10.0.0.5/32")
-        );
+        assert_eq!(prev_address(&r, "eth0", "/run/netns/p").as_deref(), Some("10.0.0.5/32"));
         assert_eq!(prev_address(&r, "eth1", "/run/netns/p"), None);
     }
 }

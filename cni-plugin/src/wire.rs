@@ -27,21 +27,11 @@ pub struct Plan<'a> {
 
 fn run(cmd: &mut Command, stdin: Option<&str>, what: &str) -> Result<String> {
     let mut child = cmd
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| {
-            CniError::new(
-                code::WIRING_FAILED,
-                what.to_string(),
-                format!("spawning {cmd:?}: {e}"),
-            )
-        })?;
+        .map_err(|e| CniError::new(code::WIRING_FAILED, what.to_string(), format!("spawning {cmd:?}: {e}")))?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
         let _ = pipe.write_all(input.as_bytes());
     }
@@ -55,9 +45,7 @@ fn run(cmd: &mut Command, stdin: Option<&str>, what: &str) -> Result<String> {
             format!(
                 "{}{}",
                 String::from_utf8_lossy(&out.stderr).trim(),
-                stdin
-                    .map(|s| format!(" (batch: {s:?})"))
-                    .unwrap_or_default()
+                stdin.map(|s| format!(" (batch: {s:?})")).unwrap_or_default()
             ),
         ));
     }
@@ -85,9 +73,7 @@ pub fn wire(p: &Plan<'_>) -> Result<()> {
     if let Some(mtu) = p.mtu {
         add.args(["mtu", &mtu.to_string()]);
     }
-    add.args([
-        "type", "veth", "peer", "name", p.ifname, "address", p.pod_mac,
-    ]);
+    add.args(["type", "veth", "peer", "name", p.ifname, "address", p.pod_mac]);
     if let Some(mtu) = p.mtu {
         add.args(["mtu", &mtu.to_string()]);
     }
@@ -95,10 +81,7 @@ pub fn wire(p: &Plan<'_>) -> Result<()> {
     run(
         &mut add,
         None,
-        &format!(
-            "creating veth {} with peer {} in {}",
-            p.host_ifname, p.ifname, p.netns
-        ),
+        &format!("creating veth {} with peer {} in {}", p.host_ifname, p.ifname, p.netns),
     )?;
 
     let result = (|| {
@@ -151,11 +134,7 @@ pub fn unwire(host_ifname: &str) -> Result<bool> {
         &format!("deleting {host_ifname}"),
     ) {
         Ok(_) => Ok(true),
-        Err(e)
-            if e.details.contains("Cannot find device") || e.details.contains("does not exist") =>
-        {
-            Ok(false)
-        }
+        Err(e) if e.details.contains("Cannot find device") || e.details.contains("does not exist") => Ok(false),
         Err(e) => Err(e),
     }
 }
@@ -171,12 +150,7 @@ pub fn host_link_exists(host_ifname: &str) -> bool {
 /// # Errors
 /// `CHECK_MISMATCH` when the interface is gone.
 pub fn pod_state(netns: &str, ifname: &str) -> Result<(Vec<String>, bool)> {
-    let addrs = run(
-        ip_in(netns).args(["-j", "addr", "show", "dev", ifname]),
-        None,
-        "",
-    )
-    .map_err(|e| {
+    let addrs = run(ip_in(netns).args(["-j", "addr", "show", "dev", ifname]), None, "").map_err(|e| {
         CniError::new(
             code::CHECK_MISMATCH,
             format!("interface {ifname} in {netns} is missing"),
@@ -186,12 +160,7 @@ pub fn pod_state(netns: &str, ifname: &str) -> Result<(Vec<String>, bool)> {
     let parsed: serde_json::Value = serde_json::from_str(&addrs).unwrap_or_default();
     let mut out = Vec::new();
     for link in parsed.as_array().into_iter().flatten() {
-        for a in link
-            .get("addr_info")
-            .and_then(|a| a.as_array())
-            .into_iter()
-            .flatten()
-        {
+        for a in link.get("addr_info").and_then(|a| a.as_array()).into_iter().flatten() {
             if let (Some(local), Some(len)) = (
                 a.get("local").and_then(|v| v.as_str()),
                 a.get("prefixlen").and_then(serde_json::Value::as_u64),
@@ -200,12 +169,7 @@ pub fn pod_state(netns: &str, ifname: &str) -> Result<(Vec<String>, bool)> {
             }
         }
     }
-    let routes = run(
-        ip_in(netns).args(["-j", "route", "show", "default"]),
-        None,
-        "",
-    )
-    .unwrap_or_default();
+    let routes = run(ip_in(netns).args(["-j", "route", "show", "default"]), None, "").unwrap_or_default();
     let has_default = serde_json::from_str::<serde_json::Value>(&routes)
         .ok()
         .and_then(|v| v.as_array().map(|a| !a.is_empty()))

@@ -68,8 +68,7 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, u32> {
     let new = u16::from_be(old).wrapping_sub(0x100).to_be();
     ctx.l3_csum_replace(ETH_HLEN + IPV4_CSUM_OFF, u64::from(old), u64::from(new), 2)
         .map_err(|_| metric::DROP_WRITE_ERROR)?;
-    ctx.store(ttl_off, &new, 0)
-        .map_err(|_| metric::DROP_WRITE_ERROR)?;
+    ctx.store(ttl_off, &new, 0).map_err(|_| metric::DROP_WRITE_ERROR)?;
     // The helpers above may move packet data: take the Ethernet pointer again.
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: bounds checked by `ptr_at`.

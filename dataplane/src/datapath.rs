@@ -17,8 +17,7 @@ use aya::{Ebpf, EbpfLoader};
 use moat_dataplane_common::{metric, metric_name, EndpointInfo, ENDPOINTS_MAP, METRICS_MAP};
 
 /// The object built by build.rs from `dataplane-ebpf`.
-static EBPF_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/moat-dataplane"));
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/moat-dataplane"));
 
 /// (program, hook, pin suffix) for each pod-facing program.
 const POD_PROGRAMS: [(&str, TcAttachType, &str); 2] = [
@@ -94,18 +93,14 @@ impl Datapath {
             })?;
         }
         let endpoints =
-            HashMap::try_from(take_map(&mut ebpf, ENDPOINTS_MAP)?).map_err(|source| {
-                DatapathError::Map {
-                    name: ENDPOINTS_MAP,
-                    source: Box::new(source),
-                }
+            HashMap::try_from(take_map(&mut ebpf, ENDPOINTS_MAP)?).map_err(|source| DatapathError::Map {
+                name: ENDPOINTS_MAP,
+                source: Box::new(source),
             })?;
         let metrics =
-            PerCpuArray::try_from(take_map(&mut ebpf, METRICS_MAP)?).map_err(|source| {
-                DatapathError::Map {
-                    name: METRICS_MAP,
-                    source: Box::new(source),
-                }
+            PerCpuArray::try_from(take_map(&mut ebpf, METRICS_MAP)?).map_err(|source| DatapathError::Map {
+                name: METRICS_MAP,
+                source: Box::new(source),
             })?;
         Ok(Self {
             ebpf,
@@ -128,32 +123,22 @@ impl Datapath {
     pub fn attach(&mut self, ifname: &str) -> Result<(), DatapathError> {
         for (name, hook, suffix) in POD_PROGRAMS {
             let pin = self.link_pin(ifname, suffix);
-            let attach_err =
-                |source: Box<dyn std::error::Error + Send + Sync>| DatapathError::Attach {
-                    program: name,
-                    ifname: ifname.to_string(),
-                    source,
-                };
+            let attach_err = |source: Box<dyn std::error::Error + Send + Sync>| DatapathError::Attach {
+                program: name,
+                ifname: ifname.to_string(),
+                source,
+            };
             let prog = program(&mut self.ebpf, name)?;
             let (link_id, fresh) = match PinnedLink::from_pin(&pin) {
                 Ok(old) => {
-                    let link = SchedClassifierLink::try_from(FdLink::from(old))
-                        .map_err(|e| attach_err(Box::new(e)))?;
-                    (
-                        prog.attach_to_link(link)
-                            .map_err(|e| attach_err(Box::new(e)))?,
-                        false,
-                    )
+                    let link = SchedClassifierLink::try_from(FdLink::from(old)).map_err(|e| attach_err(Box::new(e)))?;
+                    (prog.attach_to_link(link).map_err(|e| attach_err(Box::new(e)))?, false)
                 }
                 Err(LinkError::SyscallError(SyscallError { io_error, .. }))
                     if io_error.kind() == io::ErrorKind::NotFound =>
                 {
                     let id = prog
-                        .attach_with_options(
-                            ifname,
-                            hook,
-                            TcAttachOptions::TcxOrder(LinkOrder::default()),
-                        )
+                        .attach_with_options(ifname, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
                         .map_err(|e| attach_err(Box::new(e)))?;
                     (id, true)
                 }
@@ -211,11 +196,7 @@ impl Datapath {
 
     /// # Errors
     /// When the map is full or the kernel refuses the update.
-    pub fn upsert_endpoint(
-        &mut self,
-        ip: Ipv4Addr,
-        info: EndpointInfo,
-    ) -> Result<(), DatapathError> {
+    pub fn upsert_endpoint(&mut self, ip: Ipv4Addr, info: EndpointInfo) -> Result<(), DatapathError> {
         self.endpoints
             .insert(ip_key(ip), info, 0)
             .map_err(|source| DatapathError::Map {
@@ -257,16 +238,11 @@ fn ip_key(ip: Ipv4Addr) -> u32 {
     u32::from(ip).to_be()
 }
 
-fn program<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut SchedClassifier, DatapathError> {
-    let prog = ebpf
-        .program_mut(name)
-        .ok_or_else(|| DatapathError::Program {
-            name,
-            source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
-        })?;
+fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, DatapathError> {
+    let prog = ebpf.program_mut(name).ok_or_else(|| DatapathError::Program {
+        name,
+        source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
+    })?;
     prog.try_into().map_err(|source| DatapathError::Program {
         name,
         source: Box::new(source),
@@ -276,8 +252,6 @@ fn program<'a>(
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, DatapathError> {
     ebpf.take_map(name).ok_or_else(|| DatapathError::Map {
         name,
-        source: Box::new(aya::maps::MapError::InvalidName {
-            name: name.to_string(),
-        }),
+        source: Box::new(aya::maps::MapError::InvalidName { name: name.to_string() }),
     })
 }

@@ -12,16 +12,17 @@ pub struct InstallCni {
     pub socket: PathBuf,
     pub network_name: String,
     pub with_portmap: bool,
+    pub cni_version: String,
 }
 
 /// The conflist a runtime reads. `portmap` chained after moat serves `hostPort`.
 #[must_use]
-pub fn conflist(network_name: &str, socket: &Path, with_portmap: bool) -> serde_json::Value {
+pub fn conflist(network_name: &str, socket: &Path, with_portmap: bool, cni_version: &str) -> serde_json::Value {
     let mut plugins = vec![json!({ "type": "moat", "socket": socket })];
     if with_portmap {
         plugins.push(json!({ "type": "portmap", "capabilities": { "portMappings": true } }));
     }
-    json!({ "cniVersion": "1.1.0", "name": network_name, "plugins": plugins })
+    json!({ "cniVersion": cni_version, "name": network_name, "plugins": plugins })
 }
 
 /// # Errors
@@ -33,18 +34,12 @@ pub fn run(opts: &InstallCni) -> anyhow::Result<()> {
             .context("locating moat-agent")?
             .with_file_name("moat"),
     };
-    std::fs::create_dir_all(&opts.cni_bin_dir)
-        .with_context(|| format!("creating {}", opts.cni_bin_dir.display()))?;
+    std::fs::create_dir_all(&opts.cni_bin_dir).with_context(|| format!("creating {}", opts.cni_bin_dir.display()))?;
     let dst = opts.cni_bin_dir.join("moat");
     // Copy to a temporary name and rename: a runtime may exec the old binary meanwhile.
     let tmp = opts.cni_bin_dir.join(".moat.tmp");
-    std::fs::copy(&plugin, &tmp).with_context(|| {
-        format!(
-            "copying CNI plugin {} to {}",
-            plugin.display(),
-            tmp.display()
-        )
-    })?;
+    std::fs::copy(&plugin, &tmp)
+        .with_context(|| format!("copying CNI plugin {} to {}", plugin.display(), tmp.display()))?;
     std::fs::rename(&tmp, &dst).with_context(|| format!("installing {}", dst.display()))?;
     if let Some(dir) = opts.conf_path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -53,14 +48,10 @@ pub fn run(opts: &InstallCni) -> anyhow::Result<()> {
         &opts.network_name,
         &opts.socket,
         opts.with_portmap,
+        &opts.cni_version,
     ))?;
-    std::fs::write(&opts.conf_path, body + "\n")
-        .with_context(|| format!("writing {}", opts.conf_path.display()))?;
-    println!(
-        "installed {} and {}",
-        dst.display(),
-        opts.conf_path.display()
-    );
+    std::fs::write(&opts.conf_path, body + "\n").with_context(|| format!("writing {}", opts.conf_path.display()))?;
+    println!("installed {} and {}", dst.display(), opts.conf_path.display());
     Ok(())
 }
 
@@ -70,13 +61,13 @@ mod tests {
 
     #[test]
     fn conflist_names_moat_first_and_optional_portmap() {
-        let c = conflist("moat", Path::new("/run/x.sock"), true);
+        let c = conflist("moat", Path::new("/run/x.sock"), true, "1.1.0");
         assert_eq!(c["cniVersion"], "1.1.0");
         assert_eq!(c["plugins"][0]["type"], "moat");
         assert_eq!(c["plugins"][0]["socket"], "/run/x.sock");
         assert_eq!(c["plugins"][1]["type"], "portmap");
         assert_eq!(
-            conflist("moat", Path::new("/s"), false)["plugins"]
+            conflist("moat", Path::new("/s"), false, "1.0.0")["plugins"]
                 .as_array()
                 .unwrap()
                 .len(),

@@ -31,9 +31,7 @@ impl Cidr {
     /// # Errors
     /// When the text is not an IPv4 prefix of length 8 to 30.
     pub fn parse(s: &str) -> Result<Self, IpamError> {
-        let bad = || IpamError::InvalidCidr {
-            cidr: s.to_string(),
-        };
+        let bad = || IpamError::InvalidCidr { cidr: s.to_string() };
         let (addr, len) = s.split_once('/').ok_or_else(bad)?;
         let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
         let len: u8 = len.parse().map_err(|_| bad())?;
@@ -161,13 +159,7 @@ mod tests {
     fn parses_and_normalises_cidr() {
         let c = Cidr::parse("10.1.2.77/24").unwrap();
         assert_eq!(c.to_string(), "10.1.2.0/24");
-        for bad in [
-            "10.1.2.0",
-            "10.1.2.0/31",
-            "10.1.2.0/7",
-            "x/24",
-            "10.1.2.0/abc",
-        ] {
+        for bad in ["10.1.2.0", "10.1.2.0/31", "10.1.2.0/7", "x/24", "10.1.2.0/abc"] {
             assert!(Cidr::parse(bad).is_err(), "{bad} accepted");
         }
     }
@@ -192,21 +184,12 @@ mod tests {
     #[test]
     fn exhaustion_skips_network_and_broadcast() {
         let mut ipam = Ipam::new(Cidr::parse("10.0.0.0/30").unwrap());
-        let got: Vec<_> = ["a", "b"]
-            .iter()
-            .map(|c| ipam.allocate(&owner(c)).unwrap())
-            .collect();
+        let got: Vec<_> = ["a", "b"].iter().map(|c| ipam.allocate(&owner(c)).unwrap()).collect();
         assert_eq!(
             got,
-            [
-                "10.0.0.1".parse::<Ipv4Addr>().unwrap(),
-                "10.0.0.2".parse().unwrap()
-            ]
+            ["10.0.0.1".parse::<Ipv4Addr>().unwrap(), "10.0.0.2".parse().unwrap()]
         );
-        assert!(matches!(
-            ipam.allocate(&owner("c")),
-            Err(IpamError::Exhausted { .. })
-        ));
+        assert!(matches!(ipam.allocate(&owner("c")), Err(IpamError::Exhausted { .. })));
         ipam.release(&owner("a"));
         assert_eq!(
             ipam.allocate(&owner("c")).unwrap(),

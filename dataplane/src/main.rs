@@ -52,6 +52,9 @@ enum Command {
         /// Chain the reference `portmap` plugin after moat (hostPort support).
         #[arg(long)]
         with_portmap: bool,
+        /// cniVersion of the conflist (1.0.0 when chained plugins predate 1.1.0).
+        #[arg(long, default_value = "1.1.0", value_parser = ["1.0.0", "1.1.0"])]
+        cni_version: String,
     },
 }
 
@@ -81,10 +84,7 @@ struct RunArgs {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MOAT_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MOAT_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -96,6 +96,7 @@ fn main() -> anyhow::Result<()> {
             socket,
             network_name,
             with_portmap,
+            cni_version,
         }) => install_cni::run(&install_cni::InstallCni {
             cni_bin_dir,
             conf_path,
@@ -103,6 +104,7 @@ fn main() -> anyhow::Result<()> {
             socket,
             network_name,
             with_portmap,
+            cni_version,
         }),
         None => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -126,6 +128,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Ok(true) => tracing::info!("mounted tracefs at /sys/kernel/tracing"),
         Ok(false) => {}
         Err(e) => tracing::warn!(error = %e, "tracefs unavailable (runtime hooks will need it)"),
+    }
+    // Pods reach other nodes and the outside through this node's stack.
+    if let Err(e) = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1") {
+        tracing::warn!(error = %e, "could not enable net.ipv4.ip_forward; pod traffic leaving the node will not be routed");
     }
     let node_name = args.node_name.unwrap_or_else(hostname);
     let cfg = node::NodeConfig {
@@ -165,21 +171,15 @@ fn bind(socket: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     }
     if socket.exists() {
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-            bail!(
-                "{}: another agent is already serving on this socket",
-                socket.display()
-            );
+            bail!("{}: another agent is already serving on this socket", socket.display());
         }
-        std::fs::remove_file(socket)
-            .with_context(|| format!("removing stale socket {}", socket.display()))?;
+        std::fs::remove_file(socket).with_context(|| format!("removing stale socket {}", socket.display()))?;
     }
-    let listener = tokio::net::UnixListener::bind(socket)
-        .with_context(|| format!("binding {}", socket.display()))?;
+    let listener = tokio::net::UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map_or_else(|_| "node".into(), |s| s.trim().to_string())
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "node".into(), |s| s.trim().to_string())
 }

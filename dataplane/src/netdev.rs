@@ -57,10 +57,7 @@ pub fn mac(name: &str) -> io::Result<[u8; 6]> {
 
 #[must_use]
 pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
@@ -90,15 +87,7 @@ fn mount(fstype: &str, target: &Path) -> io::Result<()> {
     let src = CString::new(fstype).map_err(io::Error::other)?;
     let tgt = CString::new(target.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
     // SAFETY: valid C strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            tgt.as_ptr(),
-            src.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
+    let rc = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }

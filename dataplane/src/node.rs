@@ -104,11 +104,7 @@ impl Node {
         }
         let file: EndpointFile = read_json(&cfg.data_dir.join(ENDPOINTS_FILE))?.unwrap_or_default();
         let datapath = Datapath::load(&cfg.pin_dir).context("loading the eBPF datapath")?;
-        let endpoints = file
-            .endpoints
-            .into_iter()
-            .map(|e| (owner_of(&e), e))
-            .collect();
+        let endpoints = file.endpoints.into_iter().map(|e| (owner_of(&e), e)).collect();
         let mut node = Self {
             cfg,
             ipam,
@@ -172,16 +168,12 @@ impl Node {
     /// Map entry + tcx attachment for one endpoint. The map entry goes in first so
     /// the program never sees its own pod as unknown (it would drop it as spoofed).
     fn install(&mut self, rec: &EndpointRecord) -> anyhow::Result<EndpointInfo> {
-        let ifindex = netdev::ifindex(&rec.host_ifname)
-            .with_context(|| format!("host interface {}", rec.host_ifname))?;
-        let host_mac = netdev::mac(&rec.host_ifname)
-            .with_context(|| format!("MAC of host interface {}", rec.host_ifname))?;
-        let pod_mac = netdev::parse_mac(&rec.pod_mac).with_context(|| {
-            format!(
-                "endpoint {}: podMac {:?} is not a MAC address",
-                rec.id, rec.pod_mac
-            )
-        })?;
+        let ifindex =
+            netdev::ifindex(&rec.host_ifname).with_context(|| format!("host interface {}", rec.host_ifname))?;
+        let host_mac =
+            netdev::mac(&rec.host_ifname).with_context(|| format!("MAC of host interface {}", rec.host_ifname))?;
+        let pod_mac = netdev::parse_mac(&rec.pod_mac)
+            .with_context(|| format!("endpoint {}: podMac {:?} is not a MAC address", rec.id, rec.pod_mac))?;
         let info = EndpointInfo {
             ifindex,
             endpoint_id: rec.id,
@@ -311,12 +303,7 @@ impl Node {
     /// # Errors
     /// When the change cannot be persisted.
     pub fn gc(&mut self, valid: &[Owner]) -> anyhow::Result<(Vec<EndpointRecord>, u32)> {
-        let stale: Vec<Owner> = self
-            .endpoints
-            .keys()
-            .filter(|o| !valid.contains(o))
-            .cloned()
-            .collect();
+        let stale: Vec<Owner> = self.endpoints.keys().filter(|o| !valid.contains(o)).cloned().collect();
         let mut removed = Vec::new();
         for owner in &stale {
             if let Some(rec) = self.delete_endpoint(owner)? {
@@ -334,10 +321,7 @@ impl Node {
             self.ipam.release(owner);
         }
         self.persist()?;
-        Ok((
-            removed,
-            u32::try_from(stale.len() + orphan.len()).unwrap_or(u32::MAX),
-        ))
+        Ok((removed, u32::try_from(stale.len() + orphan.len()).unwrap_or(u32::MAX)))
     }
 
     #[must_use]
@@ -366,8 +350,7 @@ fn owner_of(e: &EndpointRecord) -> Owner {
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<Option<T>> {
     match std::fs::read(path) {
         Ok(bytes) => Ok(Some(
-            serde_json::from_slice(&bytes)
-                .with_context(|| format!("parsing {}", path.display()))?,
+            serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?,
         )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
@@ -377,8 +360,6 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<Option
 /// Write-then-rename so a crash never leaves a half-written state file.
 fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }

@@ -3,8 +3,8 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
 use moat_api::v1::{
-    AddEndpointRequest, AttachmentRef, Counter, DeleteEndpointReply, Endpoint, GcReply, GcRequest,
-    IpLease, ListEndpointsReply, ListEndpointsRequest, StatusReply, StatusRequest,
+    AddEndpointRequest, AttachmentRef, Counter, DeleteEndpointReply, Endpoint, GcReply, GcRequest, IpLease,
+    ListEndpointsReply, ListEndpointsRequest, StatusReply, StatusRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -36,9 +36,7 @@ fn internal(e: &anyhow::Error) -> Status {
 impl AgentService {
     fn node(&self) -> std::sync::MutexGuard<'_, Node> {
         // A panic while holding the lock is a bug; keep serving with the state as is.
-        self.node
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.node.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -108,15 +106,13 @@ impl moat_api::Agent for AgentService {
         }))
     }
 
-    async fn add_endpoint(
-        &self,
-        req: Request<AddEndpointRequest>,
-    ) -> Result<Response<Endpoint>, Status> {
+    async fn add_endpoint(&self, req: Request<AddEndpointRequest>) -> Result<Response<Endpoint>, Status> {
         let r = req.into_inner();
         let owner = owner(r.attachment.as_ref())?;
-        let ipv4: Ipv4Addr = r.ipv4.parse().map_err(|_| {
-            Status::invalid_argument(format!("ipv4 {:?} is not an IPv4 address", r.ipv4))
-        })?;
+        let ipv4: Ipv4Addr = r
+            .ipv4
+            .parse()
+            .map_err(|_| Status::invalid_argument(format!("ipv4 {:?} is not an IPv4 address", r.ipv4)))?;
         if r.host_ifname.is_empty() {
             return Err(Status::invalid_argument("host_ifname is empty"));
         }
@@ -129,11 +125,7 @@ impl moat_api::Agent for AgentService {
             ipv4,
             host_ifname: r.host_ifname,
             pod_mac: r.pod_mac,
-            ipam: if r.ipam.is_empty() {
-                "agent".into()
-            } else {
-                r.ipam
-            },
+            ipam: if r.ipam.is_empty() { "agent".into() } else { r.ipam },
         };
         let rec = self
             .node()
@@ -142,25 +134,16 @@ impl moat_api::Agent for AgentService {
         Ok(Response::new(to_api(&rec)))
     }
 
-    async fn delete_endpoint(
-        &self,
-        req: Request<AttachmentRef>,
-    ) -> Result<Response<DeleteEndpointReply>, Status> {
+    async fn delete_endpoint(&self, req: Request<AttachmentRef>) -> Result<Response<DeleteEndpointReply>, Status> {
         let owner = owner(Some(req.get_ref()))?;
-        let rec = self
-            .node()
-            .delete_endpoint(&owner)
-            .map_err(|e| internal(&e))?;
+        let rec = self.node().delete_endpoint(&owner).map_err(|e| internal(&e))?;
         Ok(Response::new(DeleteEndpointReply {
             existed: rec.is_some(),
             endpoint: rec.as_ref().map(to_api),
         }))
     }
 
-    async fn get_endpoint(
-        &self,
-        req: Request<AttachmentRef>,
-    ) -> Result<Response<Endpoint>, Status> {
+    async fn get_endpoint(&self, req: Request<AttachmentRef>) -> Result<Response<Endpoint>, Status> {
         let owner = owner(Some(req.get_ref()))?;
         let node = self.node();
         let rec = node.endpoint(&owner).ok_or_else(|| {
@@ -172,10 +155,7 @@ impl moat_api::Agent for AgentService {
         Ok(Response::new(to_api(rec)))
     }
 
-    async fn list_endpoints(
-        &self,
-        _: Request<ListEndpointsRequest>,
-    ) -> Result<Response<ListEndpointsReply>, Status> {
+    async fn list_endpoints(&self, _: Request<ListEndpointsRequest>) -> Result<Response<ListEndpointsReply>, Status> {
         Ok(Response::new(ListEndpointsReply {
             endpoints: self.node().endpoints().map(to_api).collect(),
         }))

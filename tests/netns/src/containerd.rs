@@ -1,0 +1,1 @@
+//! containerd helpers (filled in below).
