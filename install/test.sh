@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every test: installs what is missing, builds, then unit tests (no root needed)
+# and the netns integration tests (root: real namespaces, veths, eBPF, containerd).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" -eq 0 ] || { echo "run as root (the tests create network namespaces and load eBPF)" >&2; exit 1; }
+bash install/bootstrap.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+# aya-build relays the nested eBPF build's progress lines as cargo warnings; hide those.
+quiet() { "$@" 2>&1 | { grep -v '^warning: moat-dataplane@[^:]*:  *\(Compiling\|Finished\)' || true; }; }
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== build (release; dataplane/build.rs builds the eBPF object)"
+quiet cargo build --release --bins
+echo "== tests"
+quiet cargo test --release --no-fail-fast
