@@ -97,7 +97,11 @@ pub fn parse_netconf(stdin: &[u8]) -> Result<NetConf> {
     }
     // Check the optional fields' JSON types first, so the error names the field.
     let kinds: [(&str, fn(&serde_json::Value) -> bool, &str); 5] = [
-        ("socket", serde_json::Value::is_string, "a string (path of the agent socket)"),
+        (
+            "socket",
+            serde_json::Value::is_string,
+            "a string (path of the agent socket)",
+        ),
         ("mtu", serde_json::Value::is_u64, "a positive integer"),
         ("ipam", serde_json::Value::is_object, "an object"),
         ("prevResult", serde_json::Value::is_object, "an object"),

@@ -39,9 +39,20 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .expect("containerd (apt package containerd) must be installed");
-        let me = Self { dir: dir.to_path_buf(), socket, daemon, runs: Vec::new() };
+        let me = Self {
+            dir: dir.to_path_buf(),
+            socket,
+            daemon,
+            runs: Vec::new(),
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while Command::new("ctr").arg("-a").arg(&me.socket).arg("version").output().map_or(true, |o| !o.status.success()) {
+        while Command::new("ctr")
+            .arg("-a")
+            .arg(&me.socket)
+            .arg("version")
+            .output()
+            .map_or(true, |o| !o.status.success())
+        {
             assert!(Instant::now() < deadline, "containerd did not start: {}", me.log());
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -119,7 +130,11 @@ impl Drop for Containerd {
 }
 
 fn sha256(path: &Path) -> String {
-    sh(Command::new("sha256sum").arg(path)).split_whitespace().next().expect("sha256sum output").to_string()
+    sh(Command::new("sha256sum").arg(path))
+        .split_whitespace()
+        .next()
+        .expect("sha256sum output")
+        .to_string()
 }
 
 /// Adds `file` to the OCI layout's blob store; returns (digest, size).
@@ -144,7 +159,12 @@ pub fn build_image(dir: &Path) -> PathBuf {
     }
     std::fs::write(rootfs.join("www/index.html"), INDEX_BODY).unwrap();
     let layer = dir.join("layer.tar");
-    sh(Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&layer).arg("."));
+    sh(Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&layer)
+        .arg("."));
     let (layer_digest, layer_size) = blob(&layout, &layer);
     let config = dir.join("config.json");
     std::fs::write(
@@ -187,7 +207,12 @@ pub struct SystemFiles {
 impl SystemFiles {
     #[must_use]
     pub fn guard(paths: &[&str]) -> Self {
-        Self { saved: paths.iter().map(|p| (PathBuf::from(p), std::fs::read(p).ok())).collect() }
+        Self {
+            saved: paths
+                .iter()
+                .map(|p| (PathBuf::from(p), std::fs::read(p).ok()))
+                .collect(),
+        }
     }
 }
 

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Side-by-side benchmarks; every figure is printed with its baseline from the same run.
+#
+#  1. CNI ADD+DEL latency: `moat` vs Debian's `bridge` + `host-local` plugins.
+#  2. Pod-to-pod TCP throughput (iperf3) and request/response latency (moat-rr):
+#     pods wired by Moat (eBPF, bpf_redirect_peer) vs the same veth/route layout with
+#     no eBPF at all (the node's stack forwards).
+#
+# Everything lives in namespaces this script creates and removes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" -eq 0 ] || { echo "run as root" >&2; exit 1; }
+bash install/bootstrap.sh >/dev/null 2>&1 || bash install/bootstrap.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+cargo build --release --bins 2>&1 | { grep -E '^error' || true; }
+B=$PWD/target/release
+CYCLES=${CYCLES:-100}
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
+ROUNDS=${ROUNDS:-3}
+RR_COUNT=${RR_COUNT:-20000}
+
+ID=moatbench$$
+RUN=/tmp/$ID
+PIN=/sys/fs/bpf/$ID
+SOCK=$RUN/agent.sock
+NS=()
+PIDS=()
+mkdir -p "$RUN/state"
+cleanup() {
+  set +e
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  for n in "${NS[@]}"; do ip netns del "$n" 2>/dev/null; done
+  rm -rf "$PIN" "$RUN"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+mkns() { ip netns add "$1"; ip -n "$1" link set lo up; NS+=("$1"); }
+json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
+ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+median() { python3 -c "import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
+
+# ---------------------------------------------------------------- node with Moat
+mkns $ID-moat
+nsenter --net=/run/netns/$ID-moat "$B/moat-agent" --state-dir "$RUN/state" --socket "$SOCK" --pin-dir "$PIN" \
+  --data-dir "$RUN/data" --pod-cidr 10.98.0.0/24 >"$RUN/agent.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.1; done
+
+echo "== 1. CNI ADD+DEL latency ($CYCLES cycles each, one plugin process per call)"
+printf '{"cniVersion":"1.1.0","name":"moat","type":"moat","socket":"%s"}' "$SOCK" >"$RUN/moat.conf"
+printf '{"cniVersion":"1.0.0","name":"bridge-bench","type":"bridge","bridge":"cni-bench0","isGateway":true,"ipMasq":false,
+  "ipam":{"type":"host-local","dataDir":"%s/hl","ranges":[[{"subnet":"10.97.0.0/16"}]]}}' "$RUN" >"$RUN/bridge.conf"
+mkns $ID-bridge
+moat_lat=$(nsenter --net=/run/netns/$ID-moat "$B/moat-cni-latency" "$B/moat" "$RUN/moat.conf" "$CYCLES")
+bridge_lat=$(nsenter --net=/run/netns/$ID-bridge "$B/moat-cni-latency" /usr/lib/cni/bridge "$RUN/bridge.conf" "$CYCLES")
+mp50=$(echo "$moat_lat" | json '["p50_ms"]'); mp99=$(echo "$moat_lat" | json '["p99_ms"]')
+bp50=$(echo "$bridge_lat" | json '["p50_ms"]'); bp99=$(echo "$bridge_lat" | json '["p99_ms"]')
+printf '  %-22s p50 %7.2f ms   p99 %7.2f ms\n' "moat" "$mp50" "$mp99" "bridge+host-local" "$bp50" "$bp99"
+printf '  ratio moat/bridge:     p50 %s   p99 %s   (< 1 means moat is faster)\n' "$(ratio "$mp50" "$bp50")" "$(ratio "$mp99" "$bp99")"
+
+# ---------------------------------------------------------------- pods
+# Moat pods, through the real plugin.
+cni_add() { # netns-name container-id
+  mkns "$1"
+  nsenter --net=/run/netns/$ID-moat env CNI_COMMAND=ADD CNI_CONTAINERID="$2" CNI_NETNS=/run/netns/$1 CNI_IFNAME=eth0 \
+    CNI_PATH=/usr/lib/cni "$B/moat" <"$RUN/moat.conf" | json '["ips"][0]["address"].split("/")[0]'
+}
+MA=$(cni_add $ID-ma bench-a); MB=$(cni_add $ID-mb bench-b)
+
+# Plain pods: the identical layout (veth, /32, link-local gateway, permanent neighbours,
+# host /32 routes) wired by hand, no eBPF: the node's stack forwards.
+mkns $ID-plain
+ip netns exec $ID-plain sysctl -qw net.ipv4.ip_forward=1
+plain_pod() { # name ip index
+  local pod=$ID-$1 host=pl$3 pmac=0a:00:00:00:00:0$3 hmac=0e:00:00:00:00:0$3
+  mkns "$pod"
+  ip -n $ID-plain link add $host address $hmac type veth peer name eth0 address $pmac netns "$pod"
+  ip -n "$pod" addr add "$2/32" dev eth0; ip -n "$pod" link set eth0 up
+  ip -n "$pod" route add 169.254.1.1/32 dev eth0 scope link; ip -n "$pod" route add default via 169.254.1.1 dev eth0
+  ip -n "$pod" neigh replace 169.254.1.1 lladdr $hmac dev eth0 nud permanent
+  ip -n $ID-plain link set $host up
+  ip -n $ID-plain route add "$2/32" dev $host scope link
+  ip -n $ID-plain neigh replace "$2" lladdr $pmac dev $host nud permanent
+}
+plain_pod pa 10.96.0.1 1; plain_pod pb 10.96.0.2 2
+PA=10.96.0.1; PB=10.96.0.2
+
+for srv in $ID-mb $ID-pb; do
+  nsenter --net=/run/netns/$srv iperf3 -s -D -1 >/dev/null 2>&1 || true
+  nsenter --net=/run/netns/$srv "$B/moat-rr" server 7100 & PIDS+=($!)
+done
+sleep 0.5
+
+echo
+echo "== 2. pod-to-pod TCP, same node ($ROUNDS rounds, alternating; medians)"
+m_tp=(); p_tp=(); m_rr=(); p_rr=(); m_p99=(); p_p99=()
+for r in $(seq "$ROUNDS"); do
+  for kind in moat plain; do
+    if [ $kind = moat ]; then c=$ID-ma; s=$ID-mb; ip=$MB; else c=$ID-pa; s=$ID-pb; ip=$PB; fi
+    nsenter --net=/run/netns/$s iperf3 -s -D -1 >/dev/null 2>&1 || true
+    sleep 0.3
+    bps=$(nsenter --net=/run/netns/$c iperf3 -c "$ip" -t "$SECONDS_PER_RUN" -J | json '["end"]["sum_received"]["bits_per_second"]')
+    rr=$(nsenter --net=/run/netns/$c "$B/moat-rr" client "$ip" 7100 "$RR_COUNT")
+    mean=$(echo "$rr" | json '["mean_us"]'); p99=$(echo "$rr" | json '["p99_us"]')
+    if [ $kind = moat ]; then m_tp+=("$bps"); m_rr+=("$mean"); m_p99+=("$p99"); else p_tp+=("$bps"); p_rr+=("$mean"); p_p99+=("$p99"); fi
+  done
+done
+mt=$(median "${m_tp[@]}"); pt=$(median "${p_tp[@]}")
+mr=$(median "${m_rr[@]}"); pr=$(median "${p_rr[@]}")
+m9=$(median "${m_p99[@]}"); p9=$(median "${p_p99[@]}")
+printf '  %-28s %10s %14s %12s\n' "" "Gbit/s" "RR mean (us)" "RR p99 (us)"
+printf '  %-28s %10.2f %14.2f %12.2f\n' "moat (eBPF redirect_peer)" "$(python3 -c "print($mt/1e9)")" "$mr" "$m9"
+printf '  %-28s %10.2f %14.2f %12.2f\n' "plain veth + routes" "$(python3 -c "print($pt/1e9)")" "$pr" "$p9"
+printf '  ratio moat/plain: throughput %s (> 1 is better), RR mean %s, RR p99 %s (< 1 is better)\n' \
+  "$(ratio "$mt" "$pt")" "$(ratio "$mr" "$pr")" "$(ratio "$m9" "$p9")"
