@@ -14,4 +14,13 @@ cargo fmt --all -- --check
 echo "== build (release; dataplane/build.rs builds the eBPF object)"
 quiet cargo build --release --bins
 echo "== tests"
-quiet cargo test --release --no-fail-fast
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+quiet cargo test --release --no-fail-fast | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line over every test binary (cargo prints one "test result" per binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "summary: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
