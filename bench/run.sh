@@ -60,11 +60,11 @@ printf '  ratio moat/bridge:     p50 %s   p99 %s   (< 1 means moat is faster)\n'
 
 # ---------------------------------------------------------------- pods
 # Moat pods, through the real plugin.
-cni_add() { # netns-name container-id
-  mkns "$1"
+cni_add() { # netns-name container-id (the netns exists already)
   nsenter --net=/run/netns/$ID-moat env CNI_COMMAND=ADD CNI_CONTAINERID="$2" CNI_NETNS=/run/netns/$1 CNI_IFNAME=eth0 \
     CNI_PATH=/usr/lib/cni "$B/moat" <"$RUN/moat.conf" | json '["ips"][0]["address"].split("/")[0]'
 }
+mkns $ID-ma; mkns $ID-mb
 MA=$(cni_add $ID-ma bench-a); MB=$(cni_add $ID-mb bench-b)
 
 # Plain pods: the identical layout (veth, /32, link-local gateway, permanent neighbours,

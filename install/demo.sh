@@ -57,6 +57,12 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 mkdir -p "$RUN/state" "$RUN/www"
+# The standalone node's manifests: the same YAML a cluster would hold.
+for p in "${PODS[@]}"; do
+  printf 'apiVersion: v1\nkind: Pod\nmetadata:\n  namespace: %s\n  name: %s\n  labels: {app: %s}\n---\n' "${p%/*}" "${p#*/}" "${p#*/}"
+done >"$RUN/state/pods.yaml"
+printf 'apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: billing}\n' \
+  >"$RUN/state/namespaces.yaml"
 ip netns add $NODE
 ip -n $NODE link set lo up
 echo "== starting moat-agent (standalone node '$NODE', pod CIDR $CIDR)"

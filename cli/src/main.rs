@@ -118,6 +118,7 @@ fn print_status(st: &StatusReply, out: Output) {
             "ready": st.ready, "version": st.version, "node": st.node_name, "podCIDR": st.pod_cidr,
             "gateway": st.gateway, "pinDir": st.pin_dir, "datapath": st.datapath, "endpoints": st.endpoints,
             "leases": st.leases, "uptimeSeconds": st.uptime_seconds, "stateDir": st.state_dir, "counters": counters,
+            "manifests": st.manifest_kinds, "manifestErrors": st.manifest_errors,
         });
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return;
@@ -139,7 +140,21 @@ fn print_status(st: &StatusReply, out: Output) {
         vec!["IP leases".into(), st.leases.to_string()],
         vec!["Uptime".into(), format!("{}s", st.uptime_seconds)],
     ];
+    let mut rows = rows;
+    if !st.state_dir.is_empty() {
+        let mut kinds: Vec<_> = st.manifest_kinds.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        kinds.sort();
+        let summary = if kinds.is_empty() {
+            "none".to_string()
+        } else {
+            kinds.join(", ")
+        };
+        rows.push(vec!["Manifests".into(), summary]);
+    }
     print!("{}", table::render(&["FIELD", "VALUE"], &rows));
+    for e in &st.manifest_errors {
+        println!("rejected manifest: {e}");
+    }
     if !st.counters.is_empty() {
         let rows = st
             .counters

@@ -7,6 +7,7 @@
 mod datapath;
 mod install_cni;
 mod ipam;
+mod manifests;
 mod netdev;
 mod node;
 mod server;
@@ -142,6 +143,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         state_dir: args.state_dir,
     };
+    let inventory = match &cfg.state_dir {
+        Some(dir) => {
+            let inv = manifests::read_dir(dir);
+            for e in &inv.errors {
+                tracing::error!("rejected manifest: {e}");
+            }
+            tracing::info!(dir = %dir.display(), kinds = ?inv.kinds(), "read standalone manifests");
+            inv
+        }
+        None => manifests::Inventory::default(),
+    };
     let node = node::Node::open(cfg).context("starting the node")?;
     let node = Arc::new(Mutex::new(node));
 
@@ -157,7 +169,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down; pinned datapath stays in place");
     };
     tonic::transport::Server::builder()
-        .add_service(moat_api::AgentServer::new(server::AgentService { node }))
+        .add_service(moat_api::AgentServer::new(server::AgentService {
+            node,
+            manifests: Arc::new(inventory),
+        }))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("serving the API")?;

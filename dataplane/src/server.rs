@@ -13,6 +13,8 @@ use crate::node::{EndpointRecord, NewEndpoint, Node};
 
 pub struct AgentService {
     pub node: Arc<Mutex<Node>>,
+    /// What the standalone manifest directory held at start.
+    pub manifests: Arc<crate::manifests::Inventory>,
 }
 
 fn owner(r: Option<&AttachmentRef>) -> Result<Owner, Status> {
@@ -90,6 +92,8 @@ impl moat_api::Agent for AgentService {
                     value,
                 })
                 .collect(),
+            manifest_kinds: self.manifests.kinds().into_iter().collect(),
+            manifest_errors: self.manifests.errors.clone(),
         }))
     }
 

@@ -145,6 +145,8 @@ pub struct NodeOpts {
     /// Run the agent in the root netns (needed when a real runtime such as containerd
     /// calls the plugin there). No uplink/ext namespace then.
     pub root_netns: bool,
+    /// Files (name, content) put into the agent's `--state-dir` before it starts.
+    pub manifests: Vec<(&'static str, String)>,
 }
 
 impl Default for NodeOpts {
@@ -153,6 +155,7 @@ impl Default for NodeOpts {
             conf_extra: json!({}),
             cni_version: "1.1.0",
             root_netns: false,
+            manifests: Vec::new(),
         }
     }
 }
@@ -190,6 +193,9 @@ impl Node {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst) % 200 + 20;
         let dir = std::env::temp_dir().join(format!("moat-test-{id}"));
         std::fs::create_dir_all(dir.join("state")).expect("test dir");
+        for (name, content) in &opts.manifests {
+            std::fs::write(dir.join("state").join(name), content).expect("write manifest");
+        }
         let third = (std::process::id() % 200) as u8 + 20;
         let node_ip = Ipv4Addr::new(10, 201, third, n as u8);
         let ext_ip = Ipv4Addr::new(10, 202, third, n as u8);

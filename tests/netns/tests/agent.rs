@@ -1,0 +1,60 @@
+//! The agent as an operator meets it: standalone manifests, status, bad flags.
+use moat_netns_tests::{bin, require_root, Node, NodeOpts};
+use serde_json::Value;
+
+#[test]
+fn standalone_manifests_are_read_and_bad_documents_named() {
+    require_root();
+    let good = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n---\n\
+                apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: shop\n  labels: {app: web}\n";
+    let bad = "apiVersion: v1\nkind: Pod\nmetadata:\n  namespace: shop\n";
+    let node = Node::start_with(NodeOpts {
+        manifests: vec![
+            ("10-shop.yaml", good.into()),
+            ("20-broken.yaml", bad.into()),
+            ("notes.txt", "ignored".into()),
+        ],
+        ..NodeOpts::default()
+    });
+    let st: Value = serde_json::from_str(&node.moatctl(&["status", "-o", "json"])).unwrap();
+    assert_eq!(st["manifests"], serde_json::json!({"Namespace": 1, "Pod": 1}));
+    let errors = st["manifestErrors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let e = errors[0].as_str().unwrap();
+    assert!(e.contains("20-broken.yaml") && e.contains("metadata.name"), "{e}");
+    let table = node.moatctl(&["status"]);
+    assert!(
+        table.contains("Namespace=1, Pod=1") && table.contains("rejected manifest"),
+        "{table}"
+    );
+    // The node keeps working with a bad manifest in its directory.
+    let pod = node.add_pod("shop", "web");
+    assert!(moat_netns_tests::net::ping(&node.node_netns_path(), pod.ip));
+}
+
+#[test]
+fn bad_flags_are_named() {
+    require_root();
+    let out = std::process::Command::new(bin("moat-agent"))
+        .args([
+            "--state-dir",
+            "/nonexistent/moat-dir",
+            "--socket",
+            "/tmp/moat-never.sock",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--state-dir") && err.contains("/nonexistent/moat-dir"),
+        "{err}"
+    );
+    let out = std::process::Command::new(bin("moat-agent"))
+        .args(["--pod-cidr", "10.1.2.3/40", "--socket", "/tmp/moat-never.sock"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--pod-cidr") && err.contains("10.1.2.3/40"), "{err}");
+}
