@@ -8,6 +8,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// One Kubernetes object as read from disk.
+#[allow(
+    dead_code,
+    reason = "the NetworkPolicy work consumes these; today only kinds are reported"
+)]
 #[derive(Debug, Clone)]
 pub struct Object {
     pub file: PathBuf,
