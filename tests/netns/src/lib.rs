@@ -421,11 +421,7 @@ impl Node {
             self.agent_log()
         );
         let result = out.json();
-        let addr = result["ips"][0]["address"]
-            .as_str()
-            .expect("ips[0].address")
-            .to_string();
-        let ip: Ipv4Addr = addr.split('/').next().unwrap().parse().expect("pod ip");
+        let ip = result_ip(&result);
         Pod {
             namespace: namespace.into(),
             name: name.into(),
@@ -534,6 +530,19 @@ impl Pod {
     pub fn path(&self) -> String {
         netns_path(&self.netns)
     }
+}
+
+/// The pod address in a CNI result (`ips[0].address` without its prefix length).
+#[must_use]
+pub fn result_ip(result: &Value) -> Ipv4Addr {
+    let addr = result["ips"][0]["address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no ips[0].address in {result}"));
+    addr.split('/')
+        .next()
+        .unwrap_or_default()
+        .parse()
+        .unwrap_or_else(|e| panic!("{addr}: {e}"))
 }
 
 /// Whether we run as root (every test here needs it).

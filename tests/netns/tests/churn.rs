@@ -17,14 +17,7 @@ fn two_hundred_add_del_cycles_leave_nothing_behind() {
         assert!(add.success, "cycle {i} ADD: {add:?}");
         if i % 50 == 0 {
             // Every so often prove the pod really works before tearing it down.
-            let ip: std::net::Ipv4Addr = add.json()["ips"][0]["address"]
-                .as_str()
-                .unwrap()
-                .split('/')
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
+            let ip = moat_netns_tests::result_ip(&add.json());
             assert!(
                 ping(&ns.path(), anchor.ip),
                 "cycle {i}: pod {ip} cannot reach the anchor pod"

@@ -350,14 +350,7 @@ fn chained_with_portmap_serves_a_host_port() {
     );
     assert!(add.success, "{add:?}");
     let prev = add.json();
-    let pod_ip: std::net::Ipv4Addr = prev["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let pod_ip = moat_netns_tests::result_ip(&prev);
     let host_port = 30000 + (std::process::id() % 2000) as u16;
     // What the runtime sends the next plugin of the conflist: same name/version, our result as prevResult.
     let pm_conf = json!({"cniVersion": "1.0.0", "name": "moat-test", "type": "portmap", "capabilities": {"portMappings": true},
