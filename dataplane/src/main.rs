@@ -8,6 +8,7 @@ mod datapath;
 mod install_cni;
 mod ipam;
 mod manifests;
+mod masquerade;
 mod netdev;
 mod node;
 mod server;
@@ -81,6 +82,10 @@ struct RunArgs {
     gateway: Ipv4Addr,
     #[arg(long)]
     node_name: Option<String>,
+    /// Source-NAT pod traffic that leaves the pod CIDR to the node's address (for
+    /// networks that do not route the pod CIDR back to this node).
+    #[arg(long)]
+    masquerade: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -133,6 +138,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Pods reach other nodes and the outside through this node's stack.
     if let Err(e) = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1") {
         tracing::warn!(error = %e, "could not enable net.ipv4.ip_forward; pod traffic leaving the node will not be routed");
+    }
+    if args.masquerade {
+        masquerade::ensure(&pod_cidr.to_string()).context("--masquerade")?;
+        tracing::info!(cidr = %pod_cidr, "masquerading pod traffic that leaves the pod CIDR");
     }
     let node_name = args.node_name.unwrap_or_else(hostname);
     let cfg = node::NodeConfig {

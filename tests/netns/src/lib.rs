@@ -147,6 +147,8 @@ pub struct NodeOpts {
     pub root_netns: bool,
     /// Files (name, content) put into the agent's `--state-dir` before it starts.
     pub manifests: Vec<(&'static str, String)>,
+    /// Extra `moat-agent` flags.
+    pub agent_args: Vec<&'static str>,
 }
 
 impl Default for NodeOpts {
@@ -156,6 +158,7 @@ impl Default for NodeOpts {
             cni_version: "1.1.0",
             root_netns: false,
             manifests: Vec::new(),
+            agent_args: Vec::new(),
         }
     }
 }
@@ -293,6 +296,7 @@ impl Node {
             .args(["--data-dir", &self.dir.join("data").to_string_lossy()])
             .args(["--pod-cidr", &self.pod_cidr])
             .args(["--node-name", &self.id])
+            .args(&self.opts.agent_args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

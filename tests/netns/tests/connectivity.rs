@@ -8,7 +8,7 @@
 use std::net::Ipv4Addr;
 
 use moat_netns_tests::net::{in_netns, ping, tcp_echo, udp_echo, EchoServer};
-use moat_netns_tests::{ip, require_root, Node};
+use moat_netns_tests::{ip, require_root, Node, NodeOpts};
 use serde_json::Value;
 
 fn counter(node: &Node, name: &str) -> u64 {
@@ -107,6 +107,37 @@ fn pod_to_outside_goes_through_the_node_stack() {
     );
     assert!(ping(&pod.path(), node.ext_ip));
     assert!(counter(&node, "forward_stack") > before);
+}
+
+#[test]
+fn masquerade_lets_pods_reach_networks_that_do_not_route_the_pod_cidr() {
+    require_root();
+    let node = Node::start_with(NodeOpts {
+        agent_args: vec!["--masquerade"],
+        ..NodeOpts::default()
+    });
+    let ext = node.ext_ns.as_ref().unwrap();
+    // The outside host forgets how to reach pods: only the node's own address is routable.
+    ip(Some(&ext.name), &["route", "del", &node.pod_cidr]);
+    let pod = node.add_pod("default", "natted");
+    let _server = EchoServer::start(&ext.path(), 8085);
+    assert_eq!(
+        tcp_echo(&pod.path(), node.ext_ip, 8085, b"via snat").unwrap(),
+        b"via snat"
+    );
+    assert_eq!(
+        udp_echo(&pod.path(), node.ext_ip, 8085, b"udp via snat").unwrap(),
+        b"udp via snat"
+    );
+    let rules = moat_netns_tests::sh(
+        std::process::Command::new("nsenter")
+            .arg(format!("--net={}", node.node_netns_path()))
+            .args(["iptables", "-t", "nat", "-S", "MOAT-MASQ"]),
+    );
+    assert!(
+        rules.contains(&node.pod_cidr) && rules.contains("MASQUERADE"),
+        "{rules}"
+    );
 }
 
 #[test]
