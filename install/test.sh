@@ -11,6 +11,8 @@ quiet() { "$@" 2>&1 | { grep -v '^warning: moat-dataplane@[^:]*:  *\(Compiling\|
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+echo "== cargo clippy (warnings are errors)"
+quiet cargo clippy --release --all-targets -- -D warnings
 echo "== build (release; dataplane/build.rs builds the eBPF object)"
 quiet cargo build --release --bins
 echo "== tests"

@@ -96,7 +96,8 @@ pub fn parse_netconf(stdin: &[u8]) -> Result<NetConf> {
         }
     }
     // Check the optional fields' JSON types first, so the error names the field.
-    let kinds: [(&str, fn(&serde_json::Value) -> bool, &str); 5] = [
+    type IsKind = fn(&serde_json::Value) -> bool;
+    let kinds: [(&str, IsKind, &str); 5] = [
         (
             "socket",
             serde_json::Value::is_string,

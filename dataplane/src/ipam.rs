@@ -119,8 +119,8 @@ impl Ipam {
         for step in 0..usable {
             let offset = 1 + (self.cursor - 1 + step) % usable;
             let ip = self.cidr.first() + offset;
-            if !self.leases.contains_key(&ip) {
-                self.leases.insert(ip, owner.clone());
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.leases.entry(ip) {
+                slot.insert(owner.clone());
                 self.cursor = 1 + offset % usable;
                 return Ok(Ipv4Addr::from(ip));
             }

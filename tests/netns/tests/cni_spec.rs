@@ -76,7 +76,9 @@ fn errors_use_the_spec_codes_and_name_the_field() {
     let env = Node::env("ADD", "err-ctr", &path, "");
     let good = node.conf().to_string();
 
-    let cases: Vec<(&str, Vec<(&str, &str)>, String, u64, &str)> = vec![
+    // (what, env, stdin, expected code, text the error must contain)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, String, u64, &'a str);
+    let cases: Vec<Case> = vec![
         ("undecodable stdin", env.clone(), "{not json".into(), 6, "decode"),
         (
             "missing name",

@@ -154,7 +154,7 @@ fn spoofed_source_addresses_are_dropped() {
     let spoofed = in_netns(&a.path(), move || {
         let s = socket_from(fake);
         s.connect_timeout(
-            &std::net::SocketAddr::from((b.ip, 8084)).into(),
+            &std::net::SocketAddr::from((b.ip, 8084)),
             std::time::Duration::from_millis(800),
         )
     });
