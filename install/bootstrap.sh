@@ -23,6 +23,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 command -v rustup >/dev/null || { log "rustup not found: this machine kind ships it"; exit 1; }
+for c in rustfmt clippy; do
+  rustup component list --installed | grep -q "^$c" || { log "rustup component add $c"; rustup component add "$c"; }
+done
 rustup toolchain list | grep -q '^nightly' || { log "installing nightly toolchain"; rustup toolchain install nightly --profile minimal; }
 if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'; then
   log "rustup component add rust-src --toolchain nightly"
