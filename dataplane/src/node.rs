@@ -231,7 +231,13 @@ impl Node {
             );
         }
         let id = match self.endpoints.get(&new.owner) {
-            Some(old) => old.id,
+            Some(old) => {
+                // A retried ADD may come with another address (delegated IPAM).
+                if old.ipv4 != new.ipv4 {
+                    self.datapath.remove_endpoint(old.ipv4);
+                }
+                old.id
+            }
             None => {
                 self.next_id += 1;
                 self.next_id - 1

@@ -510,6 +510,16 @@ impl Drop for Node {
         for ns in self.pod_netns.lock().unwrap().drain(..) {
             let _ = Command::new("ip").args(["netns", "del", &ns]).status();
         }
+        if self.node_ns.is_none() {
+            // Host veths live in the root netns here: remove any a failed test left.
+            let text = std::fs::read_to_string(self.dir.join("data/endpoints.json")).unwrap_or_default();
+            let eps = serde_json::from_str::<Value>(&text).unwrap_or_default();
+            for ep in eps["endpoints"].as_array().into_iter().flatten() {
+                if let Some(ifname) = ep["host_ifname"].as_str() {
+                    let _ = Command::new("ip").args(["link", "del", ifname]).output();
+                }
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.pin_dir);
         if std::thread::panicking() {
             eprintln!("agent log of {}:\n{}", self.id, self.agent_log());
