@@ -75,6 +75,118 @@ pub fn metric_name(slot: u32) -> Option<&'static str> {
     })
 }
 
+/// Policy directions (`PolicyKey::direction`).
+pub mod direction {
+    /// Traffic arriving at the subject pod.
+    pub const INGRESS: u8 = 1;
+    /// Traffic the subject pod sends.
+    pub const EGRESS: u8 = 2;
+}
+
+/// Pinned name of the policy LPM trie.
+pub const POLICY_MAP: &str = "moat_policy_v1";
+/// Pinned name of the ipcache LPM trie.
+pub const IPCACHE_MAP: &str = "moat_ipcache_v1";
+
+/// Policy entries one node can hold: 1,000 policies over 500 identities with room to spare.
+pub const MAX_POLICY_ENTRIES: u32 = 262_144;
+/// ipcache prefixes: every pod and node address plus ipBlock CIDRs.
+pub const MAX_IPCACHE_ENTRIES: u32 = 65_536;
+
+/// Peer identity that stands for "any peer" in a policy key.
+pub const ANY_PEER: u32 = 0;
+
+/// The data part of a `POLICY` LPM-trie key (the trie adds a `u32` prefix length in front).
+///
+/// Lookup, as done by the datapath and mirrored by `moat_policy_compiler::lookup`:
+///
+/// 1. key `{subject, direction, peer = the real peer identity, proto, dport}` with the full
+///    96-bit prefix; the trie returns the longest stored prefix that matches;
+/// 2. the same key with `peer = ANY_PEER`;
+/// 3. the flow is allowed when either lookup returns an entry whose action is
+///    `ACTION_ALLOW`; otherwise it is denied, and the cookie of the entry found (the
+///    "isolated by" entry at prefix 40) names the policy that isolated the subject. No entry
+///    at all means no policy covers the subject: the node-wide default applies.
+///
+/// Stored prefixes (bits counted from the first byte of this struct):
+/// - 40 (`PREFIX_SUBJECT_DIR`): subject + direction. One per known subject identity and
+///   direction: `ACTION_ALLOW` when no policy isolates it, `ACTION_DENY` (cookie = the
+///   isolating policy) when one does. It matches any peer, proto and port.
+/// - 72 (`PREFIX_PEER`): + peer: every protocol and port to/from that peer.
+/// - 80 (`PREFIX_PROTO`): + protocol: every port of that protocol.
+/// - 81..=96: + the high bits of the destination port: a port (96) or an aligned block of a
+///   range (`endPort`); a range is stored as the minimal set of such blocks.
+///
+/// The peer and port are stored big-endian so that prefixes line up with numeric order.
+/// There is no padding: 4 + 1 + 4 + 1 + 2 = 12 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyKey {
+    /// Identity of the local pod the rule protects (native byte order).
+    pub subject: u32,
+    /// `direction::INGRESS` or `direction::EGRESS`.
+    pub direction: u8,
+    /// Peer identity, big-endian; `ANY_PEER` for a rule that matches every peer.
+    pub peer: [u8; 4],
+    /// IP protocol number (6 TCP, 17 UDP, 132 SCTP).
+    pub proto: u8,
+    /// Destination port, big-endian (as on the wire).
+    pub dport: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<PolicyKey>() == 12);
+
+impl PolicyKey {
+    #[must_use]
+    pub const fn new(subject: u32, direction: u8, peer: u32, proto: u8, dport: u16) -> Self {
+        Self {
+            subject,
+            direction,
+            peer: peer.to_be_bytes(),
+            proto,
+            dport: dport.to_be_bytes(),
+        }
+    }
+}
+
+/// `PolicyKey` prefix lengths (see the comment on `PolicyKey`).
+pub const PREFIX_SUBJECT_DIR: u32 = 40;
+pub const PREFIX_PEER: u32 = 72;
+pub const PREFIX_PROTO: u32 = 80;
+pub const PREFIX_FULL: u32 = 96;
+
+/// `PolicyValue::action`.
+pub const ACTION_ALLOW: u32 = 1;
+pub const ACTION_DENY: u32 = 2;
+
+/// Value of `POLICY`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyValue {
+    /// `ACTION_ALLOW` or `ACTION_DENY`.
+    pub action: u32,
+    /// Names the policy rule that produced this entry (the agent keeps cookie → rule).
+    pub cookie: u32,
+}
+const _: () = assert!(core::mem::size_of::<PolicyValue>() == 8);
+
+/// Value of `IPCACHE` (LPM trie keyed by IPv4 prefix in wire order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IpcacheInfo {
+    pub identity: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<IpcacheInfo>() == 8);
+
 #[cfg(feature = "user")]
 // SAFETY: plain `#[repr(C)]` data without padding (size asserted above).
 unsafe impl aya::Pod for EndpointInfo {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for PolicyKey {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for PolicyValue {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for IpcacheInfo {}
