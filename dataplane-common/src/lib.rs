@@ -56,6 +56,22 @@ pub mod metric {
     pub const DROP_INVALID: u32 = 134;
     /// The kernel refused a packet rewrite.
     pub const DROP_WRITE_ERROR: u32 = 141;
+    /// NetworkPolicy does not allow the flow.
+    pub const DROP_POLICY_DENIED: u32 = 133;
+    /// The conntrack table refused a new entry.
+    pub const DROP_CT_INSERT_FAILED: u32 = 155;
+    /// New flows allowed by policy (or not covered by any policy).
+    pub const FLOW_NEW_ALLOWED: u32 = 4;
+    /// New flows policy would drop, let through because audit mode is on.
+    pub const FLOW_AUDIT: u32 = 5;
+    /// Packets of established flows (original direction).
+    pub const CT_ESTABLISHED: u32 = 6;
+    /// Packets in the reply direction of a tracked flow.
+    pub const CT_REPLY: u32 = 7;
+    /// Events lost because the ring buffer was full.
+    pub const EVENTS_LOST: u32 = 8;
+    /// Established flows whose verdict was re-checked after a policy change.
+    pub const CT_REEVALUATED: u32 = 9;
     /// Number of slots in the counter array.
     pub const SLOTS: u32 = 256;
 }
@@ -71,6 +87,14 @@ pub fn metric_name(slot: u32) -> Option<&'static str> {
         metric::DROP_INVALID_SIP => "drop_invalid_source_ip",
         metric::DROP_INVALID => "drop_invalid_packet",
         metric::DROP_WRITE_ERROR => "drop_write_error",
+        metric::DROP_POLICY_DENIED => "drop_policy_denied",
+        metric::DROP_CT_INSERT_FAILED => "drop_ct_insert_failed",
+        metric::FLOW_NEW_ALLOWED => "flow_new_allowed",
+        metric::FLOW_AUDIT => "flow_audit",
+        metric::CT_ESTABLISHED => "ct_established",
+        metric::CT_REPLY => "ct_reply",
+        metric::EVENTS_LOST => "events_lost",
+        metric::CT_REEVALUATED => "ct_reevaluated",
         _ => return None,
     })
 }
@@ -169,6 +193,158 @@ pub struct PolicyValue {
 }
 const _: () = assert!(core::mem::size_of::<PolicyValue>() == 8);
 
+/// Pinned name of the conntrack table.
+pub const CT_MAP: &str = "moat_ct4_v1";
+/// Pinned name of the flow/drop event ring buffer.
+pub const EVENTS_MAP: &str = "moat_events_v1";
+/// Pinned name of the one-element datapath configuration array.
+pub const CONFIG_MAP: &str = "moat_config_v1";
+
+/// Tracked flows per node: Cilium's default order of magnitude for a small node. LRU: the
+/// oldest flows are evicted when full.
+pub const MAX_CT_ENTRIES: u32 = 262_144;
+/// Event ring buffer size: ~40,000 events of 48 bytes between two reads.
+pub const EVENTS_BYTES: u32 = 2 * 1024 * 1024;
+
+/// Conntrack timeouts (nanoseconds of `bpf_ktime_get_ns`).
+pub mod ct_timeout {
+    const SEC: u64 = 1_000_000_000;
+    /// TCP after a reply was seen (Linux nf_conntrack and Cilium use hours too).
+    pub const TCP_ESTABLISHED: u64 = 21_600 * SEC;
+    /// TCP before the peer answered (SYN sent).
+    pub const TCP_OPENING: u64 = 60 * SEC;
+    /// TCP after a RST, or a FIN from both sides.
+    pub const TCP_CLOSING: u64 = 10 * SEC;
+    /// UDP, ICMP and every other protocol: idle timeout.
+    pub const OTHER: u64 = 60 * SEC;
+}
+
+/// Conntrack key: the flow's tuple as the initiator sent it (addresses and ports in wire
+/// order). ICMP echo uses the echo id as `sport` on requests and `dport` on replies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
+
+/// `CtEntry::flags` bits.
+pub mod ct_flag {
+    /// A packet in the reply direction has been seen.
+    pub const SEEN_REPLY: u32 = 1;
+    pub const FIN_ORIG: u32 = 2;
+    pub const FIN_REPLY: u32 = 4;
+    pub const RST: u32 = 8;
+    /// The verdict includes the source pod's egress policy.
+    pub const CHECKED_EGRESS: u32 = 16;
+    /// The verdict includes the destination pod's ingress policy.
+    pub const CHECKED_INGRESS: u32 = 32;
+    /// The flow was let through in audit mode.
+    pub const AUDIT: u32 = 64;
+}
+
+/// Conntrack value. The policy verdict is decided when the entry is created and cached
+/// here with the policy revision it was made under; a packet that finds an older revision
+/// re-checks the flow, so removing an allow stops established flows at their next packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtEntry {
+    /// `bpf_ktime_get_ns` of the last packet in either direction.
+    pub last_seen: u64,
+    pub created: u64,
+    /// `ct_flag::*`.
+    pub flags: u32,
+    /// `Config::policy_rev` the verdict was made under.
+    pub policy_rev: u32,
+    pub src_identity: u32,
+    pub dst_identity: u32,
+    /// Cookie of the policy entry that allowed the flow.
+    pub cookie: u32,
+    pub _pad: u32,
+    pub packets_orig: u64,
+    pub packets_reply: u64,
+}
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 56);
+
+/// `Config::flags` bits.
+pub mod config_flag {
+    /// Report would-be policy drops as AUDIT events and let the packets through.
+    pub const AUDIT: u32 = 1;
+    /// A pod no policy entry covers is denied (enforcement mode `always`).
+    pub const DENY_UNMANAGED: u32 = 2;
+}
+
+/// The single element of `CONFIG`, written by the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Bumped after every policy/ipcache change; conntrack entries made under an older
+    /// revision are re-checked.
+    pub policy_rev: u32,
+    /// `config_flag::*`.
+    pub flags: u32,
+    /// Events for allowed new flows per second and CPU (0: none; drops are always reported).
+    pub flow_events_per_sec: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Config>() == 16);
+
+/// `FlowEvent::verdict`.
+pub mod verdict {
+    pub const FORWARDED: u8 = 1;
+    pub const DROPPED: u8 = 2;
+    pub const AUDIT: u8 = 3;
+}
+
+/// `FlowEvent::hook`: where the event was produced.
+pub mod hook {
+    /// tcx ingress of a pod's host veth (packets the pod sends).
+    pub const FROM_CONTAINER: u8 = 1;
+    /// tcx egress of a pod's host veth (packets the stack delivers to the pod).
+    pub const TO_CONTAINER: u8 = 2;
+}
+
+/// One record of `EVENTS`: a dropped packet, an audited flow or an allowed new flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEvent {
+    /// `bpf_ktime_get_ns`.
+    pub ts: u64,
+    /// Addresses and ports in wire order.
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub src_identity: u32,
+    pub dst_identity: u32,
+    /// Policy entry cookie that decided (0: none).
+    pub cookie: u32,
+    /// Host veth the packet was seen on.
+    pub ifindex: u32,
+    /// `verdict::*`.
+    pub verdict: u8,
+    /// Drop reason (`metric::DROP_*`), 0 when not dropped.
+    pub reason: u8,
+    pub proto: u8,
+    /// TCP flags byte (0 for other protocols).
+    pub tcp_flags: u8,
+    /// `hook::*`.
+    pub hook: u8,
+    /// `direction::*` of the policy check that decided (0: none).
+    pub direction: u8,
+    /// 1 when the event concerns an established flow re-checked after a policy change.
+    pub reevaluated: u8,
+    pub _pad: u8,
+    /// Packet length in bytes.
+    pub len: u32,
+}
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 48);
+
 /// Value of `IPCACHE` (LPM trie keyed by IPv4 prefix in wire order).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -190,3 +366,12 @@ unsafe impl aya::Pod for PolicyValue {}
 #[cfg(feature = "user")]
 // SAFETY: as above.
 unsafe impl aya::Pod for IpcacheInfo {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for CtKey {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for CtEntry {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for Config {}

@@ -10,9 +10,12 @@
 #![no_std]
 #![no_main]
 
+mod conntrack;
+mod events;
 mod maps;
 mod packet;
 mod pod;
+mod policy;
 
 #[cfg(not(test))]
 #[panic_handler]

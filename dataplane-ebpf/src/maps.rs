@@ -1,9 +1,12 @@
-//! Every map the datapath uses. User space (`dataplane/src/maps.rs`) owns their contents.
+//! Every map the datapath uses. User space (`dataplane/src/datapath.rs`) owns their contents.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{lpm_trie::LpmTrie, Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use moat_dataplane_common::{metric, EndpointInfo, MAX_ENDPOINTS};
+use moat_dataplane_common::{
+    metric, Config, CtEntry, CtKey, EndpointInfo, IpcacheInfo, PolicyKey, PolicyValue, EVENTS_BYTES, MAX_CT_ENTRIES,
+    MAX_ENDPOINTS, MAX_IPCACHE_ENTRIES, MAX_POLICY_ENTRIES,
+};
 
 /// Local pods by IPv4 (wire order): where to redirect, and which veth owns the address.
 #[map(name = "moat_endpts_v1")]
@@ -13,10 +16,41 @@ pub static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::pinned(MAX_ENDPOINTS
 #[map(name = "moat_metrics_v1")]
 pub static METRICS: PerCpuArray<u64> = PerCpuArray::pinned(metric::SLOTS, 0);
 
+/// IPv4 prefix (wire order) → security identity: local pods, the node, ipBlock CIDRs.
+/// A miss means `reserved:world`.
+#[map(name = "moat_ipcache_v1")]
+pub static IPCACHE: LpmTrie<u32, IpcacheInfo> = LpmTrie::pinned(MAX_IPCACHE_ENTRIES, 0);
+
+/// Compiled NetworkPolicy; the key layout and lookup order are documented on `PolicyKey`.
+#[map(name = "moat_policy_v1")]
+pub static POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(MAX_POLICY_ENTRIES, 0);
+
+/// Connection tracking: one entry per flow, keyed by the initiator's tuple. LRU so a full
+/// table evicts the least recently used flow instead of refusing new ones.
+#[map(name = "moat_ct4_v1")]
+pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(MAX_CT_ENTRIES, 0);
+
+/// Flow and drop events for the agent.
+#[map(name = "moat_events_v1")]
+pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+
+/// Node-wide datapath settings (one element), written by the agent.
+#[map(name = "moat_config_v1")]
+pub static CONFIG: Array<Config> = Array::pinned(1, 0);
+
+/// Per-CPU `[window start ns, events sent in window]` for rate-limiting allowed-flow events.
+#[map(name = "moat_evrate_v1")]
+pub static EVENT_RATE: PerCpuArray<[u64; 2]> = PerCpuArray::pinned(1, 0);
+
 #[inline(always)]
 pub fn count(slot: u32) {
     if let Some(c) = METRICS.get_ptr_mut(slot) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *c += 1 };
     }
+}
+
+#[inline(always)]
+pub fn config() -> Config {
+    CONFIG.get(0).copied().unwrap_or_default()
 }

@@ -1,4 +1,4 @@
-//! Bounds-checked access to packet headers.
+//! Bounds-checked access to packet headers, and the flow tuple of a packet.
 use aya_ebpf::programs::TcContext;
 use moat_dataplane_common::metric;
 
@@ -8,6 +8,14 @@ pub const ETH_P_IP: u16 = 0x0800;
 pub const IPV4_CSUM_OFF: usize = 10;
 /// Offset of the 16-bit word holding TTL and protocol inside the IP header.
 pub const IPV4_TTL_OFF: usize = 8;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_SCTP: u8 = 132;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_RST: u8 = 0x04;
 
 #[repr(C)]
 pub struct EthHdr {
@@ -40,4 +48,82 @@ pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*mut T, u32> {
         return Err(metric::DROP_INVALID);
     }
     Ok((start + offset) as *mut T)
+}
+
+/// What policy and conntrack need from a packet. Addresses and ports in wire order.
+#[derive(Clone, Copy, Default)]
+pub struct Flow {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub tcp_flags: u8,
+    pub ttl: u8,
+}
+
+/// Parses the IPv4 header at `ETH_HLEN` and the first bytes of L4. Non-first fragments
+/// carry no ports: they are tracked with ports 0 (only an all-ports rule allows them).
+#[inline(always)]
+pub fn parse_ipv4(ctx: &TcContext) -> Result<Flow, u32> {
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
+    // SAFETY: bounds checked by `ptr_at`.
+    let (ver_ihl, frag_off, proto, saddr, daddr, ttl) = unsafe {
+        (
+            (*ip).ver_ihl,
+            (*ip).frag_off,
+            (*ip).protocol,
+            (*ip).saddr,
+            (*ip).daddr,
+            (*ip).ttl,
+        )
+    };
+    let ihl = usize::from(ver_ihl & 0x0f) * 4;
+    if ihl < 20 {
+        return Err(metric::DROP_INVALID);
+    }
+    let mut flow = Flow {
+        saddr,
+        daddr,
+        proto,
+        ttl,
+        ..Flow::default()
+    };
+    if u16::from_be(frag_off) & 0x1fff != 0 {
+        return Ok(flow);
+    }
+    let l4 = ETH_HLEN + ihl;
+    match proto {
+        IPPROTO_TCP => {
+            let ports: *const [u16; 2] = ptr_at(ctx, l4)?;
+            let flags: *const u8 = ptr_at(ctx, l4 + 13)?;
+            // SAFETY: bounds checked by `ptr_at`.
+            unsafe {
+                flow.sport = (*ports)[0];
+                flow.dport = (*ports)[1];
+                flow.tcp_flags = *flags;
+            }
+        }
+        IPPROTO_UDP | IPPROTO_SCTP => {
+            let ports: *const [u16; 2] = ptr_at(ctx, l4)?;
+            // SAFETY: bounds checked by `ptr_at`.
+            unsafe {
+                flow.sport = (*ports)[0];
+                flow.dport = (*ports)[1];
+            }
+        }
+        IPPROTO_ICMP => {
+            // type, code, checksum, id, sequence
+            let hdr: *const [u16; 3] = ptr_at(ctx, l4)?;
+            // SAFETY: bounds checked by `ptr_at`.
+            let (type_code, id) = unsafe { ((*hdr)[0], (*hdr)[2]) };
+            match u16::from_be(type_code) >> 8 {
+                8 => flow.sport = id, // echo request
+                0 => flow.dport = id, // echo reply
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+    Ok(flow)
 }

@@ -1,56 +1,90 @@
 //! Programs on the host side of each pod's veth.
 //!
 //! `from_container` runs on tcx ingress: every packet a pod sends arrives here first.
-//! It checks that the source address belongs to this veth, then either redirects the
-//! packet straight into a local destination pod (`bpf_redirect_peer`: no second trip
-//! through the node's stack, no backlog queue) or hands it to the stack (node, other
-//! nodes, outside). `to_container` runs on tcx egress for what the stack routes to a pod.
+//! It checks that the source address belongs to this veth, runs conntrack and policy
+//! (the pod's egress policy, and for a local destination that pod's ingress policy too,
+//! because `bpf_redirect_peer` skips the destination veth's programs), then either
+//! redirects the packet straight into the local destination pod or hands it to the
+//! stack (node, other nodes, outside). `to_container` runs on tcx egress for what the
+//! stack routes to a pod: conntrack and the pod's ingress policy.
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     helpers::generated::bpf_redirect_peer,
     macros::classifier,
     programs::TcContext,
 };
-use moat_dataplane_common::metric;
+use moat_dataplane_common::{hook, metric, verdict};
 
 use crate::{
+    conntrack::track,
+    events::{emit, Meta},
     maps::{count, ENDPOINTS},
-    packet::{ptr_at, EthHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IP, IPV4_CSUM_OFF, IPV4_TTL_OFF},
+    packet::{parse_ipv4, ptr_at, EthHdr, ETH_HLEN, ETH_P_IP, IPV4_CSUM_OFF, IPV4_TTL_OFF},
+    policy::{IDENTITY_INIT, IDENTITY_WORLD},
 };
 
 #[classifier]
 pub fn from_container(ctx: TcContext) -> i32 {
-    match try_from_container(&ctx) {
+    let mut m = Meta {
+        hook: hook::FROM_CONTAINER,
+        ..Meta::default()
+    };
+    match try_from_container(&ctx, &mut m) {
         Ok(action) => action,
-        Err(reason) => {
-            count(reason);
-            TC_ACT_SHOT
-        }
+        Err(reason) => drop_packet(&m, reason),
     }
 }
 
+/// Counts and reports a drop. Every dropped packet produces an event.
 #[inline(always)]
-fn try_from_container(ctx: &TcContext) -> Result<i32, u32> {
+fn drop_packet(m: &Meta, reason: u32) -> i32 {
+    count(reason);
+    emit(m, verdict::DROPPED, reason);
+    TC_ACT_SHOT
+}
+
+#[inline(always)]
+fn fill_meta(ctx: &TcContext, m: &mut Meta) -> Result<u8, u32> {
+    // SAFETY: reading fields of the skb the program was given.
+    m.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    m.len = ctx.len();
+    let flow = parse_ipv4(ctx)?;
+    m.saddr = flow.saddr;
+    m.daddr = flow.daddr;
+    m.sport = flow.sport;
+    m.dport = flow.dport;
+    m.proto = flow.proto;
+    m.tcp_flags = flow.tcp_flags;
+    Ok(flow.ttl)
+}
+
+#[inline(always)]
+fn is_ipv4(ctx: &TcContext) -> Result<bool, u32> {
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: `ptr_at` checked the header lies inside the packet.
-    if unsafe { (*eth).proto } != ETH_P_IP.to_be() {
+    Ok(unsafe { (*eth).proto } == ETH_P_IP.to_be())
+}
+
+#[inline(always)]
+fn try_from_container(ctx: &TcContext, m: &mut Meta) -> Result<i32, u32> {
+    if !is_ipv4(ctx)? {
         count(metric::PASS_NON_IPV4);
         return Ok(TC_ACT_OK);
     }
-    let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
-    // SAFETY: bounds checked by `ptr_at`.
-    let (saddr, daddr, ttl) = unsafe { ((*ip).saddr, (*ip).daddr, (*ip).ttl) };
+    let ttl = fill_meta(ctx, m)?;
 
     // Anti-spoofing: the source must be the address the agent gave this veth's pod.
     // SAFETY: the map value is only read.
-    let ingress_ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    match unsafe { ENDPOINTS.get(&saddr) } {
-        Some(src) if src.ifindex == ingress_ifindex => {}
+    match unsafe { ENDPOINTS.get(&m.saddr) } {
+        Some(src) if src.ifindex == m.ifindex => {}
         _ => return Err(metric::DROP_INVALID_SIP),
     }
 
-    // SAFETY: the map value is only read.
-    let Some(dst) = (unsafe { ENDPOINTS.get(&daddr) }) else {
+    // SAFETY: the map value is only read; copied out before any map update.
+    let dst = unsafe { ENDPOINTS.get(&m.daddr) }.map(|d| (d.ifindex, d.pod_mac, d.host_mac));
+    track(m, true, dst.is_some(), IDENTITY_INIT)?;
+
+    let Some((ifindex, pod_mac, host_mac)) = dst else {
         count(metric::FWD_STACK);
         return Ok(TC_ACT_OK);
     };
@@ -59,7 +93,6 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, u32> {
         count(metric::FWD_STACK);
         return Ok(TC_ACT_OK);
     }
-    let (ifindex, pod_mac, host_mac) = (dst.ifindex, dst.pod_mac, dst.host_mac);
 
     // We route like the stack would: decrement TTL (fixing the checksum), then write
     // the L2 header the destination pod expects (its MAC; our veth as the source).
@@ -83,9 +116,24 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, u32> {
 
 #[classifier]
 pub fn to_container(ctx: TcContext) -> i32 {
-    // Policy for traffic the stack routes to a pod lands here (NetworkPolicy issue);
-    // today every such packet is delivered and counted.
-    let _ = &ctx;
+    let mut m = Meta {
+        hook: hook::TO_CONTAINER,
+        ..Meta::default()
+    };
+    match try_to_container(&ctx, &mut m) {
+        Ok(action) => action,
+        Err(reason) => drop_packet(&m, reason),
+    }
+}
+
+#[inline(always)]
+fn try_to_container(ctx: &TcContext, m: &mut Meta) -> Result<i32, u32> {
     count(metric::TO_CONTAINER);
-    TC_ACT_OK
+    if !is_ipv4(ctx)? {
+        return Ok(TC_ACT_OK);
+    }
+    fill_meta(ctx, m)?;
+    // The source is the node, another node or the outside; the destination is this pod.
+    track(m, false, true, IDENTITY_WORLD)?;
+    Ok(TC_ACT_OK)
 }

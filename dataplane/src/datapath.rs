@@ -8,13 +8,17 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::sys::SyscallError;
 use aya::{Ebpf, EbpfLoader};
-use moat_dataplane_common::{metric, metric_name, EndpointInfo, ENDPOINTS_MAP, METRICS_MAP};
+use moat_dataplane_common::{
+    metric, metric_name, Config, CtEntry, CtKey, EndpointInfo, IpcacheInfo, PolicyKey, PolicyValue, CONFIG_MAP, CT_MAP,
+    ENDPOINTS_MAP, EVENTS_MAP, IPCACHE_MAP, METRICS_MAP, POLICY_MAP,
+};
 
 /// The object built by build.rs from `dataplane-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/moat-dataplane"));
@@ -64,7 +68,19 @@ pub struct Datapath {
     ebpf: Ebpf,
     endpoints: HashMap<MapData, u32, EndpointInfo>,
     metrics: PerCpuArray<MapData, u64>,
+    ipcache: LpmTrie<MapData, u32, IpcacheInfo>,
+    policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
+    ct: HashMap<MapData, CtKey, CtEntry>,
+    config: Array<MapData, Config>,
+    events: Option<RingBuf<MapData>>,
     links_dir: PathBuf,
+}
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
+    move |source| DatapathError::Map {
+        name,
+        source: Box::new(source),
+    }
 }
 
 impl Datapath {
@@ -102,10 +118,20 @@ impl Datapath {
                 name: METRICS_MAP,
                 source: Box::new(source),
             })?;
+        let ipcache = LpmTrie::try_from(take_map(&mut ebpf, IPCACHE_MAP)?).map_err(map_err(IPCACHE_MAP))?;
+        let policy = LpmTrie::try_from(take_map(&mut ebpf, POLICY_MAP)?).map_err(map_err(POLICY_MAP))?;
+        let ct = HashMap::try_from(take_map(&mut ebpf, CT_MAP)?).map_err(map_err(CT_MAP))?;
+        let config = Array::try_from(take_map(&mut ebpf, CONFIG_MAP)?).map_err(map_err(CONFIG_MAP))?;
+        let events = RingBuf::try_from(take_map(&mut ebpf, EVENTS_MAP)?).map_err(map_err(EVENTS_MAP))?;
         Ok(Self {
             ebpf,
             endpoints,
             metrics,
+            ipcache,
+            policy,
+            ct,
+            config,
+            events: Some(events),
             links_dir,
         })
     }
@@ -217,6 +243,80 @@ impl Datapath {
             .flatten()
             .map(|(k, v)| (Ipv4Addr::from(u32::from_be(k)), v))
             .collect()
+    }
+
+    /// The event ring buffer, handed to the reader task once.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// # Errors
+    /// When the kernel refuses the update (e.g. the map is full).
+    pub fn upsert_policy(&mut self, prefix: u32, key: PolicyKey, value: PolicyValue) -> Result<(), DatapathError> {
+        self.policy
+            .insert(&LpmKey::new(prefix, key), value, 0)
+            .map_err(map_err(POLICY_MAP))
+    }
+
+    pub fn delete_policy(&mut self, prefix: u32, key: PolicyKey) {
+        let _ = self.policy.remove(&LpmKey::new(prefix, key));
+    }
+
+    /// Every stored policy entry (what a restarted agent diffs against).
+    #[must_use]
+    pub fn policy_entries(&self) -> Vec<((u32, PolicyKey), PolicyValue)> {
+        self.policy
+            .iter()
+            .flatten()
+            .map(|(k, v)| ((k.prefix_len(), k.data()), v))
+            .collect()
+    }
+
+    /// # Errors
+    /// When the kernel refuses the update.
+    pub fn upsert_ipcache(&mut self, ip: Ipv4Addr, prefix: u8, identity: u32) -> Result<(), DatapathError> {
+        self.ipcache
+            .insert(
+                &LpmKey::new(u32::from(prefix), ip_key(ip)),
+                IpcacheInfo { identity, _pad: 0 },
+                0,
+            )
+            .map_err(map_err(IPCACHE_MAP))
+    }
+
+    pub fn delete_ipcache(&mut self, ip: Ipv4Addr, prefix: u8) {
+        let _ = self.ipcache.remove(&LpmKey::new(u32::from(prefix), ip_key(ip)));
+    }
+
+    #[must_use]
+    pub fn ipcache_entries(&self) -> Vec<((Ipv4Addr, u8), u32)> {
+        self.ipcache
+            .iter()
+            .flatten()
+            .map(|(k, v)| {
+                (
+                    (Ipv4Addr::from(u32::from_be(k.data())), k.prefix_len() as u8),
+                    v.identity,
+                )
+            })
+            .collect()
+    }
+
+    #[must_use]
+    pub fn config(&self) -> Config {
+        self.config.get(&0, 0).unwrap_or_default()
+    }
+
+    /// # Errors
+    /// When the kernel refuses the update.
+    pub fn set_config(&mut self, cfg: Config) -> Result<(), DatapathError> {
+        self.config.set(0, cfg, 0).map_err(map_err(CONFIG_MAP))
+    }
+
+    /// Tracked flows (a snapshot; the LRU map changes while it is read).
+    #[must_use]
+    pub fn ct_entries(&self) -> Vec<(CtKey, CtEntry)> {
+        self.ct.iter().flatten().collect()
     }
 
     /// Counters summed over CPUs, by name; zero counters are left out.
@@ -407,5 +507,112 @@ mod prog_test_run {
         }
         let (got, _) = run(&mut dp, "to_container", &packet(stranger, a, 64));
         assert_eq!(got, TC_ACT_OK);
+    }
+
+    fn udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+        let mut p = packet(src, dst, 64);
+        p[34..36].copy_from_slice(&sport.to_be_bytes());
+        p[36..38].copy_from_slice(&dport.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn policy_and_conntrack_verdicts() {
+        use moat_dataplane_common::{direction, ACTION_ALLOW, ACTION_DENY, PREFIX_FULL, PREFIX_SUBJECT_DIR};
+        // SAFETY: trivial libc call.
+        assert!(unsafe { libc::geteuid() } == 0, "BPF_PROG_TEST_RUN fixtures need root");
+        let pin = PinDir(PathBuf::from(format!(
+            "/sys/fs/bpf/moat-unit-pol-{}",
+            std::process::id()
+        )));
+        let mut dp = Datapath::load(&pin.0).expect("load datapath");
+        let (a, b): (Ipv4Addr, Ipv4Addr) = ("10.2.0.1".parse().unwrap(), "10.2.0.2".parse().unwrap());
+        let ep = |ifindex, id| EndpointInfo {
+            ifindex,
+            endpoint_id: id,
+            pod_mac: [0x0a, 1, 2, 3, 4, 5],
+            host_mac: [0x0e, 1, 2, 3, 4, 5],
+            flags: 0,
+        };
+        dp.upsert_endpoint(a, ep(LO, 1)).unwrap();
+        dp.upsert_endpoint(b, ep(77, 2)).unwrap();
+        dp.upsert_ipcache(a, 32, 300).unwrap();
+        dp.upsert_ipcache(b, 32, 301).unwrap();
+        // b is isolated for ingress (cookie 20) and allows UDP/80 from a (cookie 21).
+        dp.upsert_policy(
+            PREFIX_SUBJECT_DIR,
+            PolicyKey::new(301, direction::INGRESS, 0, 0, 0),
+            PolicyValue {
+                action: ACTION_DENY,
+                cookie: 20,
+            },
+        )
+        .unwrap();
+        let allow = PolicyKey::new(301, direction::INGRESS, 300, 17, 80);
+        dp.upsert_policy(
+            PREFIX_FULL,
+            allow,
+            PolicyValue {
+                action: ACTION_ALLOW,
+                cookie: 21,
+            },
+        )
+        .unwrap();
+        dp.set_config(Config {
+            policy_rev: 1,
+            ..Config::default()
+        })
+        .unwrap();
+
+        let denied_before = counter(&dp, "drop_policy_denied");
+        let (got, _) = run(&mut dp, "from_container", &udp(a, b, 5000, 81));
+        assert_eq!(got, TC_ACT_SHOT, "port 81 is not allowed");
+        assert_eq!(counter(&dp, "drop_policy_denied"), denied_before + 1);
+
+        let (got, _) = run(&mut dp, "from_container", &udp(a, b, 5000, 80));
+        assert_eq!(got, TC_ACT_REDIRECT, "UDP/80 from a is allowed");
+        let flows = dp.ct_entries();
+        let (_, e) = flows
+            .iter()
+            .find(|(k, _)| k.daddr == ip_key(b) && k.dport == 80u16.to_be())
+            .expect("the allowed flow is tracked");
+        assert_eq!((e.src_identity, e.dst_identity, e.cookie), (300, 301, 21));
+
+        let est_before = counter(&dp, "ct_established");
+        let (got, _) = run(&mut dp, "from_container", &udp(a, b, 5000, 80));
+        assert_eq!(got, TC_ACT_REDIRECT);
+        assert_eq!(
+            counter(&dp, "ct_established"),
+            est_before + 1,
+            "second packet uses the CT entry"
+        );
+
+        // Removing the allow and bumping the revision stops the established flow.
+        dp.delete_policy(PREFIX_FULL, allow);
+        dp.set_config(Config {
+            policy_rev: 2,
+            ..Config::default()
+        })
+        .unwrap();
+        let (got, _) = run(&mut dp, "from_container", &udp(a, b, 5000, 80));
+        assert_eq!(got, TC_ACT_SHOT, "established flow re-checked after the policy change");
+        assert!(
+            !dp.ct_entries()
+                .iter()
+                .any(|(k, _)| k.daddr == ip_key(b) && k.dport == 80u16.to_be()),
+            "the denied flow is forgotten"
+        );
+
+        // Audit mode: the same flow passes and is counted as audited.
+        dp.set_config(Config {
+            policy_rev: 3,
+            flags: moat_dataplane_common::config_flag::AUDIT,
+            ..Config::default()
+        })
+        .unwrap();
+        let audit_before = counter(&dp, "flow_audit");
+        let (got, _) = run(&mut dp, "from_container", &udp(a, b, 5001, 80));
+        assert_eq!(got, TC_ACT_REDIRECT, "audit mode lets the flow through");
+        assert_eq!(counter(&dp, "flow_audit"), audit_before + 1);
     }
 }

@@ -4,10 +4,16 @@
 //! its service account; labels that change on every rollout (`pod-template-hash`, …)
 //! are left out so a rollout keeps the identity. Reserved identities sit below 256,
 //! cluster identities start at 256, node-local CIDR identities carry a high bit.
-//! The allocator backends (local file, CRD, etcd) and the ipcache arrive with the
-//! NetworkPolicy work; this crate knows nothing about BPF.
+//! `allocator` hands out numbers on a single node (persisted by the agent); cluster
+//! backends (CRD, etcd) plug in behind the same calls. This crate knows nothing about BPF.
+pub mod allocator;
+
+pub use allocator::Allocator;
+
 use std::collections::BTreeMap;
 use std::fmt;
+
+use serde::{Deserialize, Serialize};
 
 /// A numeric security identity as stored in BPF maps.
 pub type Identity = u32;
@@ -53,7 +59,7 @@ const VOLATILE: [&str; 4] = [
 ];
 
 /// The canonical label set an identity stands for (sorted, prefixed by source).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 pub struct LabelSet(BTreeMap<String, String>);
 
 impl LabelSet {
@@ -82,6 +88,17 @@ impl LabelSet {
             );
         }
         Self(m)
+    }
+
+    /// A set for a reserved identity (`reserved:host`, …).
+    #[must_use]
+    pub fn reserved(name: &str) -> Self {
+        Self(BTreeMap::from([(name.to_string(), String::new())]))
+    }
+
+    /// Every `key=value`, sorted.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
     #[must_use]

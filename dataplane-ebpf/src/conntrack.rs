@@ -1,0 +1,182 @@
+//! Connection tracking and the per-flow policy verdict.
+//!
+//! A flow's first packet is checked against policy; an allowed flow gets a `CT` entry
+//! keyed by its tuple, and later packets in either direction pass on that entry. The
+//! entry remembers the policy revision its verdict was made under: after any policy or
+//! identity change (the agent bumps `Config::policy_rev`) the next packet re-checks the
+//! flow, and a flow that is no longer allowed is dropped and forgotten.
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use moat_dataplane_common::{ct_flag, ct_timeout, metric, verdict, Config, CtEntry, CtKey};
+
+use crate::events::{emit, emit_allowed, Meta};
+use crate::maps::{config, count, CT};
+use crate::packet::{IPPROTO_TCP, TCP_FIN, TCP_RST};
+use crate::policy::{decide, identity_of, IDENTITY_WORLD};
+
+#[inline(always)]
+fn expired(e: &CtEntry, proto: u8, now: u64) -> bool {
+    let timeout = if proto == IPPROTO_TCP {
+        let closing = e.flags & ct_flag::RST != 0
+            || e.flags & (ct_flag::FIN_ORIG | ct_flag::FIN_REPLY) == (ct_flag::FIN_ORIG | ct_flag::FIN_REPLY);
+        if closing {
+            ct_timeout::TCP_CLOSING
+        } else if e.flags & ct_flag::SEEN_REPLY != 0 {
+            ct_timeout::TCP_ESTABLISHED
+        } else {
+            ct_timeout::TCP_OPENING
+        }
+    } else {
+        ct_timeout::OTHER
+    };
+    now.wrapping_sub(e.last_seen) > timeout
+}
+
+/// Re-checks an existing flow (original tuple `orig`) under the current policy.
+/// Identities are looked up again: a relabelled pod may have a new one.
+#[inline(always)]
+fn recheck(cfg: &Config, e: &mut CtEntry, orig: &CtKey, m: &mut Meta, local_src: u32) -> Result<(), u32> {
+    count(metric::CT_REEVALUATED);
+    let src = identity_of(orig.saddr, local_src);
+    let dst = identity_of(orig.daddr, IDENTITY_WORLD);
+    let d = decide(
+        cfg,
+        src,
+        dst,
+        orig.proto,
+        orig.dport,
+        e.flags & ct_flag::CHECKED_EGRESS != 0,
+        e.flags & ct_flag::CHECKED_INGRESS != 0,
+    );
+    m.reevaluated = 1;
+    m.cookie = d.cookie;
+    m.direction = d.direction;
+    if !d.allowed && cfg.flags & moat_dataplane_common::config_flag::AUDIT == 0 {
+        let _ = CT.remove(orig);
+        return Err(metric::DROP_POLICY_DENIED);
+    }
+    e.src_identity = src;
+    e.dst_identity = dst;
+    e.cookie = d.cookie;
+    e.policy_rev = cfg.policy_rev;
+    Ok(())
+}
+
+/// Conntrack and policy for one packet. `egress`/`ingress` say which policies a new
+/// flow is checked against here (source pod's egress, destination pod's ingress).
+/// `src_fallback` is the identity of the source when the ipcache has none.
+#[inline(always)]
+pub fn track(m: &mut Meta, egress: bool, ingress: bool, src_fallback: u32) -> Result<(), u32> {
+    let cfg = config();
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = CtKey {
+        saddr: m.saddr,
+        daddr: m.daddr,
+        sport: m.sport,
+        dport: m.dport,
+        proto: m.proto,
+        _pad: [0; 3],
+    };
+    let fin_rst = m.tcp_flags & (TCP_FIN | TCP_RST);
+
+    if let Some(p) = CT.get_ptr_mut(&key) {
+        // SAFETY: the entry stays valid while this program runs (RCU).
+        let e = unsafe { &mut *p };
+        if !expired(e, m.proto, now) {
+            m.cookie = e.cookie;
+            if e.policy_rev != cfg.policy_rev {
+                recheck(&cfg, e, &key, m, src_fallback)?;
+            }
+            m.src_identity = e.src_identity;
+            m.dst_identity = e.dst_identity;
+            e.last_seen = now;
+            e.packets_orig += 1;
+            if fin_rst & TCP_RST != 0 {
+                e.flags |= ct_flag::RST;
+            } else if fin_rst & TCP_FIN != 0 {
+                e.flags |= ct_flag::FIN_ORIG;
+            }
+            count(metric::CT_ESTABLISHED);
+            return Ok(());
+        }
+    }
+
+    let rkey = CtKey {
+        saddr: m.daddr,
+        daddr: m.saddr,
+        sport: m.dport,
+        dport: m.sport,
+        proto: m.proto,
+        _pad: [0; 3],
+    };
+    if let Some(p) = CT.get_ptr_mut(&rkey) {
+        // SAFETY: as above.
+        let e = unsafe { &mut *p };
+        if !expired(e, m.proto, now) {
+            m.cookie = e.cookie;
+            if e.policy_rev != cfg.policy_rev {
+                recheck(&cfg, e, &rkey, m, IDENTITY_WORLD)?;
+            }
+            // A reply travels against the flow: its source is the flow's destination.
+            m.src_identity = e.dst_identity;
+            m.dst_identity = e.src_identity;
+            e.last_seen = now;
+            e.packets_reply += 1;
+            e.flags |= ct_flag::SEEN_REPLY;
+            if fin_rst & TCP_RST != 0 {
+                e.flags |= ct_flag::RST;
+            } else if fin_rst & TCP_FIN != 0 {
+                e.flags |= ct_flag::FIN_REPLY;
+            }
+            count(metric::CT_REPLY);
+            return Ok(());
+        }
+    }
+
+    // A new flow: decide once, remember the verdict.
+    m.src_identity = identity_of(m.saddr, src_fallback);
+    m.dst_identity = identity_of(m.daddr, IDENTITY_WORLD);
+    let d = decide(&cfg, m.src_identity, m.dst_identity, m.proto, m.dport, egress, ingress);
+    m.cookie = d.cookie;
+    m.direction = d.direction;
+    let audit = !d.allowed && cfg.flags & moat_dataplane_common::config_flag::AUDIT != 0;
+    if !d.allowed && !audit {
+        return Err(metric::DROP_POLICY_DENIED);
+    }
+    let mut flags = 0;
+    if egress {
+        flags |= ct_flag::CHECKED_EGRESS;
+    }
+    if ingress {
+        flags |= ct_flag::CHECKED_INGRESS;
+    }
+    if audit {
+        flags |= ct_flag::AUDIT;
+    }
+    if fin_rst & TCP_RST != 0 {
+        flags |= ct_flag::RST;
+    }
+    let entry = CtEntry {
+        last_seen: now,
+        created: now,
+        flags,
+        policy_rev: cfg.policy_rev,
+        src_identity: m.src_identity,
+        dst_identity: m.dst_identity,
+        cookie: d.cookie,
+        _pad: 0,
+        packets_orig: 1,
+        packets_reply: 0,
+    };
+    if CT.insert(&key, &entry, 0).is_err() {
+        return Err(metric::DROP_CT_INSERT_FAILED);
+    }
+    if audit {
+        count(metric::FLOW_AUDIT);
+        emit(m, verdict::AUDIT, metric::DROP_POLICY_DENIED);
+    } else {
+        count(metric::FLOW_NEW_ALLOWED);
+        emit_allowed(m, cfg.flow_events_per_sec, now);
+    }
+    Ok(())
+}

@@ -1,0 +1,76 @@
+//! Flow and drop events to the agent through the `EVENTS` ring buffer.
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use moat_dataplane_common::{metric, verdict, FlowEvent};
+
+use crate::maps::{count, EVENTS, EVENT_RATE};
+
+/// What the program learned about a packet so far; an event is built from it.
+#[derive(Clone, Copy, Default)]
+pub struct Meta {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub tcp_flags: u8,
+    pub hook: u8,
+    pub direction: u8,
+    pub reevaluated: u8,
+    pub src_identity: u32,
+    pub dst_identity: u32,
+    pub cookie: u32,
+    pub ifindex: u32,
+    pub len: u32,
+}
+
+#[inline(always)]
+pub fn emit(m: &Meta, verdict: u8, reason: u32) {
+    let Some(mut slot) = EVENTS.reserve::<FlowEvent>(0) else {
+        count(metric::EVENTS_LOST);
+        return;
+    };
+    slot.write(FlowEvent {
+        // SAFETY: plain helper call.
+        ts: unsafe { bpf_ktime_get_ns() },
+        saddr: m.saddr,
+        daddr: m.daddr,
+        sport: m.sport,
+        dport: m.dport,
+        src_identity: m.src_identity,
+        dst_identity: m.dst_identity,
+        cookie: m.cookie,
+        ifindex: m.ifindex,
+        verdict,
+        reason: reason as u8,
+        proto: m.proto,
+        tcp_flags: m.tcp_flags,
+        hook: m.hook,
+        direction: m.direction,
+        reevaluated: m.reevaluated,
+        _pad: 0,
+        len: m.len,
+    });
+    slot.submit(0);
+}
+
+/// Events for allowed new flows, at most `per_sec` per second on each CPU.
+#[inline(always)]
+pub fn emit_allowed(m: &Meta, per_sec: u32, now: u64) {
+    if per_sec == 0 {
+        return;
+    }
+    let Some(rate) = EVENT_RATE.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+    let r = unsafe { &mut *rate };
+    if now.wrapping_sub(r[0]) >= 1_000_000_000 {
+        r[0] = now;
+        r[1] = 0;
+    }
+    if r[1] >= u64::from(per_sec) {
+        return;
+    }
+    r[1] += 1;
+    emit(m, verdict::FORWARDED, 0);
+}
