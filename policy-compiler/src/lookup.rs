@@ -8,10 +8,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use moat_dataplane_common::{direction, PolicyKey, PolicyValue, ACTION_ALLOW, ANY_PEER, PREFIX_FULL};
+use moat_dataplane_common::{
+    direction, PolicyKey, PolicyValue, ACTION_ALLOW, ANY_PEER, PREFIX_FULL, PREFIX_PEER, PREFIX_PROTO,
+    PREFIX_SUBJECT_DIR,
+};
 use moat_identity::{reserved_name, Identity};
 
-use crate::compile::{direction_name, Compiled, PolicyEntryKey};
+use crate::compile::{direction_name, Compiled, PolicyEntryKey, RuleRef};
 use crate::k8s::proto;
 use crate::world::{PodInfo, World};
 use crate::Error;
@@ -72,12 +75,25 @@ pub fn mask_key(k: &PolicyKey, prefix: u32) -> PolicyKey {
     key_from_bytes(b)
 }
 
-/// Longest stored prefix matching `key`.
-fn lpm(policy: &BTreeMap<PolicyEntryKey, PolicyValue>, key: &PolicyKey) -> Option<PolicyValue> {
-    (0..=PREFIX_FULL)
+/// The prefix lengths the contract allows in the map, longest first: 96..=80, 72, 40.
+fn stored_prefixes() -> impl Iterator<Item = u32> {
+    (PREFIX_PROTO..=PREFIX_FULL)
         .rev()
+        .chain([PREFIX_PEER, PREFIX_SUBJECT_DIR])
+}
+
+/// Longest stored prefix matching `key` (the compiler stores no other prefix lengths; a
+/// test checks it).
+fn lpm(policy: &BTreeMap<PolicyEntryKey, PolicyValue>, key: &PolicyKey) -> Option<PolicyValue> {
+    stored_prefixes()
         .find_map(|prefix| policy.get(&(prefix, mask_key(key, prefix))))
         .copied()
+}
+
+/// Whether `prefix` is one the contract on `PolicyKey` allows.
+#[must_use]
+pub fn is_stored_prefix(prefix: u32) -> bool {
+    stored_prefixes().any(|p| p == prefix)
 }
 
 /// The datapath decision for `subject` talking to `peer` in `direction` on `proto`/`dport`.
@@ -125,6 +141,8 @@ pub struct Check {
     pub subject: Identity,
     pub peer: Identity,
     pub decision: Decision,
+    /// The policy rule behind the deciding cookie (`None` for reserved cookies).
+    pub rule: Option<RuleRef>,
     /// What the deciding cookie stands for.
     pub reason: String,
 }
@@ -173,17 +191,22 @@ impl fmt::Display for Explanation {
             } else {
                 (&self.to.label, "from")
             };
-            let what = match c.decision {
-                Decision::Allowed { .. } => "allowed by",
-                Decision::Denied { .. } => "denied:",
-                Decision::Unmanaged => "not managed (node default applies):",
+            let what = match (c.decision, &c.rule) {
+                (Decision::Allowed { .. }, Some(_)) => format!("allowed by {}", c.reason),
+                (Decision::Allowed { .. }, None) => format!("allowed: {}", c.reason),
+                (Decision::Denied { .. }, _) => format!(
+                    "denied: {}; no rule allows this peer on {}/{}",
+                    c.reason,
+                    proto::name(self.proto),
+                    self.dport
+                ),
+                (Decision::Unmanaged, _) => format!("not managed, the node default applies: {}", c.reason),
             };
             writeln!(
                 f,
-                "  {:<7} {who} {arrow} identity {}: {what} {}",
+                "  {:<7} {who} {arrow} identity {}: {what}",
                 direction_name(c.direction),
                 identity_name(c.peer),
-                c.reason
             )?;
         }
         if self.egress.is_none() && self.ingress.is_none() && self.note.is_none() {
@@ -207,7 +230,11 @@ fn resolve(world: &World, compiled: &Compiled, e: &Endpoint) -> Result<Resolved,
         Endpoint::Ip(ip) => Ok(match world.pods.iter().find(|p| p.ipv4 == Some(*ip)) {
             Some(p) => resolve_pod(p),
             None => Resolved {
-                label: ip.to_string(),
+                label: if world.host_ips.contains(ip) {
+                    format!("node {ip}")
+                } else {
+                    ip.to_string()
+                },
                 identity: compiled.identity_of(*ip),
                 local: false,
                 pod: None,
@@ -218,15 +245,18 @@ fn resolve(world: &World, compiled: &Compiled, e: &Endpoint) -> Result<Resolved,
 
 fn check(compiled: &Compiled, dir: u8, subject: Identity, peer: Identity, proto: u8, dport: u16) -> Check {
     let decision = lookup(&compiled.policy, subject, dir, peer, proto, dport);
-    let reason = match decision {
-        Decision::Allowed { cookie } | Decision::Denied { cookie } => compiled.describe(cookie),
-        Decision::Unmanaged => "no entry for this identity".into(),
+    let (rule, reason) = match decision {
+        Decision::Allowed { cookie } | Decision::Denied { cookie } => {
+            (compiled.rules.get(&cookie).cloned(), compiled.describe(cookie))
+        }
+        Decision::Unmanaged => (None, "no entry for this identity".into()),
     };
     Check {
         direction: dir,
         subject,
         peer,
         decision,
+        rule,
         reason,
     }
 }
@@ -317,7 +347,7 @@ pub fn explain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use moat_dataplane_common::{ACTION_DENY, PREFIX_PEER, PREFIX_PROTO, PREFIX_SUBJECT_DIR};
+    use moat_dataplane_common::ACTION_DENY;
 
     const IN: u8 = direction::INGRESS;
 

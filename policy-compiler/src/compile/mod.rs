@@ -7,6 +7,11 @@
 //! 81..=96 (peer + protocol + port block). The union of all rules is the map; when two rules
 //! produce the same key the lowest cookie wins. Cookies and CIDR identities are kept in the
 //! [`Compiler`] so that a recompile gives unchanged rules unchanged entries.
+//!
+//! Subjects are identities, not pods: when several local pods share an identity, a policy
+//! selects the identity if it selects any of them (pods of one identity have the same labels
+//! except the volatile ones `identity` leaves out, such as `pod-template-hash`). The cookie and
+//! CIDR-identity tables only grow, so that a policy removed and re-added keeps its numbers.
 mod peers;
 pub mod ports;
 

@@ -662,11 +662,14 @@ fn cidr_identities_are_stable_across_recompiles() {
 }
 
 #[test]
-fn stored_keys_have_no_bits_past_their_prefix() {
+fn stored_keys_use_contract_prefixes_without_bits_past_them() {
     let (_, c) = range_world("{port: 1000, endPort: 2000}, {protocol: UDP}, {port: 53, protocol: UDP}");
     for (prefix, key) in c.policy.keys() {
+        assert!(crate::lookup::is_stored_prefix(*prefix), "{prefix}");
         assert_eq!(crate::lookup::mask_key(key, *prefix), *key, "{prefix} {key:?}");
     }
+    let prefixes: std::collections::BTreeSet<u32> = c.policy.keys().map(|(p, _)| *p).collect();
+    assert_eq!(prefixes, [40, 72, 80, 87, 88, 89, 90, 92, 93, 96].into_iter().collect());
 }
 
 #[test]
@@ -680,6 +683,12 @@ fn explain_names_policy_and_rule() {
     let text = e.to_string();
     assert!(text.contains("x/allow-web ingress rule 0"), "{text}");
     assert!(text.contains("from podSelector pod=b; TCP/80"), "{text}");
+    let rule = e
+        .ingress
+        .as_ref()
+        .and_then(|i| i.rule.clone())
+        .expect("a policy rule decided");
+    assert_eq!((rule.policy.as_str(), rule.index), ("allow-web", 0));
     assert_eq!(e.egress.map(|c| c.decision), Some(Decision::Allowed { cookie: 1 }));
     let e = explain(&w, &c, &ep("x/b"), &Endpoint::Ip(ip("x/a")), TCP, 81).expect("explain");
     assert!(!e.allowed && e.to_string().contains("DENIED"));
@@ -695,4 +704,35 @@ fn a_pod_always_reaches_itself() {
     let c = compile(&w);
     assert!(ok(&w, &c, "x/a", "x/a", TCP, 80));
     assert!(!ok(&w, &c, "x/a", "x/b", TCP, 80));
+}
+
+#[test]
+fn explain_display_reads_as_a_sentence_per_direction() {
+    let w = world(&format!(
+        "{NP}metadata: {{name: allow-web, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress: [{{from: [{{podSelector: {{matchLabels: {{pod: b}}}}}}], ports: [{{port: 80}}]}}]\n"
+    ));
+    let c = compile(&w);
+    let allowed = explain(&w, &c, &ep("x/b"), &ep("x/a"), TCP, 80).expect("explain");
+    assert_eq!(
+        allowed.to_string(),
+        "TCP/80 from pod x/b (10.0.1.2) [identity 257] to pod x/a (10.0.1.1) [identity 256]: ALLOWED
+  egress  pod x/b (10.0.1.2) to identity 256: allowed: no policy selects the pod for this direction
+  ingress pod x/a (10.0.1.1) from identity 257: allowed by x/allow-web ingress rule 0 (from podSelector pod=b; TCP/80)
+"
+    );
+    let denied = explain(&w, &c, &ep("y/b"), &ep("x/a"), TCP, 80).expect("explain");
+    assert_eq!(
+        denied.to_string(),
+        "TCP/80 from pod y/b (10.0.2.2) [identity 260] to pod x/a (10.0.1.1) [identity 256]: DENIED
+  egress  pod y/b (10.0.2.2) to identity 256: allowed: no policy selects the pod for this direction
+  ingress pod x/a (10.0.1.1) from identity 260: denied: x/allow-web isolates this pod for ingress (selects pods pod=a); no rule allows this peer on TCP/80
+"
+    );
+    let out = explain(&w, &c, &ep("x/a"), &Endpoint::Ip(Ipv4Addr::new(8, 8, 8, 8)), UDP, 53).expect("explain");
+    assert_eq!(
+        out.to_string(),
+        "UDP/53 from pod x/a (10.0.1.1) [identity 256] to 8.8.8.8 [identity 2 (reserved:world)]: ALLOWED
+  egress  pod x/a (10.0.1.1) to identity 2 (reserved:world): allowed: no policy selects the pod for this direction
+"
+    );
 }
