@@ -70,6 +70,19 @@ fn get<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     m.get(key).filter(|v| !v.is_null())
 }
 
+/// Rejects fields the API does not define (strict field validation, as `kubectl apply`
+/// does by default): a misspelt `podSelector` or a `to:` in an ingress rule must not
+/// silently widen a policy.
+fn known(m: &Map<String, Value>, path: &str, fields: &[&str]) -> R<()> {
+    match m.keys().find(|k| !fields.contains(&k.as_str())) {
+        Some(k) => fail(
+            &child(path, k),
+            format!("unknown field {k:?} (expected one of {})", fields.join(", ")),
+        ),
+        None => Ok(()),
+    }
+}
+
 /// A required non-empty string field.
 fn req_str<'a>(m: &'a Map<String, Value>, key: &str, path: &str) -> R<&'a str> {
     let field = child(path, key);
@@ -207,6 +220,22 @@ pub(super) fn object(v: &Value) -> Result<Object, DecodeError> {
         None | Some("") => "default",
         Some(ns) => ns,
     };
+    let named_at = |field: &str| {
+        let field = field.to_string();
+        move |message: String| DecodeError {
+            object: kind.to_string(),
+            field,
+            message,
+        }
+    };
+    if matches!(kind, "Pod" | "NetworkPolicy") {
+        syntax::check_object_name(name).map_err(named_at("metadata.name"))?;
+    }
+    if kind == "Namespace" {
+        syntax::check_dns_label(name).map_err(named_at("metadata.name"))?;
+    } else if !cluster_scoped {
+        syntax::check_dns_label(namespace).map_err(named_at("metadata.namespace"))?;
+    }
     let object = if cluster_scoped {
         format!("{kind} {name}")
     } else {
@@ -337,6 +366,7 @@ fn network_policy(namespace: &str, name: &str, spec: Option<&Value>) -> R<Networ
         return fail("spec", "is required");
     };
     let spec = as_map(spec, "spec")?;
+    known(spec, "spec", &["podSelector", "policyTypes", "ingress", "egress"])?;
     let pod_selector = match get(spec, "podSelector") {
         None => return fail("spec.podSelector", "is required (use {} to select every pod)"),
         Some(s) => selector(s, "spec.podSelector")?,
@@ -379,6 +409,7 @@ fn rules(spec: &Map<String, Value>, key: &str, peers_key: &str) -> R<Vec<Rule>> 
     for (i, r) in opt_list(spec, key, "spec")?.unwrap_or_default().iter().enumerate() {
         let path = item(&path, i);
         let r = as_map(r, &path)?;
+        known(r, &path, &[peers_key, "ports"])?;
         let peers = opt_list(r, peers_key, &path)?
             .map(|ps| {
                 let base = child(&path, peers_key);
@@ -404,6 +435,7 @@ fn rules(spec: &Map<String, Value>, key: &str, peers_key: &str) -> R<Vec<Rule>> 
 
 fn selector(v: &Value, path: &str) -> R<LabelSelector> {
     let m = as_map(v, path)?;
+    known(m, path, &["matchLabels", "matchExpressions"])?;
     let match_labels = match get(m, "matchLabels") {
         Some(l) => labels(l, &child(path, "matchLabels"))?,
         None => BTreeMap::new(),
@@ -417,6 +449,7 @@ fn selector(v: &Value, path: &str) -> R<LabelSelector> {
     {
         let path = item(&base, i);
         let e = as_map(e, &path)?;
+        known(e, &path, &["key", "operator", "values"])?;
         let key = req_str(e, "key", &path)?;
         syntax::check_label_key(key).map_err(|msg| (child(&path, "key"), msg))?;
         let op = req_str(e, "operator", &path)?;
@@ -456,6 +489,7 @@ fn selector(v: &Value, path: &str) -> R<LabelSelector> {
 
 fn peer(v: &Value, path: &str) -> R<Peer> {
     let m = as_map(v, path)?;
+    known(m, path, &["podSelector", "namespaceSelector", "ipBlock"])?;
     let pod_selector = get(m, "podSelector")
         .map(|s| selector(s, &child(path, "podSelector")))
         .transpose()?;
@@ -479,6 +513,7 @@ fn peer(v: &Value, path: &str) -> R<Peer> {
         );
     }
     let b = as_map(block, &bpath)?;
+    known(b, &bpath, &["cidr", "except"])?;
     let cpath = child(&bpath, "cidr");
     let cidr_s = req_str(b, "cidr", &bpath)?;
     let cidr = syntax::parse_cidr(cidr_s).map_err(|e| (cpath.clone(), e))?;
@@ -517,6 +552,7 @@ fn peer(v: &Value, path: &str) -> R<Peer> {
 
 fn port(v: &Value, path: &str) -> R<PortSpec> {
     let m = as_map(v, path)?;
+    known(m, path, &["protocol", "port", "endPort"])?;
     let protocol = protocol(m, path)?;
     let ppath = child(path, "port");
     let port = match get(m, "port") {

@@ -37,6 +37,34 @@ fn check_name(s: &str, what: &str, allow_empty: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// A DNS-1123 label (namespace names): ≤63 lowercase alphanumerics or `-`, alphanumeric ends.
+pub fn check_dns_label(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} must be a DNS label: at most 63 lowercase alphanumeric characters or '-', \
+             starting and ending with an alphanumeric character"
+        ))
+    }
+}
+
+/// An object name (DNS-1123 subdomain).
+pub fn check_object_name(s: &str) -> Result<(), String> {
+    check_dns_subdomain(s).map_err(|_| {
+        format!(
+            "{s:?} must be a DNS subdomain: lowercase alphanumeric characters, '-' or '.', \
+             starting and ending with an alphanumeric character, at most 253 characters"
+        )
+    })
+}
+
 /// A DNS-1123 subdomain (`example.com`): ≤253 chars, lowercase dot-separated labels.
 fn check_dns_subdomain(s: &str) -> Result<(), String> {
     let label_ok = |l: &str| {
@@ -165,6 +193,17 @@ mod tests {
         assert!(check_label_key("a/b/c").is_err());
         assert!(check_label_key(&"a".repeat(64)).is_err());
         assert!(check_label_key(&"a".repeat(63)).is_ok());
+    }
+
+    #[test]
+    fn dns_names() {
+        assert!(check_dns_label("shop-1").is_ok());
+        assert!(check_dns_label("Shop").is_err());
+        assert!(check_dns_label("a.b").is_err());
+        assert!(check_dns_label(&"a".repeat(64)).is_err());
+        assert!(check_object_name("allow-web.v2").is_ok());
+        assert!(check_object_name("allow_web").is_err());
+        assert!(check_object_name("-x").is_err());
     }
 
     #[test]

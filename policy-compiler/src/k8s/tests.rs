@@ -374,6 +374,56 @@ fn rejects_missing_identity_fields() {
 }
 
 #[test]
+fn rejects_unknown_fields_that_would_widen_a_policy() {
+    rejects(
+        &np("  podSelector: {}\n  ingress: [{to: [{podSelector: {}}]}]\n"),
+        "NetworkPolicy x/np",
+        "spec.ingress[0].to",
+        "unknown field \"to\" (expected one of from, ports)",
+    );
+    rejects(
+        &np("  podSelector: {}\n  ingress: [{from: [{podselector: {matchLabels: {a: b}}}]}]\n"),
+        "NetworkPolicy x/np",
+        "spec.ingress[0].from[0].podselector",
+        "unknown field",
+    );
+    rejects(
+        &np("  podSelector: {matchLabel: {app: web}}\n"),
+        "NetworkPolicy x/np",
+        "spec.podSelector.matchLabel",
+        "unknown field",
+    );
+    rejects(
+        &np("  podSelector: {}\n  egress: [{ports: [{port: 80, endport: 90}]}]\n"),
+        "NetworkPolicy x/np",
+        "spec.egress[0].ports[0].endport",
+        "unknown field",
+    );
+}
+
+#[test]
+fn rejects_bad_object_names() {
+    rejects(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: Allow_Web, namespace: x}\nspec: {podSelector: {}}\n",
+        "NetworkPolicy",
+        "metadata.name",
+        "must be a DNS subdomain",
+    );
+    rejects(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: Shop}\nspec: {containers: [{name: c}]}\n",
+        "Pod",
+        "metadata.namespace",
+        "must be a DNS label",
+    );
+    rejects(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: a.b}\n",
+        "Namespace",
+        "metadata.name",
+        "DNS label",
+    );
+}
+
+#[test]
 fn policy_types_default_to_ingress() {
     let p = one_policy(&np("  podSelector: {}\n"));
     assert!(p.ingress && !p.egress);
