@@ -1,0 +1,297 @@
+//! Kubernetes objects as the compiler needs them, parsed and validated from manifests.
+//!
+//! Standalone mode (and `moatctl policy`) reads a directory of YAML/JSON manifests. Each
+//! document is checked the way the API server would check it — required fields, label and
+//! port syntax, selector operators, CIDRs, NetworkPolicy defaulting — and a bad document is
+//! rejected whole with an error naming the file, document, object and field, while the other
+//! documents still load.
+mod decode;
+pub mod selector;
+pub mod syntax;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+pub use selector::{LabelSelector, Operator, Requirement};
+
+/// Label Kubernetes puts on every namespace (value: the namespace's name).
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// IP protocol numbers NetworkPolicy ports may name.
+pub mod proto {
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const SCTP: u8 = 132;
+
+    /// `TCP`, `UDP`, `SCTP` or the number.
+    #[must_use]
+    pub fn name(p: u8) -> String {
+        match p {
+            TCP => "TCP".into(),
+            UDP => "UDP".into(),
+            SCTP => "SCTP".into(),
+            n => n.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: String,
+    /// Always holds `kubernetes.io/metadata.name: <name>`.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Namespace {
+    /// A namespace with only the label Kubernetes sets.
+    #[must_use]
+    pub fn implicit(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            labels: BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), name.to_string())]),
+        }
+    }
+}
+
+/// `spec.containers[*].ports[*]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerPort {
+    /// Empty when the port has no name.
+    pub name: String,
+    pub port: u16,
+    /// 6, 17 or 132.
+    pub protocol: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// `spec.serviceAccountName`, defaulted to `default` like the API server does.
+    pub service_account: String,
+    pub ports: Vec<ContainerPort>,
+    /// `status.podIP` when it is an IPv4 address.
+    pub ip: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkPolicy {
+    pub namespace: String,
+    pub name: String,
+    pub pod_selector: LabelSelector,
+    /// Effective `policyTypes` (after Kubernetes defaulting) contains `Ingress`.
+    pub ingress: bool,
+    /// Effective `policyTypes` contains `Egress`.
+    pub egress: bool,
+    pub ingress_rules: Vec<Rule>,
+    pub egress_rules: Vec<Rule>,
+}
+
+/// One ingress (`from`) or egress (`to`) rule.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Rule {
+    /// `None` or empty: every peer.
+    pub peers: Option<Vec<Peer>>,
+    /// `None` or empty: every port and protocol.
+    pub ports: Option<Vec<PortSpec>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Peer {
+    /// At least one selector is set; both set means AND.
+    Pods {
+        pod_selector: Option<LabelSelector>,
+        namespace_selector: Option<LabelSelector>,
+    },
+    IpBlock {
+        cidr: (Ipv4Addr, u8),
+        except: Vec<(Ipv4Addr, u8)>,
+    },
+    /// An IPv6 `ipBlock`: valid, but the IPv4 datapath has nothing to allow for it.
+    IpBlockV6 { cidr: String, except: Vec<String> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PortSpec {
+    /// 6, 17 or 132 (default TCP).
+    pub protocol: u8,
+    pub port: Option<PortRef>,
+    /// Only with a numeric `port`; `end_port >= port`.
+    pub end_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PortRef {
+    Number(u16),
+    /// A container port name (IANA service name syntax).
+    Name(String),
+}
+
+impl fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = proto::name(self.protocol);
+        match (&self.port, self.end_port) {
+            (None, _) => write!(f, "{p}/*"),
+            (Some(PortRef::Number(a)), Some(b)) => write!(f, "{p}/{a}-{b}"),
+            (Some(PortRef::Number(a)), None) => write!(f, "{p}/{a}"),
+            (Some(PortRef::Name(n)), _) => write!(f, "{p}/{n}"),
+        }
+    }
+}
+
+/// One document of a manifest file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Object {
+    Namespace(Namespace),
+    Pod(Pod),
+    NetworkPolicy(NetworkPolicy),
+    /// Any other kind (Service, Deployment, …): kept, not interpreted.
+    Other {
+        kind: String,
+        namespace: String,
+        name: String,
+    },
+}
+
+impl Object {
+    #[must_use]
+    pub fn kind(&self) -> &str {
+        match self {
+            Self::Namespace(_) => "Namespace",
+            Self::Pod(_) => "Pod",
+            Self::NetworkPolicy(_) => "NetworkPolicy",
+            Self::Other { kind, .. } => kind,
+        }
+    }
+}
+
+/// A rejected document (or an unreadable file / directory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestError {
+    pub file: PathBuf,
+    /// 1-based document index in the file; 0 when the whole file or directory failed.
+    pub document: usize,
+    /// `Kind namespace/name` (or `Kind name` for cluster-scoped kinds); empty when unknown.
+    pub object: String,
+    /// Dotted field path such as `spec.ingress[0].ports[0].protocol`; may be empty.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.document > 0 {
+            write!(f, " (document {})", self.document)?;
+        }
+        if !self.object.is_empty() {
+            write!(f, ": {}", self.object)?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ManifestError {}
+
+/// Everything read from a directory.
+#[derive(Debug, Default, Clone)]
+pub struct Manifests {
+    pub objects: Vec<(PathBuf, Object)>,
+    pub errors: Vec<ManifestError>,
+}
+
+impl Manifests {
+    /// Objects per kind, e.g. `{"Namespace": 2, "Pod": 4}`.
+    #[must_use]
+    pub fn kinds(&self) -> BTreeMap<String, u32> {
+        let mut m = BTreeMap::new();
+        for (_, o) in &self.objects {
+            *m.entry(o.kind().to_string()).or_insert(0) += 1;
+        }
+        m
+    }
+}
+
+/// Parses every document of one file. A YAML syntax error stops the file (the stream cannot
+/// be trusted past it); empty documents are skipped; a bad document is rejected whole.
+#[must_use]
+pub fn parse_documents(file: &Path, text: &str) -> (Vec<Object>, Vec<ManifestError>) {
+    let mut objects = Vec::new();
+    let mut errors = Vec::new();
+    let err = |document, object: String, field: String, message: String| ManifestError {
+        file: file.to_path_buf(),
+        document,
+        object,
+        field,
+        message,
+    };
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let yaml: serde_yaml::Value = match serde::Deserialize::deserialize(doc) {
+            Ok(v) => v,
+            Err(e) => {
+                errors.push(err(i + 1, String::new(), String::new(), format!("invalid YAML: {e}")));
+                break;
+            }
+        };
+        let value = match decode::yaml_to_json(yaml, "") {
+            Ok(v) => v,
+            Err((field, message)) => {
+                errors.push(err(i + 1, String::new(), field, message));
+                continue;
+            }
+        };
+        if value.is_null() {
+            continue;
+        }
+        match decode::object(&value) {
+            Ok(o) => objects.push(o),
+            Err(e) => errors.push(err(i + 1, e.object, e.field, e.message)),
+        }
+    }
+    (objects, errors)
+}
+
+/// Reads every `*.yaml`, `*.yml` and `*.json` file directly in `dir`, sorted by name.
+#[must_use]
+pub fn read_dir(dir: &Path) -> Manifests {
+    let mut m = Manifests::default();
+    let io_err = |file: &Path, e: std::io::Error| ManifestError {
+        file: file.to_path_buf(),
+        document: 0,
+        object: String::new(),
+        field: String::new(),
+        message: e.to_string(),
+    };
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(d) => d
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json"))
+            .collect(),
+        Err(e) => {
+            m.errors.push(io_err(dir, e));
+            return m;
+        }
+    };
+    files.sort();
+    for file in files {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => {
+                let (objects, errors) = parse_documents(&file, &text);
+                m.objects.extend(objects.into_iter().map(|o| (file.clone(), o)));
+                m.errors.extend(errors);
+            }
+            Err(e) => m.errors.push(io_err(&file, e)),
+        }
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests;
