@@ -1,11 +1,16 @@
 //! `moatctl`: observe and inspect a Moat node through the agent's API.
+//! `moatctl policy matrix` works offline on a directory of manifests.
+mod flows;
 mod table;
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use moat_api::v1::{Endpoint, ListEndpointsRequest, StatusReply, StatusRequest};
+use moat_api::v1::{
+    DropsRequest, Endpoint, ExplainRequest, ListEndpointsRequest, ListIdentitiesRequest, ObserveRequest, StatusReply,
+    StatusRequest,
+};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -33,10 +38,135 @@ enum Cmd {
     Status,
     /// Pods wired on this node.
     Endpoints,
+    /// Flow and drop events (recent ones, then new ones with --follow).
+    Observe(ObserveArgs),
+    /// Security identities: numbers, labels and the local pods that carry them.
+    Identities,
+    /// Drop counts by reason (datapath counters) and by pod.
+    Drops,
+    /// NetworkPolicy tools.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+}
+
+#[derive(clap::Args)]
+struct ObserveArgs {
+    /// Keep printing new events.
+    #[arg(short, long)]
+    follow: bool,
+    /// How many recent events to print first.
+    #[arg(long, default_value_t = 20)]
+    last: u32,
+    /// Only flows from or to this pod (namespace/name).
+    #[arg(long)]
+    pod: Option<String>,
+    /// Only flows from or to pods in this namespace.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Only flows with this verdict.
+    #[arg(long, value_parser = ["forwarded", "dropped", "audit"])]
+    verdict: Option<String>,
+    /// Only flows from or to this identity.
+    #[arg(long)]
+    identity: Option<u32>,
+    /// Only flows with this source or destination port.
+    #[arg(long)]
+    port: Option<u16>,
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Which policy and rule decide traffic from one pod (or IP) to another.
+    Explain {
+        /// namespace/pod or an IPv4 address.
+        #[arg(long)]
+        from: String,
+        /// namespace/pod or an IPv4 address.
+        #[arg(long)]
+        to: String,
+        /// PORT/PROTO, e.g. 80/tcp (protocol defaults to tcp).
+        #[arg(long)]
+        port: String,
+    },
+    /// Offline: the reachability matrix the compiler derives from a manifest directory.
+    Matrix {
+        /// Directory of Namespace, Pod and NetworkPolicy manifests.
+        #[arg(short = 'f', long = "filename")]
+        dir: PathBuf,
+        /// PORT/PROTO to probe (repeatable; default 80/tcp).
+        #[arg(long = "port")]
+        ports: Vec<String>,
+        /// Enforcement mode to assume.
+        #[arg(long, default_value = "default", value_parser = ["default", "always", "never"])]
+        enforcement: String,
+    },
+}
+
+/// `80/tcp` → (6, 80).
+fn parse_port(s: &str) -> anyhow::Result<(u8, u16)> {
+    let (port, proto) = s.split_once('/').unwrap_or((s, "tcp"));
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .with_context(|| format!("--port {s:?}: the port must be 1-65535"))?;
+    let proto = match proto.to_ascii_lowercase().as_str() {
+        "tcp" => 6,
+        "udp" => 17,
+        "sctp" => 132,
+        other => anyhow::bail!("--port {s:?}: protocol {other:?} is not tcp, udp or sctp"),
+    };
+    Ok((proto, port))
+}
+
+fn matrix(dir: &std::path::Path, ports: &[String], enforcement: &str, out: Output) -> anyhow::Result<()> {
+    use moat_policy_compiler::{
+        compile::Compiler,
+        k8s,
+        matrix::matrix,
+        world::{Mode, World},
+    };
+    if !dir.is_dir() {
+        anyhow::bail!("-f {}: not a directory", dir.display());
+    }
+    let probes = if ports.is_empty() {
+        vec![(6, 80)]
+    } else {
+        ports
+            .iter()
+            .map(|p| parse_port(p))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    let m = k8s::read_dir(dir);
+    for e in &m.errors {
+        eprintln!("rejected manifest: {e}");
+    }
+    let mode = match enforcement {
+        "always" => Mode::Always,
+        "never" => Mode::Never,
+        _ => Mode::Default,
+    };
+    let world = World::from_manifests(&m, mode);
+    let compiled = Compiler::new().compile(&world);
+    let mx = matrix(&world, &compiled, &probes);
+    if out == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&mx.to_json()).unwrap_or_default());
+    } else {
+        print!("{mx}");
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Cmd::Policy(PolicyCmd::Matrix {
+        dir,
+        ports,
+        enforcement,
+    }) = &cli.command
+    {
+        return matrix(dir, ports, enforcement, cli.output);
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let mut client = moat_api::connect(&cli.socket).await.with_context(|| {
@@ -59,6 +189,94 @@ fn main() -> anyhow::Result<()> {
                 eps.sort_by_key(|e| e.id);
                 print_endpoints(&eps, cli.output);
             }
+            Cmd::Observe(a) => {
+                let req = ObserveRequest {
+                    follow: a.follow,
+                    last: a.last,
+                    pod: a.pod.unwrap_or_default(),
+                    namespace: a.namespace.unwrap_or_default(),
+                    verdict: a.verdict.unwrap_or_default(),
+                    identity: a.identity.unwrap_or(0),
+                    port: u32::from(a.port.unwrap_or(0)),
+                };
+                let mut stream = client.observe(req).await?.into_inner();
+                while let Some(f) = stream.message().await? {
+                    if cli.output == Output::Json {
+                        println!("{}", flows::to_json(&f));
+                    } else {
+                        println!("{}", flows::line(&f));
+                    }
+                }
+            }
+            Cmd::Identities => {
+                let ids = client.list_identities(ListIdentitiesRequest {}).await?.into_inner().identities;
+                if cli.output == Output::Json {
+                    let v: Vec<_> = ids
+                        .iter()
+                        .map(|i| json!({"id": i.id, "labels": i.labels, "inUse": i.in_use, "endpoints": i.endpoints, "reserved": i.reserved}))
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                } else {
+                    let rows: Vec<Vec<String>> = ids
+                        .iter()
+                        .map(|i| {
+                            vec![
+                                i.id.to_string(),
+                                if i.in_use { "yes".into() } else { "released soon".into() },
+                                i.endpoints.join(","),
+                                i.labels.join(","),
+                            ]
+                        })
+                        .collect();
+                    print!("{}", table::render(&["ID", "IN-USE", "LOCAL PODS", "LABELS"], &rows));
+                }
+            }
+            Cmd::Drops => {
+                let d = client.drops(DropsRequest {}).await?.into_inner();
+                if cli.output == Output::Json {
+                    let row = |c: &moat_api::v1::DropCount| json!({"reason": c.reason, "code": c.code, "pod": c.pod, "count": c.count});
+                    let v = json!({"byReason": d.by_reason.iter().map(row).collect::<Vec<_>>(),
+                                   "byPod": d.by_pod.iter().map(row).collect::<Vec<_>>()});
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                } else {
+                    let rows: Vec<Vec<String>> = d
+                        .by_reason
+                        .iter()
+                        .map(|c| vec![c.code.to_string(), c.reason.clone(), c.count.to_string()])
+                        .collect();
+                    print!("{}", table::render(&["CODE", "REASON", "PACKETS"], &rows));
+                    let rows: Vec<Vec<String>> = d
+                        .by_pod
+                        .iter()
+                        .map(|c| vec![c.pod.clone(), c.reason.clone(), c.count.to_string()])
+                        .collect();
+                    print!("\n{}", table::render(&["POD", "REASON", "PACKETS"], &rows));
+                }
+            }
+            Cmd::Policy(PolicyCmd::Explain { from, to, port }) => {
+                let (proto, port) = parse_port(&port)?;
+                let r = client
+                    .explain_policy(ExplainRequest {
+                        from,
+                        to,
+                        port: u32::from(port),
+                        protocol: match proto {
+                            17 => "udp",
+                            132 => "sctp",
+                            _ => "tcp",
+                        }
+                        .into(),
+                    })
+                    .await?
+                    .into_inner();
+                if cli.output == Output::Json {
+                    println!("{}", json!({"allowed": r.allowed, "explanation": r.text}));
+                } else {
+                    println!("{}", r.text.trim_end());
+                }
+            }
+            // Answered offline above, without connecting.
+            Cmd::Policy(PolicyCmd::Matrix { .. }) => {}
         }
         Ok(())
     })
@@ -119,6 +337,9 @@ fn print_status(st: &StatusReply, out: Output) {
             "gateway": st.gateway, "pinDir": st.pin_dir, "datapath": st.datapath, "endpoints": st.endpoints,
             "leases": st.leases, "uptimeSeconds": st.uptime_seconds, "stateDir": st.state_dir, "counters": counters,
             "manifests": st.manifest_kinds, "manifestErrors": st.manifest_errors,
+            "enforcement": st.enforcement, "audit": st.audit, "policies": st.policies,
+            "identities": st.identities, "policyEntries": st.policy_entries, "policyRevision": st.policy_revision,
+            "trackedFlows": st.tracked_flows, "stateGeneration": st.state_generation,
         });
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return;
@@ -139,6 +360,19 @@ fn print_status(st: &StatusReply, out: Output) {
         vec!["Endpoints".into(), st.endpoints.to_string()],
         vec!["IP leases".into(), st.leases.to_string()],
         vec!["Uptime".into(), format!("{}s", st.uptime_seconds)],
+        vec!["Tracked flows".into(), st.tracked_flows.to_string()],
+        vec![
+            "Policy".into(),
+            format!(
+                "enforcement {}{}, {} policies, {} identities, {} map entries, revision {}",
+                st.enforcement,
+                if st.audit { " (audit)" } else { "" },
+                st.policies,
+                st.identities,
+                st.policy_entries,
+                st.policy_revision
+            ),
+        ],
     ];
     let mut rows = rows;
     if !st.state_dir.is_empty() {

@@ -319,6 +319,18 @@ impl Datapath {
         self.ct.iter().flatten().collect()
     }
 
+    /// Non-zero counters summed over CPUs, by slot number.
+    #[must_use]
+    pub fn counter_slots(&self) -> Vec<(u32, u64)> {
+        (0..metric::SLOTS)
+            .filter_map(|slot| {
+                metric_name(slot)?;
+                let total: u64 = self.metrics.get(&slot, 0).ok()?.iter().sum();
+                (total > 0).then_some((slot, total))
+            })
+            .collect()
+    }
+
     /// Counters summed over CPUs, by name; zero counters are left out.
     #[must_use]
     pub fn counters(&self) -> Vec<(&'static str, u64)> {

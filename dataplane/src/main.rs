@@ -5,13 +5,15 @@
 //! plugin and `moatctl`, and keeps running until SIGINT/SIGTERM. The datapath stays in
 //! place after the agent exits, so pods keep talking while it restarts.
 mod datapath;
+mod enforce;
+mod flows;
 mod install_cni;
 mod ipam;
-mod manifests;
 mod masquerade;
 mod netdev;
 mod node;
 mod server;
+mod state;
 
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt as _;
@@ -86,6 +88,19 @@ struct RunArgs {
     /// networks that do not route the pod CIDR back to this node).
     #[arg(long)]
     masquerade: bool,
+    /// Policy enforcement: `default` (Kubernetes semantics), `always` (every pod default
+    /// deny: zero trust), `never`.
+    #[arg(long, default_value = "default", value_parser = ["default", "always", "never"])]
+    enforcement: String,
+    /// Report would-be policy drops as AUDIT events and let the traffic through.
+    #[arg(long)]
+    audit: bool,
+    /// Events for allowed new flows per second and CPU (0: only drops and audits).
+    #[arg(long, default_value_t = 1000)]
+    flow_events_per_sec: u32,
+    /// Seconds an identity no pod uses keeps its number before it is released.
+    #[arg(long, default_value_t = moat_identity::allocator::DEFAULT_GRACE_SECS)]
+    identity_grace_secs: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -144,6 +159,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!(cidr = %pod_cidr, "masquerading pod traffic that leaves the pod CIDR");
     }
     let node_name = args.node_name.unwrap_or_else(hostname);
+    let mode = match args.enforcement.as_str() {
+        "always" => moat_policy_compiler::world::Mode::Always,
+        "never" => moat_policy_compiler::world::Mode::Never,
+        _ => moat_policy_compiler::world::Mode::Default,
+    };
     let cfg = node::NodeConfig {
         node_name,
         pod_cidr,
@@ -151,20 +171,34 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         pin_dir: args.pin_dir,
         data_dir: args.data_dir,
         state_dir: args.state_dir,
+        policy: enforce::Settings {
+            mode,
+            audit: args.audit,
+            flow_events_per_sec: args.flow_events_per_sec,
+            identity_grace_secs: args.identity_grace_secs,
+        },
     };
-    let inventory = match &cfg.state_dir {
-        Some(dir) => {
-            let inv = manifests::read_dir(dir);
-            for e in &inv.errors {
-                tracing::error!("rejected manifest: {e}");
-            }
-            tracing::info!(dir = %dir.display(), kinds = ?inv.kinds(), "read standalone manifests");
-            inv
-        }
-        None => manifests::Inventory::default(),
-    };
-    let node = node::Node::open(cfg).context("starting the node")?;
+    let mut node = node::Node::open(cfg).context("starting the node")?;
+    tracing::info!(kinds = ?node.state.kinds(), enforcement = %args.enforcement, audit = args.audit, "policy in force");
+    let events = node.take_events();
     let node = Arc::new(Mutex::new(node));
+    let flows = Arc::new(Mutex::new(flows::FlowStore::default()));
+    if let Some(rb) = events {
+        tokio::spawn(flows::run(rb, node.clone(), flows.clone()));
+    }
+    // The state source is polled: changes apply within a fraction of a second.
+    let watched = node.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            let node = watched.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                node.lock().unwrap_or_else(std::sync::PoisonError::into_inner).refresh();
+            })
+            .await;
+        }
+    });
 
     let listener = bind(&args.socket)?;
     tracing::info!(socket = %args.socket.display(), "serving the agent API");
@@ -178,10 +212,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down; pinned datapath stays in place");
     };
     tonic::transport::Server::builder()
-        .add_service(moat_api::AgentServer::new(server::AgentService {
-            node,
-            manifests: Arc::new(inventory),
-        }))
+        .add_service(moat_api::AgentServer::new(server::AgentService { node, flows }))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("serving the API")?;

@@ -13,8 +13,10 @@ use moat_dataplane_common::EndpointInfo;
 use serde::{Deserialize, Serialize};
 
 use crate::datapath::Datapath;
+use crate::enforce::{Enforcer, Settings};
 use crate::ipam::{Cidr, Ipam, Owner};
 use crate::netdev;
+use crate::state::StateDir;
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -24,6 +26,7 @@ pub struct NodeConfig {
     pub pin_dir: PathBuf,
     pub data_dir: PathBuf,
     pub state_dir: Option<PathBuf>,
+    pub policy: Settings,
 }
 
 /// One wired pod interface, as persisted.
@@ -75,6 +78,9 @@ pub struct Node {
     endpoints: BTreeMap<Owner, EndpointRecord>,
     datapath: Datapath,
     started: Instant,
+    pub state: StateDir,
+    pub enforcer: Enforcer,
+    last_sync: Instant,
 }
 
 const ENDPOINTS_FILE: &str = "endpoints.json";
@@ -105,6 +111,8 @@ impl Node {
         let file: EndpointFile = read_json(&cfg.data_dir.join(ENDPOINTS_FILE))?.unwrap_or_default();
         let datapath = Datapath::load(&cfg.pin_dir).context("loading the eBPF datapath")?;
         let endpoints = file.endpoints.into_iter().map(|e| (owner_of(&e), e)).collect();
+        let enforcer = Enforcer::open(cfg.policy, &cfg.data_dir, &datapath)?;
+        let state = StateDir::new(cfg.state_dir.clone());
         let mut node = Self {
             cfg,
             ipam,
@@ -112,10 +120,78 @@ impl Node {
             endpoints,
             datapath,
             started: Instant::now(),
+            state,
+            enforcer,
+            last_sync: Instant::now(),
         };
+        // Policy first: re-adopted endpoints keep the policy the maps already hold, and
+        // the recompiled one replaces it make-before-break.
+        node.sync_policy().context("applying policy")?;
         node.reconcile();
+        node.sync_policy().context("applying policy")?;
         node.persist()?;
         Ok(node)
+    }
+
+    /// Recompiles policy from the endpoints and the state source and applies the diff.
+    ///
+    /// # Errors
+    /// When a map update fails (what is enforced stays; the next sync retries).
+    pub fn sync_policy(&mut self) -> anyhow::Result<usize> {
+        let host_ips = netdev::host_ipv4s();
+        self.last_sync = Instant::now();
+        self.enforcer.sync(
+            &mut self.datapath,
+            self.endpoints.values(),
+            self.state.objects(),
+            host_ips,
+        )
+    }
+
+    /// Re-reads the state source if it changed, and re-applies policy. Also run
+    /// periodically so identities past their grace period are released.
+    pub fn refresh(&mut self) {
+        let changed = self.state.refresh();
+        if !changed && self.last_sync.elapsed() < std::time::Duration::from_secs(5) {
+            return;
+        }
+        if let Err(e) = self.sync_policy() {
+            tracing::error!("applying policy: {e:#}");
+        }
+    }
+
+    /// The event ring buffer (once).
+    pub fn take_events(&mut self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {
+        self.datapath.take_events()
+    }
+
+    /// ("namespace", "name") of the local pod with this address.
+    #[must_use]
+    pub fn pod_of(&self, ip: Ipv4Addr) -> Option<(String, String)> {
+        if let Some(e) = self.endpoints.values().find(|e| e.ipv4 == ip) {
+            return Some((e.pod_namespace.clone(), e.pod_name.clone()));
+        }
+        self.enforcer
+            .world
+            .pods
+            .iter()
+            .find(|p| p.ipv4 == Some(ip))
+            .map(|p| (p.pod.namespace.clone(), p.pod.name.clone()))
+    }
+
+    #[must_use]
+    pub fn identity_name(&self, id: u32) -> String {
+        self.enforcer.identity_name(id)
+    }
+
+    #[must_use]
+    pub fn describe_cookie(&self, cookie: u32) -> String {
+        self.enforcer.compiled.describe(cookie)
+    }
+
+    #[must_use]
+    pub fn datapath(&self) -> &Datapath {
+        &self.datapath
     }
 
     /// Makes maps and links match the endpoint records: re-attach live endpoints
@@ -262,7 +338,14 @@ impl Node {
                 .map_or(0, |d| d.as_secs() as i64),
             state: "ready".into(),
         };
-        match self.install(&rec) {
+        // Identity and policy for the pod go in before its programs are attached, so its
+        // first packet already meets its policy.
+        let previous = self.endpoints.insert(new.owner.clone(), rec.clone());
+        let installed = self
+            .sync_policy()
+            .context("applying policy for the new endpoint")
+            .and_then(|_| self.install(&rec));
+        match installed {
             Ok(info) => {
                 rec.host_ifindex = info.ifindex;
                 rec.host_mac = netdev::format_mac(&info.host_mac);
@@ -270,6 +353,11 @@ impl Node {
             Err(e) => {
                 self.datapath.remove_endpoint(rec.ipv4);
                 self.datapath.detach(&rec.host_ifname);
+                match previous {
+                    Some(p) => self.endpoints.insert(new.owner, p),
+                    None => self.endpoints.remove(&new.owner),
+                };
+                let _ = self.sync_policy();
                 return Err(e);
             }
         }
@@ -289,6 +377,9 @@ impl Node {
             self.datapath.remove_endpoint(rec.ipv4);
             self.datapath.detach(&rec.host_ifname);
             tracing::info!(endpoint = rec.id, ip = %rec.ipv4, "endpoint deleted");
+            if let Err(e) = self.sync_policy() {
+                tracing::error!("applying policy after deleting an endpoint: {e:#}");
+            }
         }
         self.ipam.release(owner);
         self.persist()?;

@@ -3,9 +3,12 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
 use moat_api::v1::{
-    AddEndpointRequest, AttachmentRef, Counter, DeleteEndpointReply, Endpoint, GcReply, GcRequest, IpLease,
-    ListEndpointsReply, ListEndpointsRequest, StatusReply, StatusRequest,
+    AddEndpointRequest, AttachmentRef, Counter, DeleteEndpointReply, DropCount, DropsReply, DropsRequest, Endpoint,
+    ExplainReply, ExplainRequest, Flow, GcReply, GcRequest, IdentityInfo, IpLease, ListEndpointsReply,
+    ListEndpointsRequest, ListIdentitiesReply, ListIdentitiesRequest, ObserveRequest, StatusReply, StatusRequest,
 };
+use moat_dataplane_common::metric_name;
+use moat_policy_compiler::lookup::{explain, Endpoint as PolicyEndpoint};
 use tonic::{Request, Response, Status};
 
 use crate::ipam::Owner;
@@ -13,8 +16,44 @@ use crate::node::{EndpointRecord, NewEndpoint, Node};
 
 pub struct AgentService {
     pub node: Arc<Mutex<Node>>,
-    /// What the standalone manifest directory held at start.
-    pub manifests: Arc<crate::manifests::Inventory>,
+    pub flows: Arc<Mutex<crate::flows::FlowStore>>,
+}
+
+/// Whether a flow passes `moatctl observe`'s filters.
+fn matches(f: &Flow, r: &ObserveRequest) -> bool {
+    let peers = [f.source.as_ref(), f.destination.as_ref()];
+    let any = |p: &dyn Fn(&moat_api::v1::FlowPeer) -> bool| peers.iter().flatten().any(|x| p(x));
+    (r.pod.is_empty() || any(&|p| format!("{}/{}", p.namespace, p.pod) == r.pod))
+        && (r.namespace.is_empty() || any(&|p| p.namespace == r.namespace))
+        && (r.verdict.is_empty() || f.verdict.eq_ignore_ascii_case(&r.verdict))
+        && (r.identity == 0 || any(&|p| p.identity == r.identity))
+        && (r.port == 0 || any(&|p| p.port == r.port))
+}
+
+fn parse_endpoint(s: &str, field: &str) -> Result<PolicyEndpoint, Status> {
+    if let Ok(ip) = s.parse::<Ipv4Addr>() {
+        return Ok(PolicyEndpoint::Ip(ip));
+    }
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() => Ok(PolicyEndpoint::Pod {
+            namespace: ns.into(),
+            name: name.into(),
+        }),
+        _ => Err(Status::invalid_argument(format!(
+            "{field} {s:?}: expected namespace/pod or an IPv4 address"
+        ))),
+    }
+}
+
+fn parse_proto(s: &str) -> Result<u8, Status> {
+    match s.to_ascii_lowercase().as_str() {
+        "" | "tcp" => Ok(6),
+        "udp" => Ok(17),
+        "sctp" => Ok(132),
+        other => Err(Status::invalid_argument(format!(
+            "protocol {other:?}: expected tcp, udp or sctp"
+        ))),
+    }
 }
 
 fn owner(r: Option<&AttachmentRef>) -> Result<Owner, Status> {
@@ -65,6 +104,128 @@ pub fn to_api(e: &EndpointRecord) -> Endpoint {
 
 #[tonic::async_trait]
 impl moat_api::Agent for AgentService {
+    type ObserveStream = tokio_stream::wrappers::ReceiverStream<Result<Flow, Status>>;
+
+    async fn observe(&self, req: Request<ObserveRequest>) -> Result<Response<Self::ObserveStream>, Status> {
+        let r = req.into_inner();
+        if !r.verdict.is_empty()
+            && !["forwarded", "dropped", "audit"].contains(&r.verdict.to_ascii_lowercase().as_str())
+        {
+            return Err(Status::invalid_argument(format!(
+                "verdict {:?}: expected forwarded, dropped or audit",
+                r.verdict
+            )));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        // Subscribe before reading the recent events so none falls in between.
+        let (mut live, recent) = {
+            let store = self.flows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let last = if r.last == 0 { 20 } else { r.last as usize };
+            let mut recent: Vec<Flow> = store
+                .recent()
+                .rev()
+                .filter(|f| matches(f, &r))
+                .take(last)
+                .cloned()
+                .collect();
+            recent.reverse();
+            (store.tx.subscribe(), recent)
+        };
+        tokio::spawn(async move {
+            for f in recent {
+                if tx.send(Ok(f)).await.is_err() {
+                    return;
+                }
+            }
+            if !r.follow {
+                return;
+            }
+            loop {
+                match live.recv().await {
+                    Ok(f) if matches(&f, &r) => {
+                        if tx.send(Ok(f)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    async fn list_identities(
+        &self,
+        _: Request<ListIdentitiesRequest>,
+    ) -> Result<Response<ListIdentitiesReply>, Status> {
+        let node = self.node();
+        let identities = node
+            .enforcer
+            .identities()
+            .into_iter()
+            .map(|(id, labels, in_use, endpoints)| IdentityInfo {
+                id,
+                labels,
+                in_use,
+                endpoints,
+                reserved: id < moat_identity::FIRST_CLUSTER_IDENTITY,
+            })
+            .collect();
+        Ok(Response::new(ListIdentitiesReply { identities }))
+    }
+
+    async fn explain_policy(&self, req: Request<ExplainRequest>) -> Result<Response<ExplainReply>, Status> {
+        let r = req.into_inner();
+        let from = parse_endpoint(&r.from, "from")?;
+        let to = parse_endpoint(&r.to, "to")?;
+        let proto = parse_proto(&r.protocol)?;
+        let port = u16::try_from(r.port)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| Status::invalid_argument(format!("port {}: expected 1-65535", r.port)))?;
+        let node = self.node();
+        let e = explain(&node.enforcer.world, &node.enforcer.compiled, &from, &to, proto, port)
+            .map_err(|e| Status::not_found(e.to_string()))?;
+        Ok(Response::new(ExplainReply {
+            allowed: e.allowed,
+            text: e.to_string(),
+        }))
+    }
+
+    async fn drops(&self, _: Request<DropsRequest>) -> Result<Response<DropsReply>, Status> {
+        let by_reason = self
+            .node()
+            .datapath()
+            .counter_slots()
+            .into_iter()
+            .filter(|(slot, _)| metric_name(*slot).is_some_and(|n| n.starts_with("drop_")))
+            .map(|(code, count)| DropCount {
+                reason: metric_name(code).unwrap_or_default().trim_start_matches("drop_").into(),
+                code,
+                pod: String::new(),
+                count,
+            })
+            .collect();
+        let by_pod = self
+            .flows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drops_by_pod()
+            .iter()
+            .map(|((pod, code), count)| DropCount {
+                reason: metric_name(*code)
+                    .unwrap_or("unknown")
+                    .trim_start_matches("drop_")
+                    .into(),
+                code: *code,
+                pod: pod.clone(),
+                count: *count,
+            })
+            .collect();
+        Ok(Response::new(DropsReply { by_reason, by_pod }))
+    }
+
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
         let node = self.node();
         Ok(Response::new(StatusReply {
@@ -92,8 +253,16 @@ impl moat_api::Agent for AgentService {
                     value,
                 })
                 .collect(),
-            manifest_kinds: self.manifests.kinds().into_iter().collect(),
-            manifest_errors: self.manifests.errors.clone(),
+            manifest_kinds: node.state.kinds().into_iter().collect(),
+            manifest_errors: node.state.errors().iter().map(ToString::to_string).collect(),
+            enforcement: crate::enforce::mode_name(node.enforcer.settings.mode).into(),
+            audit: node.enforcer.settings.audit,
+            policies: u32::try_from(node.enforcer.world.policies.len()).unwrap_or(u32::MAX),
+            identities: u32::try_from(node.enforcer.identities().len()).unwrap_or(u32::MAX),
+            policy_entries: u32::try_from(node.enforcer.compiled.policy.len()).unwrap_or(u32::MAX),
+            policy_revision: node.enforcer.revision,
+            state_generation: node.state.generation,
+            tracked_flows: u32::try_from(node.datapath().ct_entries().len()).unwrap_or(u32::MAX),
         }))
     }
 

@@ -450,6 +450,41 @@ impl Node {
         self.pod_netns.lock().unwrap().retain(|n| n != &pod.netns);
     }
 
+    /// The agent's `--state-dir`.
+    #[must_use]
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// `moatctl status -o json`.
+    #[must_use]
+    pub fn status(&self) -> Value {
+        serde_json::from_str(&self.moatctl(&["-o", "json", "status"])).expect("status JSON")
+    }
+
+    /// Writes (or with `None` removes) manifest files in the state dir, then waits until
+    /// the agent has re-read the directory and applied the result.
+    pub fn apply_manifests(&self, files: &[(&str, Option<&str>)]) {
+        let before = self.status()["stateGeneration"].as_u64().unwrap_or(0);
+        for (name, content) in files {
+            let path = self.state_dir().join(name);
+            match content {
+                Some(c) => std::fs::write(&path, c).expect("write manifest"),
+                None => {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.status()["stateGeneration"].as_u64().unwrap_or(0) > before {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the agent did not re-read {} within 5s", self.state_dir().display());
+    }
+
     /// Runs `moatctl` against this node's agent.
     #[must_use]
     pub fn moatctl(&self, args: &[&str]) -> String {

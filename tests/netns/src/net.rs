@@ -206,3 +206,140 @@ impl HeldConnection {
             .map_err(|e| e.to_string())?
     }
 }
+
+/// IP protocol numbers for `reachability`.
+pub const TCP: u8 = 6;
+pub const UDP: u8 = 17;
+
+/// Probes every (source netns, target address, (protocol, port)) at once and returns
+/// `out[source][probe][target]`: whether a TCP connect completed or a UDP echo came back
+/// within `timeout`. One thread per source joins its netns and drives all of its probes
+/// with non-blocking sockets, so a full 9×9×4 matrix costs one timeout, not 324.
+#[must_use]
+pub fn reachability(
+    sources: &[String],
+    targets: &[Ipv4Addr],
+    probes: &[(u8, u16)],
+    timeout: Duration,
+) -> Vec<Vec<Vec<bool>>> {
+    let handles: Vec<_> = sources
+        .iter()
+        .map(|path| {
+            let (path, targets, probes) = (path.clone(), targets.to_vec(), probes.to_vec());
+            std::thread::spawn(move || {
+                enter(&path);
+                probe_all(&targets, &probes, timeout)
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("probe thread panicked"))
+        .collect()
+}
+
+struct Probe {
+    fd: i32,
+    udp: bool,
+    done: bool,
+    ok: bool,
+}
+
+fn sockaddr(ip: Ipv4Addr, port: u16) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+fn probe_all(targets: &[Ipv4Addr], probes: &[(u8, u16)], timeout: Duration) -> Vec<Vec<bool>> {
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let mut all: Vec<Probe> = Vec::new();
+    for &(proto, port) in probes {
+        for &ip in targets {
+            let udp = proto == UDP;
+            let kind = if udp { libc::SOCK_DGRAM } else { libc::SOCK_STREAM };
+            // SAFETY: plain socket calls on fds we own; closed below.
+            let fd = unsafe { libc::socket(libc::AF_INET, kind | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let to = sockaddr(ip, port);
+            // SAFETY: `to` is a valid sockaddr_in of `len` bytes.
+            unsafe { libc::connect(fd, std::ptr::from_ref(&to).cast(), len) };
+            all.push(Probe {
+                fd,
+                udp,
+                done: false,
+                ok: false,
+            });
+        }
+    }
+    let start = std::time::Instant::now();
+    let mut last_send: Option<std::time::Instant> = None;
+    while start.elapsed() < timeout && all.iter().any(|p| !p.done) {
+        // UDP may lose a datagram: send again every 200 ms until answered.
+        if last_send.is_none_or(|t| t.elapsed() >= Duration::from_millis(200)) {
+            for p in all.iter().filter(|p| p.udp && !p.done) {
+                // SAFETY: valid fd and buffer.
+                unsafe { libc::send(p.fd, b"probe".as_ptr().cast(), 5, 0) };
+            }
+            last_send = Some(std::time::Instant::now());
+        }
+        let mut fds: Vec<libc::pollfd> = all
+            .iter()
+            .filter(|p| !p.done)
+            .map(|p| libc::pollfd {
+                fd: p.fd,
+                events: if p.udp { libc::POLLIN } else { libc::POLLOUT },
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: valid pollfd array.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 20) };
+        for pfd in fds.iter().filter(|f| f.revents != 0) {
+            let p = all.iter_mut().find(|p| p.fd == pfd.fd).expect("probe of fd");
+            if p.udp {
+                let mut buf = [0u8; 64];
+                // SAFETY: valid fd and buffer.
+                let n = unsafe { libc::recv(p.fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+                if n == 5 && &buf[..5] == b"probe" {
+                    p.done = true;
+                    p.ok = true;
+                }
+            } else {
+                let mut err: i32 = 0;
+                let mut l = std::mem::size_of::<i32>() as libc::socklen_t;
+                // SAFETY: valid fd and out-pointers.
+                unsafe {
+                    libc::getsockopt(
+                        p.fd,
+                        libc::SOL_SOCKET,
+                        libc::SO_ERROR,
+                        std::ptr::from_mut(&mut err).cast(),
+                        &mut l,
+                    )
+                };
+                p.done = true;
+                p.ok = err == 0;
+            }
+        }
+    }
+    let out = probes
+        .iter()
+        .enumerate()
+        .map(|(i, _)| {
+            all[i * targets.len()..(i + 1) * targets.len()]
+                .iter()
+                .map(|p| p.ok)
+                .collect()
+        })
+        .collect();
+    for p in &all {
+        // SAFETY: closing fds we opened.
+        unsafe { libc::close(p.fd) };
+    }
+    out
+}

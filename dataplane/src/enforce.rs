@@ -1,0 +1,307 @@
+//! From desired state to the policy maps: identities, compile, diff, apply.
+//!
+//! `sync` builds the compiler's `World` from the local endpoints and the state source,
+//! gives every pod an identity (same labels → same number, persisted), compiles, diffs
+//! against what the maps hold and applies the difference make-before-break: new and
+//! changed entries first (policy, then ipcache), removals last, then the policy revision
+//! is bumped so established flows are re-checked against the new policy.
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use moat_dataplane_common::{config_flag, Config};
+use moat_identity::{reserved, reserved_name, Allocator, Identity};
+use moat_policy_compiler::compile::{Compiled, Compiler};
+use moat_policy_compiler::k8s::{self, Object};
+use moat_policy_compiler::world::{Mode, PodInfo, World};
+
+use crate::datapath::Datapath;
+use crate::node::EndpointRecord;
+
+/// Node-wide policy settings from the command line.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub mode: Mode,
+    pub audit: bool,
+    pub flow_events_per_sec: u32,
+    pub identity_grace_secs: u64,
+}
+
+#[must_use]
+pub fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::Default => "default",
+        Mode::Always => "always",
+        Mode::Never => "never",
+    }
+}
+
+pub struct Enforcer {
+    pub settings: Settings,
+    compiler: Compiler,
+    allocator: Allocator,
+    allocator_file: PathBuf,
+    /// What the maps hold (read from them at start, then what we applied).
+    applied: Compiled,
+    pub world: World,
+    pub compiled: Compiled,
+    pub revision: u32,
+    /// Map updates made by the last sync.
+    pub last_updates: usize,
+}
+
+impl Enforcer {
+    /// # Errors
+    /// When the persisted identities cannot be read.
+    pub fn open(settings: Settings, data_dir: &std::path::Path, dp: &Datapath) -> anyhow::Result<Self> {
+        let allocator_file = data_dir.join("identities.json");
+        let allocator = match std::fs::read(&allocator_file) {
+            Ok(bytes) => serde_json::from_slice::<Allocator>(&bytes)
+                .with_context(|| format!("parsing {}", allocator_file.display()))?
+                .restored(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Allocator::default(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", allocator_file.display())),
+        };
+        let mut allocator = allocator;
+        allocator.set_grace_secs(settings.identity_grace_secs);
+        let applied = Compiled {
+            policy: dp.policy_entries().into_iter().collect(),
+            ipcache: dp.ipcache_entries().into_iter().collect(),
+            rules: BTreeMap::new(),
+        };
+        Ok(Self {
+            settings,
+            compiler: Compiler::new(),
+            allocator,
+            allocator_file,
+            applied,
+            world: World::default(),
+            compiled: Compiled::default(),
+            revision: dp.config().policy_rev,
+            last_updates: 0,
+        })
+    }
+
+    /// Recomputes and applies. Returns the number of map updates.
+    ///
+    /// # Errors
+    /// When a map update fails; what was applied so far stays (it only adds entries
+    /// before any removal, so nothing enforced is lost) and the next sync retries.
+    pub fn sync<'a>(
+        &mut self,
+        dp: &mut Datapath,
+        endpoints: impl Iterator<Item = &'a EndpointRecord>,
+        objects: impl Iterator<Item = &'a Object>,
+        host_ips: Vec<Ipv4Addr>,
+    ) -> anyhow::Result<usize> {
+        self.world = self.build_world(endpoints, objects, host_ips);
+        self.compiled = self.compiler.compile(&self.world);
+        let in_use: BTreeSet<Identity> = self.world.pods.iter().map(|p| p.identity).collect();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        for id in self.allocator.sweep(&in_use, now) {
+            tracing::info!(identity = id, "released identity after its grace period");
+        }
+        self.persist_identities();
+
+        let d = moat_policy_compiler::diff::diff(&self.applied, &self.compiled);
+        let updates = d.len();
+        let result = apply(dp, &d);
+        if let Err(e) = result {
+            // Re-read what the maps really hold so the next diff starts from the truth.
+            self.applied = Compiled {
+                policy: dp.policy_entries().into_iter().collect(),
+                ipcache: dp.ipcache_entries().into_iter().collect(),
+                rules: BTreeMap::new(),
+            };
+            return Err(e);
+        }
+        self.applied = self.compiled.clone();
+        let cfg = self.config(updates > 0);
+        if cfg != dp.config() {
+            dp.set_config(cfg).context("writing the datapath config")?;
+            self.revision = cfg.policy_rev;
+        }
+        self.last_updates = updates;
+        if updates > 0 {
+            tracing::info!(
+                updates,
+                policies = self.world.policies.len(),
+                entries = self.compiled.policy.len(),
+                revision = self.revision,
+                "policy applied"
+            );
+        }
+        Ok(updates)
+    }
+
+    fn config(&self, bump: bool) -> Config {
+        let mut flags = 0;
+        if self.settings.audit {
+            flags |= config_flag::AUDIT;
+        }
+        if self.settings.mode == Mode::Always {
+            flags |= config_flag::DENY_UNMANAGED;
+        }
+        Config {
+            policy_rev: if bump {
+                self.revision.wrapping_add(1).max(1)
+            } else {
+                self.revision.max(1)
+            },
+            flags,
+            flow_events_per_sec: self.settings.flow_events_per_sec,
+            _pad: 0,
+        }
+    }
+
+    fn build_world<'a>(
+        &mut self,
+        endpoints: impl Iterator<Item = &'a EndpointRecord>,
+        objects: impl Iterator<Item = &'a Object>,
+        host_ips: Vec<Ipv4Addr>,
+    ) -> World {
+        let mut world = World {
+            mode: self.settings.mode,
+            host_ips,
+            ..World::default()
+        };
+        let mut pods: BTreeMap<(String, String), k8s::Pod> = BTreeMap::new();
+        for o in objects {
+            match o {
+                Object::Namespace(n) => {
+                    world.namespaces.insert(n.name.clone(), n.clone());
+                }
+                Object::Pod(p) => {
+                    pods.insert((p.namespace.clone(), p.name.clone()), p.clone());
+                }
+                Object::NetworkPolicy(p) => world.policies.push(p.clone()),
+                Object::Other { .. } => {}
+            }
+        }
+        // Local endpoints: labels from the matching Pod manifest (CNI_ARGS name it).
+        let mut seen = BTreeSet::new();
+        for ep in endpoints.filter(|e| e.state == "ready") {
+            let key = (ep.pod_namespace.clone(), ep.pod_name.clone());
+            let pod = pods.get(&key).cloned().unwrap_or_else(|| k8s::Pod {
+                namespace: if ep.pod_namespace.is_empty() {
+                    "default".into()
+                } else {
+                    ep.pod_namespace.clone()
+                },
+                name: ep.pod_name.clone(),
+                labels: BTreeMap::new(),
+                service_account: String::new(),
+                ports: Vec::new(),
+                ip: None,
+            });
+            seen.insert(key);
+            let identity = self.allocator.allocate(&world.label_set(&pod));
+            world.pods.push(PodInfo {
+                pod,
+                identity,
+                ipv4: Some(ep.ipv4),
+                local: true,
+            });
+        }
+        // Pods elsewhere with a known address are peers (selectable), not subjects.
+        for (key, pod) in pods {
+            if seen.contains(&key) || pod.ip.is_none() {
+                continue;
+            }
+            let identity = self.allocator.allocate(&world.label_set(&pod));
+            world.pods.push(PodInfo {
+                ipv4: pod.ip,
+                pod,
+                identity,
+                local: false,
+            });
+        }
+        world
+    }
+
+    fn persist_identities(&self) {
+        let tmp = self.allocator_file.with_extension("json.tmp");
+        let ok = serde_json::to_vec_pretty(&self.allocator)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, &self.allocator_file));
+        if let Err(e) = ok {
+            tracing::warn!(error = %e, file = %self.allocator_file.display(), "persisting identities");
+        }
+    }
+
+    /// (identity, labels, in use, local pods "ns/name"), reserved ones included.
+    #[must_use]
+    pub fn identities(&self) -> Vec<(Identity, Vec<String>, bool, Vec<String>)> {
+        let mut out = Vec::new();
+        for id in [reserved::HOST, reserved::WORLD, reserved::UNMANAGED, reserved::INIT] {
+            out.push((
+                id,
+                vec![reserved_name(id).unwrap_or_default().to_string()],
+                true,
+                Vec::new(),
+            ));
+        }
+        for (id, labels, in_use) in self.allocator.iter() {
+            let eps = self
+                .world
+                .pods
+                .iter()
+                .filter(|p| p.local && p.identity == id)
+                .map(|p| format!("{}/{}", p.pod.namespace, p.pod.name))
+                .collect();
+            out.push((
+                id,
+                labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+                in_use,
+                eps,
+            ));
+        }
+        for (&(ip, len), &id) in &self.compiled.ipcache {
+            if id & moat_identity::LOCAL_SCOPE != 0 && !out.iter().any(|(i, ..)| *i == id) {
+                out.push((id, vec![format!("cidr:{ip}/{len}")], true, Vec::new()));
+            }
+        }
+        out
+    }
+
+    /// Human name of an identity: reserved name, CIDR, or its labels.
+    #[must_use]
+    pub fn identity_name(&self, id: Identity) -> String {
+        if let Some(n) = reserved_name(id) {
+            return n.to_string();
+        }
+        if let Some(labels) = self.allocator.labels(id) {
+            return labels
+                .iter()
+                .filter(|(k, _)| !k.starts_with("k8s:ns-labels:"))
+                .map(|(k, v)| format!("{}={v}", k.trim_start_matches("k8s:")))
+                .collect::<Vec<_>>()
+                .join(",");
+        }
+        if let Some(((ip, len), _)) = self.compiled.ipcache.iter().find(|(_, &i)| i == id) {
+            return format!("cidr:{ip}/{len}");
+        }
+        format!("identity {id}")
+    }
+}
+
+fn apply(dp: &mut Datapath, d: &moat_policy_compiler::diff::Diff) -> anyhow::Result<()> {
+    for ((prefix, key), value) in &d.policy_upserts {
+        dp.upsert_policy(*prefix, *key, *value)
+            .with_context(|| format!("policy entry {key:?}/{prefix}"))?;
+    }
+    for ((ip, len), id) in &d.ipcache_upserts {
+        dp.upsert_ipcache(*ip, *len, *id)
+            .with_context(|| format!("ipcache entry {ip}/{len}"))?;
+    }
+    for (ip, len) in &d.ipcache_deletes {
+        dp.delete_ipcache(*ip, *len);
+    }
+    for (prefix, key) in &d.policy_deletes {
+        dp.delete_policy(*prefix, *key);
+    }
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! The flow store: reads `FlowEvent`s from the ring buffer, names their endpoints,
+//! identities and policy, keeps the most recent ones and fans them out to followers
+//! (`moatctl observe --follow`). Drop counts per pod are kept here too.
+use std::collections::{BTreeMap, VecDeque};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aya::maps::{MapData, RingBuf};
+use moat_api::v1::{Flow, FlowPeer};
+use moat_dataplane_common::{direction, hook, metric_name, verdict, FlowEvent};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::broadcast;
+
+use crate::node::Node;
+
+/// Recent events kept for `observe` without `--follow`.
+const RECENT: usize = 8192;
+
+pub struct FlowStore {
+    recent: VecDeque<Flow>,
+    pub tx: broadcast::Sender<Flow>,
+    /// ("ns/name", reason) → count, for drops whose source or destination is a local pod.
+    drops_by_pod: BTreeMap<(String, u32), u64>,
+}
+
+impl Default for FlowStore {
+    fn default() -> Self {
+        Self {
+            recent: VecDeque::with_capacity(RECENT),
+            tx: broadcast::channel(4096).0,
+            drops_by_pod: BTreeMap::new(),
+        }
+    }
+}
+
+impl FlowStore {
+    fn push(&mut self, f: Flow) {
+        if f.verdict == "DROPPED" {
+            for p in [&f.source, &f.destination].into_iter().flatten() {
+                if !p.pod.is_empty() {
+                    *self
+                        .drops_by_pod
+                        .entry((format!("{}/{}", p.namespace, p.pod), f.drop_reason))
+                        .or_insert(0) += 1;
+                }
+            }
+        }
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        let _ = self.tx.send(f.clone());
+        self.recent.push_back(f);
+    }
+
+    pub fn recent(&self) -> impl DoubleEndedIterator<Item = &Flow> {
+        self.recent.iter()
+    }
+
+    #[must_use]
+    pub fn drops_by_pod(&self) -> &BTreeMap<(String, u32), u64> {
+        &self.drops_by_pod
+    }
+}
+
+/// Reads the ring buffer until the process ends.
+pub async fn run(rb: RingBuf<MapData>, node: Arc<Mutex<Node>>, store: Arc<Mutex<FlowStore>>) {
+    // SAFETY: the ring buffer's fd lives inside the `AsyncFd` and is only closed when it
+    // is dropped, after deregistration.
+    let mut fd = match unsafe { AsyncFd::register(rb) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot poll the event ring buffer; no flow events");
+            return;
+        }
+    };
+    loop {
+        let mut guard = match fd.readable_mut().await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(error = %e, "event ring buffer");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut batch = Vec::new();
+        {
+            let rb = guard.get_inner_mut();
+            while let Some(item) = rb.next() {
+                if item.len() >= std::mem::size_of::<FlowEvent>() {
+                    // SAFETY: the kernel wrote a `FlowEvent` (size checked); read unaligned.
+                    batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEvent>()) });
+                }
+            }
+        }
+        guard.clear_ready();
+        if batch.is_empty() {
+            continue;
+        }
+        let flows: Vec<Flow> = {
+            let node = node.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            batch.iter().map(|e| to_flow(&node, e)).collect()
+        };
+        let mut store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for f in flows {
+            store.push(f);
+        }
+    }
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+#[must_use]
+pub fn proto_name(p: u8) -> String {
+    match p {
+        1 => "ICMP".into(),
+        6 => "TCP".into(),
+        17 => "UDP".into(),
+        132 => "SCTP".into(),
+        n => n.to_string(),
+    }
+}
+
+fn tcp_flags(f: u8) -> String {
+    let names = [
+        (0x02, "SYN"),
+        (0x10, "ACK"),
+        (0x01, "FIN"),
+        (0x04, "RST"),
+        (0x08, "PSH"),
+    ];
+    names
+        .iter()
+        .filter(|(b, _)| f & b != 0)
+        .map(|(_, n)| *n)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn to_flow(node: &Node, e: &FlowEvent) -> Flow {
+    let age = monotonic_ns().saturating_sub(e.ts);
+    let wall = SystemTime::now()
+        .checked_sub(Duration::from_nanos(age))
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    let peer = |addr: u32, port: u16, id: u32| {
+        let ip = Ipv4Addr::from(u32::from_be(addr));
+        let (namespace, pod) = node.pod_of(ip).unwrap_or_default();
+        FlowPeer {
+            ip: ip.to_string(),
+            port: u32::from(u16::from_be(port)),
+            identity: id,
+            identity_name: node.identity_name(id),
+            namespace,
+            pod,
+        }
+    };
+    Flow {
+        time_unix_nanos: wall,
+        verdict: match e.verdict {
+            verdict::FORWARDED => "FORWARDED",
+            verdict::DROPPED => "DROPPED",
+            verdict::AUDIT => "AUDIT",
+            _ => "UNKNOWN",
+        }
+        .into(),
+        drop_reason: u32::from(e.reason),
+        drop_reason_name: if e.reason == 0 {
+            String::new()
+        } else {
+            metric_name(u32::from(e.reason))
+                .unwrap_or("unknown")
+                .trim_start_matches("drop_")
+                .into()
+        },
+        protocol: proto_name(e.proto),
+        source: Some(peer(e.saddr, e.sport, e.src_identity)),
+        destination: Some(peer(e.daddr, e.dport, e.dst_identity)),
+        tcp_flags: if e.proto == 6 {
+            tcp_flags(e.tcp_flags)
+        } else {
+            String::new()
+        },
+        hook: match e.hook {
+            hook::FROM_CONTAINER => "from-container",
+            hook::TO_CONTAINER => "to-container",
+            _ => "",
+        }
+        .into(),
+        direction: match e.direction {
+            direction::INGRESS => "ingress",
+            direction::EGRESS => "egress",
+            _ => "",
+        }
+        .into(),
+        cookie: e.cookie,
+        policy: if e.cookie == 0 {
+            String::new()
+        } else {
+            node.describe_cookie(e.cookie)
+        },
+        reevaluated: e.reevaluated != 0,
+        length: e.len,
+    }
+}

@@ -1,0 +1,177 @@
+//! Standalone mode's state source: a directory of Kubernetes manifests, watched.
+//!
+//! The directory is polled (a cheap `stat` of each file) every few hundred milliseconds;
+//! when anything changed it is re-read. What is kept is "last good": a document that
+//! fails validation does not replace the version of the same object that was in force,
+//! and a file that stops parsing (a YAML syntax error hides which objects it held) keeps
+//! its previous objects. So an invalid edit never removes enforcement; deleting the
+//! object (or its file) does.
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use moat_policy_compiler::k8s::{self, ManifestError, Object};
+
+/// `Kind ns/name` (or `Kind name` for cluster-scoped kinds), as in `ManifestError::object`.
+#[must_use]
+pub fn object_key(o: &Object) -> String {
+    match o {
+        Object::Namespace(n) => format!("Namespace {}", n.name),
+        Object::Pod(p) => format!("Pod {}/{}", p.namespace, p.name),
+        Object::NetworkPolicy(p) => format!("NetworkPolicy {}/{}", p.namespace, p.name),
+        Object::Other { kind, namespace, name } if namespace.is_empty() => format!("{kind} {name}"),
+        Object::Other { kind, namespace, name } => format!("{kind} {namespace}/{name}"),
+    }
+}
+
+type Fingerprint = BTreeMap<PathBuf, (SystemTime, u64)>;
+
+#[derive(Debug, Default)]
+pub struct StateDir {
+    dir: Option<PathBuf>,
+    fingerprint: Fingerprint,
+    /// Object key → (file, object) in force.
+    objects: BTreeMap<String, (PathBuf, Object)>,
+    errors: Vec<ManifestError>,
+    /// Bumped on every change of `objects`.
+    pub generation: u64,
+}
+
+impl StateDir {
+    #[must_use]
+    pub fn new(dir: Option<PathBuf>) -> Self {
+        let mut s = Self { dir, ..Self::default() };
+        s.refresh();
+        s
+    }
+
+    /// Re-reads the directory if any file changed. Returns whether the objects in force
+    /// or the reported errors changed.
+    pub fn refresh(&mut self) -> bool {
+        let Some(dir) = self.dir.clone() else {
+            return false;
+        };
+        let fp = fingerprint(&dir);
+        if fp == self.fingerprint && self.generation > 0 {
+            return false;
+        }
+        self.fingerprint = fp;
+        let read = k8s::read_dir(&dir);
+        let changed = self.merge(read);
+        self.generation += 1;
+        changed
+    }
+
+    fn merge(&mut self, read: k8s::Manifests) -> bool {
+        let mut next: BTreeMap<String, (PathBuf, Object)> = BTreeMap::new();
+        for (file, o) in read.objects {
+            next.insert(object_key(&o), (file, o));
+        }
+        // Files that failed in a way that hides their objects keep everything they had.
+        let blind: BTreeSet<&PathBuf> = read
+            .errors
+            .iter()
+            .filter(|e| e.object.is_empty() || e.object.split_once(' ').is_none())
+            .map(|e| &e.file)
+            .collect();
+        for (key, (file, o)) in &self.objects {
+            if next.contains_key(key) {
+                continue;
+            }
+            let invalid_now = read.errors.iter().any(|e| &e.object == key);
+            if invalid_now || (blind.contains(file) && file.exists()) {
+                tracing::warn!(object = %key, file = %file.display(), "keeping the last good version");
+                next.insert(key.clone(), (file.clone(), o.clone()));
+            }
+        }
+        for e in &read.errors {
+            tracing::error!("rejected manifest: {e}");
+        }
+        let changed = next != self.objects || read.errors != self.errors;
+        self.objects = next;
+        self.errors = read.errors;
+        changed
+    }
+
+    pub fn objects(&self) -> impl Iterator<Item = &Object> {
+        self.objects.values().map(|(_, o)| o)
+    }
+
+    #[must_use]
+    pub fn errors(&self) -> &[ManifestError] {
+        &self.errors
+    }
+
+    /// Objects per kind, e.g. `{"Namespace": 2, "Pod": 4}`.
+    #[must_use]
+    pub fn kinds(&self) -> BTreeMap<String, u32> {
+        let mut m = BTreeMap::new();
+        for o in self.objects() {
+            *m.entry(o.kind().to_string()).or_insert(0) += 1;
+        }
+        m
+    }
+}
+
+fn fingerprint(dir: &Path) -> Fingerprint {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            Some((e.path(), (meta.modified().ok()?, meta.len())))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const GOOD: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{ports: [{port: 80}]}]\n";
+    const BAD_FIELD: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{ports: [{port: 80, protocol: ICMP}]}]\n";
+
+    fn policy_ports(s: &StateDir) -> Vec<String> {
+        s.objects()
+            .filter_map(|o| match o {
+                Object::NetworkPolicy(p) => Some(format!("{}:{:?}", p.name, p.ingress_rules[0].ports)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn invalid_edits_keep_the_last_good_object_and_deletion_removes_it() {
+        let dir = Dir(std::env::temp_dir().join(format!("moat-state-{}", std::process::id())));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let f = dir.0.join("p.yaml");
+        std::fs::write(&f, GOOD).unwrap();
+        let mut s = StateDir::new(Some(dir.0.clone()));
+        let good = policy_ports(&s);
+        assert_eq!(good.len(), 1);
+        assert!(s.errors().is_empty());
+
+        for bad in [BAD_FIELD, "apiVersion: v1\nkind: [unclosed\n"] {
+            std::fs::write(&f, bad).unwrap();
+            s.fingerprint.clear();
+            assert!(s.refresh());
+            assert_eq!(policy_ports(&s), good, "the last good policy stays for {bad:?}");
+            assert_eq!(s.errors().len(), 1, "{:?}", s.errors());
+        }
+
+        std::fs::remove_file(&f).unwrap();
+        s.fingerprint
+            .insert(PathBuf::from("force"), (SystemTime::UNIX_EPOCH, 0));
+        assert!(s.refresh());
+        assert!(policy_ports(&s).is_empty(), "a deleted policy is removed");
+        assert!(s.errors().is_empty());
+    }
+}

@@ -1,0 +1,442 @@
+//! NetworkPolicy beyond the matrix: conntrack (replies, cutting established flows),
+//! flow events and `moatctl observe`/`drops`/`identities`/`policy explain`, audit and
+//! enforcement modes, identities across restarts, and malformed manifests.
+use std::time::{Duration, Instant};
+
+use moat_netns_tests::net::{tcp_echo, udp_echo, EchoServer, HeldConnection};
+use moat_netns_tests::{require_root, Node, NodeOpts};
+use serde_json::Value;
+
+fn namespace(name: &str) -> String {
+    format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{team: {name}}}}}\n---\n")
+}
+
+fn pod(ns: &str, name: &str, app: &str) -> String {
+    format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: {app}}}}}\nspec: {{containers: [{{name: c, image: i}}]}}\n---\n")
+}
+
+fn policy(ns: &str, name: &str, spec: &str) -> String {
+    format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n{spec}\n---\n")
+}
+
+const DENY_ALL_INGRESS: &str = "  podSelector: {}\n  policyTypes: [Ingress]";
+
+fn base() -> String {
+    namespace("shop")
+        + &namespace("ops")
+        + &pod("shop", "web", "web")
+        + &pod("shop", "db", "db")
+        + &pod("ops", "admin", "admin")
+}
+
+fn start(agent_args: Vec<&'static str>) -> Node {
+    require_root();
+    Node::start_with(NodeOpts {
+        manifests: vec![("base.yaml", base())],
+        agent_args,
+        ..NodeOpts::default()
+    })
+}
+
+fn observe(node: &Node, args: &[&str]) -> Vec<Value> {
+    let mut a = vec!["-o", "json", "observe", "--last", "1000"];
+    a.extend_from_slice(args);
+    node.moatctl(&a)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("observe JSON line"))
+        .collect()
+}
+
+/// Waits until `observe` with `args` returns something matching `pred`.
+fn wait_flow(node: &Node, args: &[&str], pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(f) = observe(node, args).into_iter().find(|f| pred(f)) {
+            return f;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no flow matching the filter {args:?}: {:#?}",
+            observe(node, &[])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn replies_pass_under_deny_all_ingress_on_the_client() {
+    let node = start(vec![]);
+    let web = node.add_pod("shop", "web");
+    let admin = node.add_pod("ops", "admin");
+    let _srv = EchoServer::start(&admin.path(), 8080);
+    let _srv_web = EchoServer::start(&web.path(), 8080);
+    node.apply_manifests(&[("p.yaml", Some(&policy("shop", "deny-all", DENY_ALL_INGRESS)))]);
+
+    // web's replies-only traffic: its own connections out get their answers back.
+    assert_eq!(tcp_echo(&web.path(), admin.ip, 8080, b"tcp").unwrap(), b"tcp");
+    assert_eq!(udp_echo(&web.path(), admin.ip, 8080, b"udp").unwrap(), b"udp");
+    // ...while nothing new gets in.
+    assert!(
+        tcp_echo(&admin.path(), web.ip, 8080, b"in").is_err(),
+        "ingress to web is denied"
+    );
+    // The node itself may still reach its pods (kubelet probes).
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", node.node_netns_path()))
+        .args(["nc", "-z", "-w", "2", &web.ip.to_string(), "8080"])
+        .output();
+    if let Ok(o) = out {
+        if o.status.code() != Some(127) {
+            assert!(o.status.success(), "node → pod is allowed: {o:?}");
+        }
+    }
+}
+
+#[test]
+fn removing_an_allow_cuts_the_established_flow_and_observe_says_why() {
+    let node = start(vec![]);
+    let web = node.add_pod("shop", "web");
+    let db = node.add_pod("shop", "db");
+    let _srv = EchoServer::start(&db.path(), 5432);
+    let allow_web = policy(
+        "shop",
+        "db-from-web",
+        "  podSelector: {matchLabels: {app: db}}\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {app: web}}\n    ports:\n    - port: 5432",
+    );
+    node.apply_manifests(&[("p.yaml", Some(&allow_web))]);
+    let conn = HeldConnection::open(&web.path(), db.ip, 5432);
+    assert_eq!(conn.roundtrip(b"select 1").unwrap(), b"select 1");
+
+    let f = wait_flow(&node, &["--pod", "shop/db", "--verdict", "forwarded"], |f| {
+        f["destination"]["port"] == 5432
+    });
+    assert_eq!(f["source"]["pod"], "web");
+    assert!(
+        f["policy"]
+            .as_str()
+            .unwrap()
+            .contains("shop/db-from-web ingress rule 0"),
+        "{f}"
+    );
+
+    let explain = node.moatctl(&[
+        "policy", "explain", "--from", "shop/web", "--to", "shop/db", "--port", "5432/tcp",
+    ]);
+    assert!(explain.contains("shop/db-from-web"), "{explain}");
+    assert!(explain.to_lowercase().contains("allow"), "{explain}");
+
+    // The allow goes away (the policy now only admits another app): the open
+    // connection stops at its next packet.
+    node.apply_manifests(&[(
+        "p.yaml",
+        Some(&allow_web.replace("app: web}}\n    ports", "app: batch}}\n    ports")),
+    )]);
+    assert!(conn.roundtrip(b"select 2").is_err(), "the established flow is cut");
+    let f = wait_flow(&node, &["--pod", "shop/db", "--verdict", "dropped"], |f| {
+        f["reevaluated"] == true
+    });
+    assert_eq!(f["dropReason"], 133, "{f}");
+    assert_eq!(f["dropReasonName"], "policy_denied");
+    assert!(f["policy"].as_str().unwrap().contains("shop/db-from-web"), "{f}");
+
+    let explain = node.moatctl(&[
+        "policy", "explain", "--from", "shop/web", "--to", "shop/db", "--port", "5432/tcp",
+    ]);
+    assert!(explain.to_lowercase().contains("denied"), "{explain}");
+    assert!(explain.contains("shop/db-from-web"), "{explain}");
+
+    // Drops by reason and by pod.
+    let drops: Value = serde_json::from_str(&node.moatctl(&["-o", "json", "drops"])).unwrap();
+    assert!(
+        drops["byReason"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["code"] == 133 && d["count"].as_u64() > Some(0)),
+        "{drops}"
+    );
+    assert!(
+        drops["byPod"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["pod"] == "shop/db" && d["code"] == 133),
+        "{drops}"
+    );
+    let table = node.moatctl(&["drops"]);
+    assert!(table.contains("policy_denied"), "{table}");
+    let compact = node.moatctl(&["observe", "--verdict", "dropped", "--pod", "shop/db"]);
+    assert!(
+        compact.contains("shop/web:") && compact.contains("-> shop/db:5432") && compact.contains("DROPPED"),
+        "{compact}"
+    );
+}
+
+#[test]
+fn observe_filters_and_follow() {
+    let node = start(vec![]);
+    let web = node.add_pod("shop", "web");
+    let db = node.add_pod("shop", "db");
+    let admin = node.add_pod("ops", "admin");
+    let _s1 = EchoServer::start(&db.path(), 7000);
+    let _s2 = EchoServer::start(&admin.path(), 7001);
+    node.apply_manifests(&[("p.yaml", Some(&policy("ops", "deny-all", DENY_ALL_INGRESS)))]);
+
+    // Follow in the background, filtered to drops into ops.
+    let mut follow = std::process::Command::new(moat_netns_tests::bin("moatctl"))
+        .args(["--socket"])
+        .arg(&node.socket)
+        .args([
+            "-o",
+            "json",
+            "observe",
+            "--follow",
+            "--last",
+            "0",
+            "--namespace",
+            "ops",
+            "--verdict",
+            "dropped",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(tcp_echo(&web.path(), db.ip, 7000, b"ok").unwrap(), b"ok");
+    assert!(tcp_echo(&web.path(), admin.ip, 7001, b"no").is_err());
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let line = rx.recv_timeout(Duration::from_secs(5)).expect("a followed drop event");
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let f: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(f["verdict"], "DROPPED");
+    assert_eq!(f["destination"]["namespace"], "ops");
+    assert_eq!(f["direction"], "ingress");
+    assert!(f["policy"].as_str().unwrap().contains("ops/deny-all"), "{f}");
+
+    // Filters: port, identity, verdict.
+    let by_port = observe(&node, &["--port", "7000"]);
+    assert!(
+        !by_port.is_empty()
+            && by_port
+                .iter()
+                .all(|f| f["destination"]["port"] == 7000 || f["source"]["port"] == 7000)
+    );
+    let db_id = by_port[0]["destination"]["identity"].as_u64().unwrap();
+    let by_id = observe(&node, &["--identity", &db_id.to_string()]);
+    assert!(by_id
+        .iter()
+        .all(|f| f["destination"]["identity"] == db_id || f["source"]["identity"] == db_id));
+    assert!(
+        observe(&node, &["--verdict", "forwarded", "--namespace", "ops"]).is_empty(),
+        "no allowed flow into ops"
+    );
+
+    // Identities: one per label set, with the pods that carry them.
+    let ids: Value = serde_json::from_str(&node.moatctl(&["-o", "json", "identities"])).unwrap();
+    let db_entry = ids
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["endpoints"].as_array().unwrap().iter().any(|e| e == "shop/db"))
+        .expect("db's identity");
+    assert!(db_entry["id"].as_u64().unwrap() >= 256);
+    assert!(
+        db_entry["labels"].as_array().unwrap().iter().any(|l| l == "k8s:app=db"),
+        "{db_entry}"
+    );
+    assert!(ids
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["id"] == 2 && i["labels"][0] == "reserved:world"));
+}
+
+#[test]
+fn pod_relabel_changes_identity_and_policy_follows() {
+    let node = start(vec![]);
+    let web = node.add_pod("shop", "web");
+    let db = node.add_pod("shop", "db");
+    let _srv = EchoServer::start(&db.path(), 5432);
+    node.apply_manifests(&[(
+        "p.yaml",
+        Some(&policy(
+            "shop",
+            "db-from-frontend",
+            "  podSelector: {matchLabels: {app: db}}\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {tier: frontend}}",
+        )),
+    )]);
+    assert!(tcp_echo(&web.path(), db.ip, 5432, b"x").is_err());
+    let id_of = |node: &Node| -> u64 {
+        let ids: Value = serde_json::from_str(&node.moatctl(&["-o", "json", "identities"])).unwrap();
+        ids.as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["endpoints"].as_array().unwrap().iter().any(|e| e == "shop/web"))
+            .expect("web's identity")["id"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = id_of(&node);
+    node.apply_manifests(&[(
+        "base.yaml",
+        Some(&base().replace("{app: web}", "{app: web, tier: frontend}")),
+    )]);
+    assert_ne!(id_of(&node), before, "new labels, new identity");
+    assert_eq!(tcp_echo(&web.path(), db.ip, 5432, b"x").unwrap(), b"x");
+
+    // Identities survive a restart: same labels, same numbers.
+    let snapshot = node.moatctl(&["-o", "json", "identities"]);
+    node.stop_agent();
+    node.start_agent();
+    assert_eq!(node.moatctl(&["-o", "json", "identities"]), snapshot);
+    assert_eq!(tcp_echo(&web.path(), db.ip, 5432, b"y").unwrap(), b"y");
+}
+
+#[test]
+fn audit_mode_reports_without_dropping() {
+    let node = start(vec!["--audit"]);
+    let web = node.add_pod("shop", "web");
+    let db = node.add_pod("shop", "db");
+    let _srv = EchoServer::start(&db.path(), 5432);
+    node.apply_manifests(&[("p.yaml", Some(&policy("shop", "deny-all", DENY_ALL_INGRESS)))]);
+    assert_eq!(
+        tcp_echo(&web.path(), db.ip, 5432, b"x").unwrap(),
+        b"x",
+        "audit lets it through"
+    );
+    let f = wait_flow(&node, &["--verdict", "audit"], |f| f["destination"]["pod"] == "db");
+    assert!(f["policy"].as_str().unwrap().contains("shop/deny-all"), "{f}");
+    assert!(observe(&node, &["--verdict", "dropped"]).is_empty());
+}
+
+#[test]
+fn enforcement_always_and_never() {
+    let always = start(vec!["--enforcement", "always"]);
+    let web = always.add_pod("shop", "web");
+    let db = always.add_pod("shop", "db");
+    let _srv = EchoServer::start(&db.path(), 5432);
+    assert!(
+        tcp_echo(&web.path(), db.ip, 5432, b"x").is_err(),
+        "zero trust: no policy, no traffic"
+    );
+    always.apply_manifests(&[(
+        "p.yaml",
+        Some(
+            &(policy(
+                "shop",
+                "web-out",
+                "  podSelector: {matchLabels: {app: web}}\n  egress:\n  - {}",
+            ) + &policy(
+                "shop",
+                "db-in",
+                "  podSelector: {matchLabels: {app: db}}\n  ingress:\n  - {}",
+            )),
+        ),
+    )]);
+    assert_eq!(
+        tcp_echo(&web.path(), db.ip, 5432, b"x").unwrap(),
+        b"x",
+        "explicitly allowed both ways"
+    );
+    drop(_srv);
+    drop(always);
+
+    let never = start(vec!["--enforcement", "never"]);
+    let web = never.add_pod("shop", "web");
+    let db = never.add_pod("shop", "db");
+    let _srv = EchoServer::start(&db.path(), 5432);
+    never.apply_manifests(&[("p.yaml", Some(&policy("shop", "deny-all", DENY_ALL_INGRESS)))]);
+    assert_eq!(
+        tcp_echo(&web.path(), db.ip, 5432, b"x").unwrap(),
+        b"x",
+        "enforcement off"
+    );
+}
+
+/// Malformed manifests: each is rejected with an error naming file, object and field,
+/// and what was enforced before stays enforced.
+#[test]
+fn malformed_manifests_are_rejected_and_enforcement_is_unchanged() {
+    let node = start(vec![]);
+    let web = node.add_pod("shop", "web");
+    let db = node.add_pod("shop", "db");
+    let admin = node.add_pod("ops", "admin");
+    let _srv = EchoServer::start(&db.path(), 5432);
+    let good = policy(
+        "shop",
+        "db-policy",
+        "  podSelector: {matchLabels: {app: db}}\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {app: web}}",
+    );
+    node.apply_manifests(&[("db-policy.yaml", Some(&good))]);
+    let enforced = |why: &str| {
+        assert_eq!(
+            tcp_echo(&web.path(), db.ip, 5432, b"x").unwrap(),
+            b"x",
+            "web → db stays allowed ({why})"
+        );
+        assert!(
+            tcp_echo(&admin.path(), db.ip, 5432, b"x").is_err(),
+            "admin → db stays denied ({why})"
+        );
+    };
+    enforced("before");
+
+    let np = |spec: &str| policy("shop", "db-policy", spec);
+    // (description, file content, words the error must contain)
+    let bad: Vec<(&str, String, Vec<&str>)> = vec![
+        ("YAML syntax error", "apiVersion: networking.k8s.io/v1\nkind: [NetworkPolicy\n".into(), vec!["invalid YAML"]),
+        ("missing podSelector", np("  ingress: []"), vec!["NetworkPolicy shop/db-policy", "spec.podSelector"]),
+        ("unknown operator", np("  podSelector:\n    matchExpressions: [{key: app, operator: Inn, values: [db]}]"), vec!["shop/db-policy", "matchExpressions[0].operator", "Inn"]),
+        ("In without values", np("  podSelector:\n    matchExpressions: [{key: app, operator: In}]"), vec!["shop/db-policy", "matchExpressions[0]"]),
+        ("bad protocol", np("  podSelector: {}\n  ingress:\n  - ports:\n    - {protocol: ICMP, port: 80}"), vec!["spec.ingress[0].ports[0].protocol", "ICMP"]),
+        ("port out of range", np("  podSelector: {}\n  ingress:\n  - ports:\n    - port: 70000"), vec!["spec.ingress[0].ports[0].port"]),
+        ("endPort below port", np("  podSelector: {}\n  ingress:\n  - ports:\n    - {port: 90, endPort: 80}"), vec!["spec.ingress[0].ports[0].endPort"]),
+        ("endPort with a named port", np("  podSelector: {}\n  ingress:\n  - ports:\n    - {port: http, endPort: 90}"), vec!["spec.ingress[0].ports[0].endPort"]),
+        ("bad CIDR", np("  podSelector: {}\n  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0.0/33}"), vec!["spec.ingress[0].from[0].ipBlock.cidr"]),
+        ("except outside cidr", np("  podSelector: {}\n  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0.0/16, except: [10.1.0.0/24]}"), vec!["spec.ingress[0].from[0].ipBlock.except[0]"]),
+        ("ipBlock with a selector", np("  podSelector: {}\n  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0.0/8}\n      podSelector: {}"), vec!["spec.ingress[0].from[0]"]),
+        ("bad policyType", np("  podSelector: {}\n  policyTypes: [Inbound]"), vec!["spec.policyTypes[0]", "Inbound"]),
+        ("bad label value", np("  podSelector: {matchLabels: {app: \"-db-\"}}"), vec!["spec.podSelector.matchLabels"]),
+        ("ingress is not a list", np("  podSelector: {}\n  ingress: {from: []}"), vec!["spec.ingress"]),
+        ("missing metadata.name", "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {namespace: shop}\nspec: {podSelector: {}}\n".into(), vec!["metadata.name"]),
+    ];
+    assert!(bad.len() >= 10);
+    for (what, content, words) in &bad {
+        node.apply_manifests(&[("db-policy.yaml", Some(content))]);
+        let status = node.status();
+        let errors: Vec<String> = status["manifestErrors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap().to_string())
+            .collect();
+        let msg = errors
+            .iter()
+            .find(|e| e.contains("db-policy.yaml"))
+            .unwrap_or_else(|| panic!("{what}: no error reported for db-policy.yaml: {errors:?}"));
+        for w in words {
+            assert!(msg.contains(w), "{what}: error {msg:?} should mention {w:?}");
+        }
+        enforced(what);
+    }
+    // Fixing the file clears the error; deleting it removes the policy.
+    node.apply_manifests(&[("db-policy.yaml", Some(&good))]);
+    assert!(node.status()["manifestErrors"].as_array().unwrap().is_empty());
+    enforced("fixed");
+    node.apply_manifests(&[("db-policy.yaml", None)]);
+    assert_eq!(
+        tcp_echo(&admin.path(), db.ip, 5432, b"x").unwrap(),
+        b"x",
+        "deleted policy no longer enforced"
+    );
+}
