@@ -112,7 +112,7 @@ impl Node {
         let datapath = Datapath::load(&cfg.pin_dir).context("loading the eBPF datapath")?;
         let endpoints = file.endpoints.into_iter().map(|e| (owner_of(&e), e)).collect();
         let enforcer = Enforcer::open(cfg.policy, &cfg.data_dir, &datapath)?;
-        let state = StateDir::new(cfg.state_dir.clone());
+        let state = StateDir::new(cfg.state_dir.clone(), Some(cfg.data_dir.join("last-good-manifests")));
         let mut node = Self {
             cfg,
             ipam,

@@ -5,7 +5,9 @@
 //! fails validation does not replace the version of the same object that was in force,
 //! and a file that stops parsing (a YAML syntax error hides which objects it held) keeps
 //! its previous objects. So an invalid edit never removes enforcement; deleting the
-//! object (or its file) does.
+//! object (or its file) does. Files that were good are copied to a cache in the data dir;
+//! an agent that restarts while a file is broken starts from that copy, so a restart
+//! does not open the window either.
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -29,6 +31,8 @@ type Fingerprint = BTreeMap<PathBuf, (SystemTime, u64)>;
 #[derive(Debug, Default)]
 pub struct StateDir {
     dir: Option<PathBuf>,
+    /// Copies of the files that last parsed without error.
+    cache: Option<PathBuf>,
     fingerprint: Fingerprint,
     /// Object key → (file, object) in force.
     objects: BTreeMap<String, (PathBuf, Object)>,
@@ -39,10 +43,52 @@ pub struct StateDir {
 
 impl StateDir {
     #[must_use]
-    pub fn new(dir: Option<PathBuf>) -> Self {
-        let mut s = Self { dir, ..Self::default() };
+    pub fn new(dir: Option<PathBuf>, cache: Option<PathBuf>) -> Self {
+        let mut s = Self {
+            dir,
+            cache,
+            ..Self::default()
+        };
+        s.seed_from_cache();
         s.refresh();
         s
+    }
+
+    /// Starts from the last good copies, attributed to their original paths.
+    fn seed_from_cache(&mut self) {
+        let (Some(dir), Some(cache)) = (&self.dir, &self.cache) else {
+            return;
+        };
+        if !cache.is_dir() {
+            return;
+        }
+        for (file, o) in k8s::read_dir(cache).objects {
+            let original = dir.join(file.file_name().unwrap_or_default());
+            self.objects.insert(object_key(&o), (original, o));
+        }
+    }
+
+    /// Mirrors every error-free file into the cache and forgets files that are gone.
+    fn update_cache(&self, dir: &Path, errors: &[ManifestError]) {
+        let Some(cache) = &self.cache else { return };
+        if std::fs::create_dir_all(cache).is_err() {
+            return;
+        }
+        let bad: BTreeSet<&Path> = errors.iter().map(|e| e.file.as_path()).collect();
+        for (path, _) in &self.fingerprint {
+            let Some(name) = path.file_name() else { continue };
+            if bad.contains(path.as_path()) {
+                continue;
+            }
+            if let Ok(text) = std::fs::read(path) {
+                let _ = std::fs::write(cache.join(name), text);
+            }
+        }
+        for e in std::fs::read_dir(cache).into_iter().flatten().flatten() {
+            if !dir.join(e.file_name()).exists() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 
     /// Re-reads the directory if any file changed. Returns whether the objects in force
@@ -57,6 +103,7 @@ impl StateDir {
         }
         self.fingerprint = fp;
         let read = k8s::read_dir(&dir);
+        self.update_cache(&dir, &read.errors);
         let changed = self.merge(read);
         self.generation += 1;
         changed
@@ -154,7 +201,10 @@ mod tests {
         std::fs::create_dir_all(&dir.0).unwrap();
         let f = dir.0.join("p.yaml");
         std::fs::write(&f, GOOD).unwrap();
-        let mut s = StateDir::new(Some(dir.0.clone()));
+        let cache = dir.0.join("../moat-state-cache-{}");
+        let cache = PathBuf::from(cache.to_string_lossy().replace("{}", &std::process::id().to_string()));
+        let _cache_guard = Dir(cache.clone());
+        let mut s = StateDir::new(Some(dir.0.clone()), Some(cache.clone()));
         let good = policy_ports(&s);
         assert_eq!(good.len(), 1);
         assert!(s.errors().is_empty());

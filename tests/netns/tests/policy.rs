@@ -429,6 +429,10 @@ fn malformed_manifests_are_rejected_and_enforcement_is_unchanged() {
         }
         enforced(what);
     }
+    // An agent restarted while the file is broken starts from the last good copy.
+    node.stop_agent();
+    node.start_agent();
+    enforced("agent restarted while the file is broken");
     // Fixing the file clears the error; deleting it removes the policy.
     node.apply_manifests(&[("db-policy.yaml", Some(&good))]);
     assert!(node.status()["manifestErrors"].as_array().unwrap().is_empty());
@@ -438,5 +442,40 @@ fn malformed_manifests_are_rejected_and_enforcement_is_unchanged() {
         tcp_echo(&admin.path(), db.ip, 5432, b"x").unwrap(),
         b"x",
         "deleted policy no longer enforced"
+    );
+}
+
+#[test]
+fn unused_identities_are_released_after_the_grace_period() {
+    let node = start(vec!["--identity-grace-secs", "1"]);
+    let web = node.add_pod("shop", "web");
+    let _db = node.add_pod("shop", "db");
+    let ids = |node: &Node| -> Vec<Value> {
+        serde_json::from_str::<Value>(&node.moatctl(&["-o", "json", "identities"]))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let web_id = ids(&node)
+        .into_iter()
+        .find(|i| i["endpoints"].as_array().unwrap().iter().any(|e| e == "shop/web"))
+        .expect("web's identity")["id"]
+        .clone();
+    assert!(node.del_pod(&web).success);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ids(&node).iter().any(|i| i["id"] == web_id) {
+        assert!(
+            Instant::now() < deadline,
+            "identity {web_id} still allocated: {:#?}",
+            ids(&node)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        ids(&node)
+            .iter()
+            .any(|i| i["endpoints"].as_array().unwrap().iter().any(|e| e == "shop/db")),
+        "the identity in use stays"
     );
 }
