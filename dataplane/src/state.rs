@@ -75,7 +75,7 @@ impl StateDir {
             return;
         }
         let bad: BTreeSet<&Path> = errors.iter().map(|e| e.file.as_path()).collect();
-        for (path, _) in &self.fingerprint {
+        for path in self.fingerprint.keys() {
             let Some(name) = path.file_name() else { continue };
             if bad.contains(path.as_path()) {
                 continue;
