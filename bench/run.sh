@@ -5,6 +5,12 @@
 #  2. Pod-to-pod TCP throughput (iperf3) and request/response latency (moat-rr):
 #     pods wired by Moat (eBPF, bpf_redirect_peer) vs the same veth/route layout with
 #     no eBPF at all (the node's stack forwards).
+#  3. The same pod-to-pod TCP with 1,000 NetworkPolicies and 500 identities loaded (the
+#     server pod isolated, allowed by one of its rules) vs no policy, alternating rounds.
+#  4. Per-packet cost of from_container (BPF_PROG_TEST_RUN): established flow, new
+#     allowed flow, denied flow, vs an established flow with no policy loaded.
+#  5. Policy compile time and map updates: 10,000 policies over 1,000 pods, then one
+#     changed policy (incremental map updates vs full entry count).
 #
 # Everything lives in namespaces this script creates and removes.
 set -euo pipefail
@@ -60,12 +66,13 @@ printf '  ratio moat/bridge:     p50 %s   p99 %s   (< 1 means moat is faster)\n'
 
 # ---------------------------------------------------------------- pods
 # Moat pods, through the real plugin.
-cni_add() { # netns-name container-id (the netns exists already)
+cni_add() { # netns-name container-id pod-name (the netns exists already)
   nsenter --net=/run/netns/$ID-moat env CNI_COMMAND=ADD CNI_CONTAINERID="$2" CNI_NETNS=/run/netns/$1 CNI_IFNAME=eth0 \
-    CNI_PATH=/usr/lib/cni "$B/moat" <"$RUN/moat.conf" | json '["ips"][0]["address"].split("/")[0]'
+    CNI_PATH=/usr/lib/cni CNI_ARGS="K8S_POD_NAMESPACE=bench;K8S_POD_NAME=$3" "$B/moat" <"$RUN/moat.conf" \
+    | json '["ips"][0]["address"].split("/")[0]'
 }
 mkns $ID-ma; mkns $ID-mb
-MA=$(cni_add $ID-ma bench-a); MB=$(cni_add $ID-mb bench-b)
+MA=$(cni_add $ID-ma bench-a a); MB=$(cni_add $ID-mb bench-b b)
 
 # Plain pods: the identical layout (veth, /32, link-local gateway, permanent neighbours,
 # host /32 routes) wired by hand, no eBPF: the node's stack forwards.
@@ -113,3 +120,66 @@ printf '  %-28s %10.2f %14.2f %12.2f\n' "moat (eBPF redirect_peer)" "$(python3 -
 printf '  %-28s %10.2f %14.2f %12.2f\n' "plain veth + routes" "$(python3 -c "print($pt/1e9)")" "$pr" "$p9"
 printf '  ratio moat/plain: throughput %s (> 1 is better), RR mean %s, RR p99 %s (< 1 is better)\n' \
   "$(ratio "$mt" "$pt")" "$(ratio "$mr" "$pr")" "$(ratio "$m9" "$p9")"
+
+# ---------------------------------------------------------------- 3. policy at scale
+# 500 identities: the two bench pods plus 498 pods elsewhere (status.podIP); 1,000
+# policies: 500 isolate the server (app=server) with an allow from some other app on some
+# port, 499 select other apps, and one allows the client on the bench ports.
+gen_policies() { # file
+  {
+    printf 'apiVersion: v1\nkind: Namespace\nmetadata: {name: bench}\n---\n'
+    printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: bench, labels: {app: client}}\nspec: {containers: [{name: c}]}\n---\n'
+    printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: bench, labels: {app: server}}\nspec: {containers: [{name: c}]}\n---\n'
+    for i in $(seq 1 498); do
+      printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: p%d, namespace: bench, labels: {app: app%d}}\nspec: {containers: [{name: c}]}\nstatus: {podIP: 10.99.%d.%d}\n---\n' \
+        "$i" "$i" $((i / 200)) $((i % 200 + 1))
+    done
+    for i in $(seq 1 999); do
+      if [ $((i % 2)) -eq 0 ]; then sel=server; else sel=app$((i % 498 + 1)); fi
+      printf 'apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np%d, namespace: bench}\nspec:\n  podSelector: {matchLabels: {app: %s}}\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {app: app%d}}\n    ports:\n    - {port: %d}\n---\n' \
+        "$i" "$sel" $(((i * 7) % 498 + 1)) $((1000 + i))
+    done
+    printf 'apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: server-from-client, namespace: bench}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {app: client}}\n    ports:\n    - {port: 5201}\n    - {port: 7100}\n---\n'
+  } >"$1"
+}
+gen_policies "$RUN/policies.yaml"
+wait_policies() { # count
+  for _ in $(seq 100); do
+    n=$("$B/moatctl" --socket "$SOCK" -o json status | json '["policies"]')
+    [ "$n" = "$1" ] && return 0; sleep 0.1
+  done
+  echo "agent did not apply $1 policies" >&2; return 1
+}
+echo
+echo "== 3. pod-to-pod TCP with 1,000 policies / 500 identities vs none ($ROUNDS rounds, alternating; medians)"
+n_tp=(); y_tp=(); n_rr=(); y_rr=(); n_p99=(); y_p99=()
+for r in $(seq "$ROUNDS"); do
+  for kind in none loaded; do
+    if [ $kind = loaded ]; then cp "$RUN/policies.yaml" "$RUN/state/"; wait_policies 1000
+    else rm -f "$RUN/state/policies.yaml"; wait_policies 0; fi
+    nsenter --net=/run/netns/$ID-mb iperf3 -s -D -1 >/dev/null 2>&1 || true
+    sleep 0.3
+    bps=$(nsenter --net=/run/netns/$ID-ma iperf3 -c "$MB" -t "$SECONDS_PER_RUN" -J | json '["end"]["sum_received"]["bits_per_second"]')
+    rr=$(nsenter --net=/run/netns/$ID-ma "$B/moat-rr" client "$MB" 7100 "$RR_COUNT")
+    mean=$(echo "$rr" | json '["mean_us"]'); p99=$(echo "$rr" | json '["p99_us"]')
+    if [ $kind = loaded ]; then y_tp+=("$bps"); y_rr+=("$mean"); y_p99+=("$p99"); else n_tp+=("$bps"); n_rr+=("$mean"); n_p99+=("$p99"); fi
+  done
+done
+cp "$RUN/policies.yaml" "$RUN/state/"; wait_policies 1000
+"$B/moatctl" --socket "$SOCK" status | grep -E "Policy|Tracked" | sed 's/^/  /'
+yt=$(median "${y_tp[@]}"); nt=$(median "${n_tp[@]}")
+yr=$(median "${y_rr[@]}"); nr=$(median "${n_rr[@]}")
+y9=$(median "${y_p99[@]}"); n9=$(median "${n_p99[@]}")
+printf '  %-28s %10s %14s %12s\n' "" "Gbit/s" "RR mean (us)" "RR p99 (us)"
+printf '  %-28s %10.2f %14.2f %12.2f\n' "1,000 policies loaded" "$(python3 -c "print($yt/1e9)")" "$yr" "$y9"
+printf '  %-28s %10.2f %14.2f %12.2f\n' "no policy" "$(python3 -c "print($nt/1e9)")" "$nr" "$n9"
+printf '  ratio loaded/none: throughput %s (goal >= 0.97), RR mean %s, RR p99 %s (goal <= 1.03)\n' \
+  "$(ratio "$yt" "$nt")" "$(ratio "$yr" "$nr")" "$(ratio "$y9" "$n9")"
+
+echo
+echo "== 4. per-packet cost of from_container (BPF_PROG_TEST_RUN)"
+"$B/moat-agent" bench-datapath --policies 1000 --identities 500 --packets 20000 | sed 's/^/  /'
+
+echo
+echo "== 5. policy compile: 10,000 policies over 1,000 pods, then one changed policy"
+"$B/moat-policy-compile" | sed 's/^/  /'

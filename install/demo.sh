@@ -5,6 +5,10 @@
 #   - creates 4 pods in 2 namespaces through the real `moat` CNI plugin (env + stdin,
 #     exactly as a container runtime calls it)
 #   - runs an HTTP server in each pod and sends real traffic between all of them
+#   - applies NetworkPolicies (default deny in `billing`, allow shop/frontend → billing/api,
+#     billing/api → billing/db) and shows an allowed and a denied connection with
+#     `moatctl observe`, `moatctl policy explain`, `moatctl drops` and `moatctl identities`
+#   - restarts the agent under an open connection
 #   - prints what `moatctl` shows, then removes everything it created
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,7 +63,8 @@ trap 'exit 130' INT TERM
 mkdir -p "$RUN/state" "$RUN/www"
 # The standalone node's manifests: the same YAML a cluster would hold.
 for p in "${PODS[@]}"; do
-  printf 'apiVersion: v1\nkind: Pod\nmetadata:\n  namespace: %s\n  name: %s\n  labels: {app: %s}\n---\n' "${p%/*}" "${p#*/}" "${p#*/}"
+  printf 'apiVersion: v1\nkind: Pod\nmetadata:\n  namespace: %s\n  name: %s\n  labels: {app: %s}\nspec:\n  containers: [{name: httpd, image: busybox, ports: [{name: http, containerPort: 8080}]}]\n---\n' \
+    "${p%/*}" "${p#*/}" "${p#*/}"
 done >"$RUN/state/pods.yaml"
 printf 'apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: billing}\n' \
   >"$RUN/state/namespaces.yaml"
@@ -91,6 +96,54 @@ for from in "${PODS[@]}"; do
   done
 done
 inpod shop/frontend ping -c 2 -q "${IP[billing/db]}" | sed 's/^/  /'
+
+echo; echo "== NetworkPolicy: default deny in billing; shop/frontend may call billing/api; billing/api may call billing/db"
+cat >"$RUN/state/policies.yaml" <<'YAML'
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny, namespace: billing}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: api-from-frontend, namespace: billing}
+spec:
+  podSelector: {matchLabels: {app: api}}
+  ingress:
+  - from:
+    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: shop}}
+      podSelector: {matchLabels: {app: frontend}}
+    ports:
+    - {port: 8080, protocol: TCP}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db-from-api, namespace: billing}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress:
+  - from:
+    - podSelector: {matchLabels: {app: api}}
+YAML
+sed 's/^/  /' "$RUN/state/policies.yaml" | head -12; echo "  ..."
+for _ in $(seq 50); do [ "$(moatctl -o json status | python3 -c 'import json,sys; print(json.load(sys.stdin)["policies"])')" = 3 ] && break; sleep 0.1; done
+echo "  (the agent picked up the change; it watches its manifest directory)"
+for pair in "shop/frontend billing/api" "shop/cart billing/api" "billing/api billing/db" "shop/frontend billing/db"; do
+  set -- $pair
+  body=$(inpod "$1" curl -s --max-time 2 "http://${IP[$2]}:8080/" || echo "BLOCKED (connection timed out)")
+  printf '  %-16s -> %-16s %s\n' "$1" "$2" "$body"
+done
+echo; echo "\$ moatctl observe --namespace billing --last 8"; moatctl observe --namespace billing --last 8
+echo; echo "\$ moatctl policy explain --from shop/frontend --to billing/api --port 8080/tcp"
+moatctl policy explain --from shop/frontend --to billing/api --port 8080/tcp | sed 's/^/  /'
+echo; echo "\$ moatctl policy explain --from shop/cart --to billing/api --port 8080/tcp"
+moatctl policy explain --from shop/cart --to billing/api --port 8080/tcp | sed 's/^/  /'
+echo; echo "\$ moatctl drops"; moatctl drops
+echo; echo "\$ moatctl identities"; moatctl identities
+echo; echo "\$ moatctl policy matrix -f $RUN/state --port 8080/tcp   (offline, from the manifests alone)"
+moatctl policy matrix -f "$RUN/state" --port 8080/tcp | sed 's/^/  /'
 
 echo; echo "\$ moatctl status   (datapath counters come from the eBPF programs)"; moatctl status
 

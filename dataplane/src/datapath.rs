@@ -245,6 +245,14 @@ impl Datapath {
             .collect()
     }
 
+    /// A pod program by name (for `BPF_PROG_TEST_RUN` benchmarks).
+    ///
+    /// # Errors
+    /// When the object has no such classifier.
+    pub fn program_mut(&mut self, name: &'static str) -> Result<&mut SchedClassifier, DatapathError> {
+        program(&mut self.ebpf, name)
+    }
+
     /// The event ring buffer, handed to the reader task once.
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.events.take()

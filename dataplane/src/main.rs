@@ -4,6 +4,7 @@
 //! (re-adopting pinned maps and links), serves the API on a unix socket for the CNI
 //! plugin and `moatctl`, and keeps running until SIGINT/SIGTERM. The datapath stays in
 //! place after the agent exits, so pods keep talking while it restarts.
+mod bench_prog;
 mod datapath;
 mod enforce;
 mod flows;
@@ -59,6 +60,15 @@ enum Command {
         /// cniVersion of the conflist (1.0.0 when chained plugins predate 1.1.0).
         #[arg(long, default_value = "1.1.0", value_parser = ["1.0.0", "1.1.0"])]
         cni_version: String,
+    },
+    /// Benchmark: per-packet cost of the pod program (BPF_PROG_TEST_RUN, private pin dir).
+    BenchDatapath {
+        #[arg(long, default_value_t = 1000)]
+        policies: u32,
+        #[arg(long, default_value_t = 500)]
+        identities: u32,
+        #[arg(long, default_value_t = 20_000)]
+        packets: u32,
     },
 }
 
@@ -127,6 +137,11 @@ fn main() -> anyhow::Result<()> {
             with_portmap,
             cni_version,
         }),
+        Some(Command::BenchDatapath {
+            policies,
+            identities,
+            packets,
+        }) => bench_prog::run(policies, identities, packets),
         None => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
