@@ -31,6 +31,23 @@ fn expired(e: &CtEntry, proto: u8, now: u64) -> bool {
     now.wrapping_sub(e.last_seen) > timeout
 }
 
+/// Records a packet of a tracked flow: last seen, counts, TCP closing state.
+#[inline(always)]
+fn touch(e: &mut CtEntry, now: u64, fin_rst: u8, reply: bool) {
+    e.last_seen = now;
+    if reply {
+        e.packets_reply += 1;
+        e.flags |= ct_flag::SEEN_REPLY;
+    } else {
+        e.packets_orig += 1;
+    }
+    if fin_rst & TCP_RST != 0 {
+        e.flags |= ct_flag::RST;
+    } else if fin_rst & TCP_FIN != 0 {
+        e.flags |= if reply { ct_flag::FIN_REPLY } else { ct_flag::FIN_ORIG };
+    }
+}
+
 /// Re-checks an existing flow (original tuple `orig`) under the current policy.
 /// Identities are looked up again: a relabelled pod may have a new one.
 #[inline(always)]
@@ -89,13 +106,7 @@ pub fn track(m: &mut Meta, egress: bool, ingress: bool, src_fallback: u32) -> Re
             }
             m.src_identity = e.src_identity;
             m.dst_identity = e.dst_identity;
-            e.last_seen = now;
-            e.packets_orig += 1;
-            if fin_rst & TCP_RST != 0 {
-                e.flags |= ct_flag::RST;
-            } else if fin_rst & TCP_FIN != 0 {
-                e.flags |= ct_flag::FIN_ORIG;
-            }
+            touch(e, now, fin_rst, false);
             count(metric::CT_ESTABLISHED);
             return Ok(());
         }
@@ -120,14 +131,7 @@ pub fn track(m: &mut Meta, egress: bool, ingress: bool, src_fallback: u32) -> Re
             // A reply travels against the flow: its source is the flow's destination.
             m.src_identity = e.dst_identity;
             m.dst_identity = e.src_identity;
-            e.last_seen = now;
-            e.packets_reply += 1;
-            e.flags |= ct_flag::SEEN_REPLY;
-            if fin_rst & TCP_RST != 0 {
-                e.flags |= ct_flag::RST;
-            } else if fin_rst & TCP_FIN != 0 {
-                e.flags |= ct_flag::FIN_REPLY;
-            }
+            touch(e, now, fin_rst, true);
             count(metric::CT_REPLY);
             return Ok(());
         }

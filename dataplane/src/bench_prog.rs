@@ -26,25 +26,8 @@ impl Drop for PinDir {
     }
 }
 
-/// Ethernet + IPv4 + UDP, checksum valid.
 fn udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
-    let mut p = vec![0u8; 14 + 20 + 8 + 16];
-    p[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip = &mut p[14..34];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&44u16.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 17;
-    ip[12..16].copy_from_slice(&src.octets());
-    ip[16..20].copy_from_slice(&dst.octets());
-    let mut sum: u32 = ip.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    p[34..36].copy_from_slice(&sport.to_be_bytes());
-    p[36..38].copy_from_slice(&dport.to_be_bytes());
-    p
+    crate::packets::ipv4_udp(src, dst, 64, sport, dport)
 }
 
 fn time(dp: &mut Datapath, packets: impl Iterator<Item = Vec<u8>>, want: u32) -> anyhow::Result<f64> {

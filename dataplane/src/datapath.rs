@@ -396,30 +396,10 @@ mod prog_test_run {
         }
     }
 
-    fn ipv4_checksum(h: &[u8]) -> u16 {
-        let mut sum: u32 = h.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        !(sum as u16)
-    }
+    use crate::packets::{ipv4_checksum, ipv4_udp};
 
-    /// Ethernet + IPv4 + 8 bytes of UDP-ish payload with a valid header checksum.
     fn packet(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8) -> Vec<u8> {
-        let mut p = vec![0u8; 14 + 20 + 8];
-        p[0..6].copy_from_slice(&[0x0e, 0, 0, 0, 0, 0xaa]);
-        p[6..12].copy_from_slice(&[0x0a, 0, 0, 0, 0, 0xbb]);
-        p[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-        let ip = &mut p[14..34];
-        ip[0] = 0x45;
-        ip[2..4].copy_from_slice(&28u16.to_be_bytes());
-        ip[8] = ttl;
-        ip[9] = 17;
-        ip[12..16].copy_from_slice(&src.octets());
-        ip[16..20].copy_from_slice(&dst.octets());
-        let c = ipv4_checksum(ip);
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
-        p
+        ipv4_udp(src, dst, ttl, 0, 0)
     }
 
     fn run(dp: &mut Datapath, prog: &'static str, data: &[u8]) -> (u32, Vec<u8>) {
@@ -530,10 +510,7 @@ mod prog_test_run {
     }
 
     fn udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
-        let mut p = packet(src, dst, 64);
-        p[34..36].copy_from_slice(&sport.to_be_bytes());
-        p[36..38].copy_from_slice(&dport.to_be_bytes());
-        p
+        ipv4_udp(src, dst, 64, sport, dport)
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod ipam;
 mod masquerade;
 mod netdev;
 mod node;
+mod packets;
 mod server;
 mod state;
 

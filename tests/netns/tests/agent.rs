@@ -6,7 +6,8 @@ use serde_json::Value;
 fn standalone_manifests_are_read_and_bad_documents_named() {
     require_root();
     let good = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n---\n\
-                apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: shop\n  labels: {app: web}\n";
+                apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: shop\n  labels: {app: web}\n\
+                spec:\n  containers: [{name: web, image: nginx}]\n";
     let bad = "apiVersion: v1\nkind: Pod\nmetadata:\n  namespace: shop\n";
     let node = Node::start_with(NodeOpts {
         manifests: vec![

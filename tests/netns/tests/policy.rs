@@ -81,15 +81,11 @@ fn replies_pass_under_deny_all_ingress_on_the_client() {
         "ingress to web is denied"
     );
     // The node itself may still reach its pods (kubelet probes).
-    let out = std::process::Command::new("nsenter")
-        .arg(format!("--net={}", node.node_netns_path()))
-        .args(["nc", "-z", "-w", "2", &web.ip.to_string(), "8080"])
-        .output();
-    if let Ok(o) = out {
-        if o.status.code() != Some(127) {
-            assert!(o.status.success(), "node → pod is allowed: {o:?}");
-        }
-    }
+    assert_eq!(
+        tcp_echo(&node.node_netns_path(), web.ip, 8080, b"probe").unwrap(),
+        b"probe",
+        "node → pod is allowed under deny-all ingress"
+    );
 }
 
 #[test]
