@@ -21,6 +21,8 @@ pub fn object_key(o: &Object) -> String {
         Object::Namespace(n) => format!("Namespace {}", n.name),
         Object::Pod(p) => format!("Pod {}/{}", p.namespace, p.name),
         Object::NetworkPolicy(p) => format!("NetworkPolicy {}/{}", p.namespace, p.name),
+        Object::Service(s) => format!("Service {}/{}", s.namespace, s.name),
+        Object::EndpointSlice(s) => format!("EndpointSlice {}/{}", s.namespace, s.name),
         Object::Other { kind, namespace, name } if namespace.is_empty() => format!("{kind} {name}"),
         Object::Other { kind, namespace, name } => format!("{kind} {namespace}/{name}"),
     }

@@ -19,14 +19,14 @@ pub(super) struct DecodeError {
 }
 
 /// (field path, message).
-type Fail = (String, String);
-type R<T> = Result<T, Fail>;
+pub(super) type Fail = (String, String);
+pub(super) type R<T> = Result<T, Fail>;
 
-fn fail<T>(field: &str, message: impl Into<String>) -> R<T> {
+pub(super) fn fail<T>(field: &str, message: impl Into<String>) -> R<T> {
     Err((field.to_string(), message.into()))
 }
 
-fn describe(v: &Value) -> &'static str {
+pub(super) fn describe(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -37,7 +37,7 @@ fn describe(v: &Value) -> &'static str {
     }
 }
 
-fn child(path: &str, key: &str) -> String {
+pub(super) fn child(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_string()
     } else {
@@ -45,35 +45,35 @@ fn child(path: &str, key: &str) -> String {
     }
 }
 
-fn item(path: &str, i: usize) -> String {
+pub(super) fn item(path: &str, i: usize) -> String {
     format!("{path}[{i}]")
 }
 
-fn as_map<'a>(v: &'a Value, path: &str) -> R<&'a Map<String, Value>> {
+pub(super) fn as_map<'a>(v: &'a Value, path: &str) -> R<&'a Map<String, Value>> {
     v.as_object()
         .ok_or_else(|| (path.to_string(), format!("expected a mapping, got {}", describe(v))))
 }
 
-fn as_list<'a>(v: &'a Value, path: &str) -> R<&'a [Value]> {
+pub(super) fn as_list<'a>(v: &'a Value, path: &str) -> R<&'a [Value]> {
     v.as_array()
         .map(Vec::as_slice)
         .ok_or_else(|| (path.to_string(), format!("expected a list, got {}", describe(v))))
 }
 
-fn as_str<'a>(v: &'a Value, path: &str) -> R<&'a str> {
+pub(super) fn as_str<'a>(v: &'a Value, path: &str) -> R<&'a str> {
     v.as_str()
         .ok_or_else(|| (path.to_string(), format!("expected a string, got {}", describe(v))))
 }
 
 /// A present, non-null field.
-fn get<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+pub(super) fn get<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     m.get(key).filter(|v| !v.is_null())
 }
 
 /// Rejects fields the API does not define (strict field validation, as `kubectl apply`
 /// does by default): a misspelt `podSelector` or a `to:` in an ingress rule must not
 /// silently widen a policy.
-fn known(m: &Map<String, Value>, path: &str, fields: &[&str]) -> R<()> {
+pub(super) fn known(m: &Map<String, Value>, path: &str, fields: &[&str]) -> R<()> {
     match m.keys().find(|k| !fields.contains(&k.as_str())) {
         Some(k) => fail(
             &child(path, k),
@@ -84,7 +84,7 @@ fn known(m: &Map<String, Value>, path: &str, fields: &[&str]) -> R<()> {
 }
 
 /// A required non-empty string field.
-fn req_str<'a>(m: &'a Map<String, Value>, key: &str, path: &str) -> R<&'a str> {
+pub(super) fn req_str<'a>(m: &'a Map<String, Value>, key: &str, path: &str) -> R<&'a str> {
     let field = child(path, key);
     match get(m, key) {
         None => fail(&field, "is required"),
@@ -95,16 +95,16 @@ fn req_str<'a>(m: &'a Map<String, Value>, key: &str, path: &str) -> R<&'a str> {
     }
 }
 
-fn opt_str<'a>(m: &'a Map<String, Value>, key: &str, path: &str) -> R<Option<&'a str>> {
+pub(super) fn opt_str<'a>(m: &'a Map<String, Value>, key: &str, path: &str) -> R<Option<&'a str>> {
     get(m, key).map(|v| as_str(v, &child(path, key))).transpose()
 }
 
-fn opt_list<'a>(m: &'a Map<String, Value>, key: &str, path: &str) -> R<Option<&'a [Value]>> {
+pub(super) fn opt_list<'a>(m: &'a Map<String, Value>, key: &str, path: &str) -> R<Option<&'a [Value]>> {
     get(m, key).map(|v| as_list(v, &child(path, key))).transpose()
 }
 
 /// An integer field in `lo..=hi`.
-fn int_in(v: &Value, path: &str, lo: u64, hi: u64) -> R<u64> {
+pub(super) fn int_in(v: &Value, path: &str, lo: u64, hi: u64) -> R<u64> {
     let Value::Number(n) = v else {
         return fail(path, format!("expected an integer, got {}", describe(v)));
     };
@@ -116,7 +116,7 @@ fn int_in(v: &Value, path: &str, lo: u64, hi: u64) -> R<u64> {
 }
 
 /// A label map (`metadata.labels`, `matchLabels`) with key and value syntax checked.
-fn labels(v: &Value, path: &str) -> R<BTreeMap<String, String>> {
+pub(super) fn labels(v: &Value, path: &str) -> R<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for (k, v) in as_map(v, path)? {
         let field = child(path, k);
@@ -228,7 +228,7 @@ pub(super) fn object(v: &Value) -> Result<Object, DecodeError> {
             message,
         }
     };
-    if matches!(kind, "Pod" | "NetworkPolicy") {
+    if matches!(kind, "Pod" | "NetworkPolicy" | "EndpointSlice") {
         syntax::check_object_name(name).map_err(named_at("metadata.name"))?;
     }
     if kind == "Namespace" {
@@ -247,8 +247,9 @@ pub(super) fn object(v: &Value) -> Result<Object, DecodeError> {
         message,
     };
     let want_version = match kind {
-        "Namespace" | "Pod" => "v1",
+        "Namespace" | "Pod" | "Service" => "v1",
         "NetworkPolicy" => "networking.k8s.io/v1",
+        "EndpointSlice" => "discovery.k8s.io/v1",
         _ => api_version,
     };
     if api_version != want_version {
@@ -273,6 +274,13 @@ pub(super) fn object(v: &Value) -> Result<Object, DecodeError> {
         }
         "Pod" => Object::Pod(pod(namespace, name, meta_labels, spec, get(m, "status")).map_err(err)?),
         "NetworkPolicy" => Object::NetworkPolicy(network_policy(namespace, name, spec).map_err(err)?),
+        "Service" => {
+            syntax::check_dns_label(name).map_err(named_at("metadata.name"))?;
+            Object::Service(super::service::service(namespace, name, spec, get(m, "status")).map_err(err)?)
+        }
+        "EndpointSlice" => {
+            Object::EndpointSlice(super::service::endpoint_slice(namespace, name, &meta_labels, m).map_err(err)?)
+        }
         _ => Object::Other {
             kind: kind.into(),
             namespace: namespace.into(),
@@ -281,7 +289,7 @@ pub(super) fn object(v: &Value) -> Result<Object, DecodeError> {
     })
 }
 
-fn protocol(m: &Map<String, Value>, path: &str) -> R<u8> {
+pub(super) fn protocol(m: &Map<String, Value>, path: &str) -> R<u8> {
     Ok(match opt_str(m, "protocol", path)? {
         None | Some("TCP") => super::proto::TCP,
         Some("UDP") => super::proto::UDP,

@@ -7,6 +7,7 @@
 //! documents still load.
 mod decode;
 pub mod selector;
+pub mod service;
 pub mod syntax;
 
 use std::collections::BTreeMap;
@@ -148,6 +149,8 @@ pub enum Object {
     Namespace(Namespace),
     Pod(Pod),
     NetworkPolicy(NetworkPolicy),
+    Service(service::Service),
+    EndpointSlice(service::EndpointSlice),
     /// Any other kind (Service, Deployment, …): kept, not interpreted.
     Other {
         kind: String,
@@ -163,6 +166,8 @@ impl Object {
             Self::Namespace(_) => "Namespace",
             Self::Pod(_) => "Pod",
             Self::NetworkPolicy(_) => "NetworkPolicy",
+            Self::Service(_) => "Service",
+            Self::EndpointSlice(_) => "EndpointSlice",
             Self::Other { kind, .. } => kind,
         }
     }
