@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use moat_api::v1::{
-    DropsRequest, Endpoint, ExplainRequest, ListEndpointsRequest, ListIdentitiesRequest, ObserveRequest, StatusReply,
-    StatusRequest,
+    DropsRequest, Endpoint, ExplainRequest, ListEndpointsRequest, ListIdentitiesRequest, ListServicesRequest,
+    ObserveRequest, StatusReply, StatusRequest,
 };
 use serde_json::json;
 
@@ -44,6 +44,8 @@ enum Cmd {
     Identities,
     /// Drop counts by reason (datapath counters) and by pod.
     Drops,
+    /// Services: frontends (ClusterIP, NodePort, …) and backends with their state.
+    Services,
     /// NetworkPolicy tools.
     #[command(subcommand)]
     Policy(PolicyCmd),
@@ -229,6 +231,54 @@ fn main() -> anyhow::Result<()> {
                         })
                         .collect();
                     print!("{}", table::render(&["ID", "IN-USE", "LOCAL PODS", "LABELS"], &rows));
+                }
+            }
+            Cmd::Services => {
+                let svcs = client.list_services(ListServicesRequest {}).await?.into_inner().services;
+                if cli.output == Output::Json {
+                    let v: Vec<_> = svcs
+                        .iter()
+                        .map(|s| {
+                            json!({
+                                "namespace": s.namespace, "name": s.name, "port": s.port_name,
+                                "frontends": s.frontends.iter().map(|f| json!({"address": f.address, "protocol": f.protocol, "scope": f.scope, "eligible": f.eligible})).collect::<Vec<_>>(),
+                                "backends": s.backends.iter().map(|b| json!({"address": b.address, "state": b.state, "local": b.local, "pod": b.pod})).collect::<Vec<_>>(),
+                                "affinityTimeout": s.affinity_timeout, "externalLocal": s.external_local, "internalLocal": s.internal_local,
+                            })
+                        })
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                } else {
+                    let mut rows = Vec::new();
+                    for s in &svcs {
+                        let name = if s.port_name.is_empty() {
+                            format!("{}/{}", s.namespace, s.name)
+                        } else {
+                            format!("{}/{}:{}", s.namespace, s.name, s.port_name)
+                        };
+                        let backends = if s.backends.is_empty() {
+                            "(none: connections are refused)".to_string()
+                        } else {
+                            s.backends
+                                .iter()
+                                .map(|b| {
+                                    let who = if b.pod.is_empty() { String::new() } else { format!(" {}", b.pod) };
+                                    format!("{}{who} ({})", b.address, b.state)
+                                })
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        };
+                        for (i, f) in s.frontends.iter().enumerate() {
+                            rows.push(vec![
+                                if i == 0 { name.clone() } else { String::new() },
+                                format!("{} {}", f.address, f.protocol),
+                                f.scope.clone(),
+                                f.eligible.to_string(),
+                                if i == 0 { backends.clone() } else { String::new() },
+                            ]);
+                        }
+                    }
+                    print!("{}", table::render(&["SERVICE", "FRONTEND", "TYPE", "ELIGIBLE", "BACKENDS"], &rows));
                 }
             }
             Cmd::Drops => {

@@ -72,6 +72,12 @@ pub mod metric {
     pub const EVENTS_LOST: u32 = 8;
     /// Established flows whose verdict was re-checked after a policy change.
     pub const CT_REEVALUATED: u32 = 9;
+    /// Connections/datagrams the socket load balancer sent to a backend.
+    pub const SOCK_LB_TRANSLATED: u32 = 10;
+    /// Replies and peer names translated back to the service address.
+    pub const SOCK_LB_REVERSED: u32 = 11;
+    /// A service with no eligible backend refused a connection.
+    pub const DROP_NO_SERVICE_BACKEND: u32 = 158;
     /// Number of slots in the counter array.
     pub const SLOTS: u32 = 256;
 }
@@ -95,6 +101,9 @@ pub fn metric_name(slot: u32) -> Option<&'static str> {
         metric::CT_REPLY => "ct_reply",
         metric::EVENTS_LOST => "events_lost",
         metric::CT_REEVALUATED => "ct_reevaluated",
+        metric::SOCK_LB_TRANSLATED => "sock_lb_translated",
+        metric::SOCK_LB_REVERSED => "sock_lb_reversed",
+        metric::DROP_NO_SERVICE_BACKEND => "drop_no_service_backend",
         _ => return None,
     })
 }
@@ -345,6 +354,126 @@ pub struct FlowEvent {
 }
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 48);
 
+/// Pinned names of the service load-balancing maps.
+pub const SERVICES_MAP: &str = "moat_svc_v1";
+pub const BACKENDS_MAP: &str = "moat_backend_v1";
+pub const SOCK_REVNAT_MAP: &str = "moat_sknat_v1";
+pub const AFFINITY_MAP: &str = "moat_affin_v1";
+
+/// Service frontends × (1 + backends): 10,000 services with a few backends each.
+pub const MAX_SERVICE_ENTRIES: u32 = 131_072;
+/// Distinct backends (address, port, protocol).
+pub const MAX_BACKENDS: u32 = 65_536;
+/// Sockets translated by the socket load balancer that may still ask for their peer.
+pub const MAX_SOCK_REVNAT: u32 = 262_144;
+/// (service, client) session-affinity entries.
+pub const MAX_AFFINITY: u32 = 65_536;
+
+/// Key of `SERVICES`: a frontend (VIP or node address, port, protocol) and a slot.
+///
+/// Slot 0 is the frontend's master entry (`ServiceValue::count` eligible backends, the
+/// service id, affinity timeout); slots `1..=count` each name one eligible backend. A
+/// new connection picks a slot at random (or its affinity entry's backend).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceKey {
+    /// Wire order.
+    pub addr: u32,
+    /// Wire order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+    pub slot: u16,
+    pub _pad2: u16,
+}
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 12);
+
+/// `ServiceValue::flags`.
+pub mod svc_flag {
+    /// A frontend reached from outside (NodePort, externalIP, LoadBalancer).
+    pub const EXTERNAL: u16 = 1;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceValue {
+    /// Slot entries: the backend. Master entry: 0.
+    pub backend_id: u32,
+    /// Master entry: eligible backends (0: the service rejects new connections).
+    pub count: u16,
+    /// `svc_flag::*`.
+    pub flags: u16,
+    /// Stable id of the service port (affinity and reverse NAT refer to it).
+    pub svc_id: u32,
+    /// ClientIP affinity timeout in seconds (0: no affinity).
+    pub affinity_timeout: u32,
+}
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
+
+/// `Backend4::state`.
+pub mod backend_state {
+    pub const ACTIVE: u8 = 0;
+    /// Keeps existing connections, gets no new ones.
+    pub const TERMINATING: u8 = 1;
+}
+
+/// Value of `BACKENDS`, keyed by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Backend4 {
+    /// Wire order.
+    pub addr: u32,
+    /// Wire order.
+    pub port: u16,
+    pub proto: u8,
+    /// `backend_state::*`.
+    pub state: u8,
+}
+const _: () = assert!(core::mem::size_of::<Backend4>() == 8);
+
+/// Key of `SOCK_REVNAT`: a socket the socket LB translated, and the backend it now
+/// talks to; the value is the frontend the application asked for, so `recvmsg` and
+/// `getpeername` show the service address, not the backend's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockRevKey {
+    pub cookie: u64,
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<SockRevKey>() == 16);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockRevValue {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<SockRevValue>() == 8);
+
+/// Key of `AFFINITY`: (service, client). The socket LB identifies a client by its
+/// network namespace cookie (one per pod, and one for the node).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub client: u64,
+    pub svc_id: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 16);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityValue {
+    /// `bpf_ktime_get_ns` of the last connection.
+    pub last_used: u64,
+    pub backend_id: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
+
 /// Value of `IPCACHE` (LPM trie keyed by IPv4 prefix in wire order).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -375,3 +504,24 @@ unsafe impl aya::Pod for CtEntry {}
 #[cfg(feature = "user")]
 // SAFETY: as above.
 unsafe impl aya::Pod for Config {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for ServiceKey {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for ServiceValue {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for Backend4 {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for SockRevKey {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for SockRevValue {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for AffinityKey {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for AffinityValue {}

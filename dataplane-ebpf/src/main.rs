@@ -16,6 +16,7 @@ mod maps;
 mod packet;
 mod pod;
 mod policy;
+mod sock;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -4,8 +4,9 @@ use aya_ebpf::{
     maps::{lpm_trie::LpmTrie, Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use moat_dataplane_common::{
-    metric, Config, CtEntry, CtKey, EndpointInfo, IpcacheInfo, PolicyKey, PolicyValue, EVENTS_BYTES, MAX_CT_ENTRIES,
-    MAX_ENDPOINTS, MAX_IPCACHE_ENTRIES, MAX_POLICY_ENTRIES,
+    metric, AffinityKey, AffinityValue, Backend4, Config, CtEntry, CtKey, EndpointInfo, IpcacheInfo, PolicyKey,
+    PolicyValue, ServiceKey, ServiceValue, SockRevKey, SockRevValue, EVENTS_BYTES, MAX_AFFINITY, MAX_BACKENDS,
+    MAX_CT_ENTRIES, MAX_ENDPOINTS, MAX_IPCACHE_ENTRIES, MAX_POLICY_ENTRIES, MAX_SERVICE_ENTRIES, MAX_SOCK_REVNAT,
 };
 
 /// Local pods by IPv4 (wire order): where to redirect, and which veth owns the address.
@@ -41,6 +42,22 @@ pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 /// Per-CPU `[window start ns, events sent in window]` for rate-limiting allowed-flow events.
 #[map(name = "moat_evrate_v1")]
 pub static EVENT_RATE: PerCpuArray<[u64; 2]> = PerCpuArray::pinned(1, 0);
+
+/// Service frontends and their backend slots (layout on `ServiceKey`).
+#[map(name = "moat_svc_v1")]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(MAX_SERVICE_ENTRIES, 0);
+
+/// Backend id → address, port, state.
+#[map(name = "moat_backend_v1")]
+pub static BACKENDS: HashMap<u32, Backend4> = HashMap::pinned(MAX_BACKENDS, 0);
+
+/// (socket, backend) → the service address the application asked for.
+#[map(name = "moat_sknat_v1")]
+pub static SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> = LruHashMap::pinned(MAX_SOCK_REVNAT, 0);
+
+/// (client netns, service) → the backend of its last connection (ClientIP affinity).
+#[map(name = "moat_affin_v1")]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(MAX_AFFINITY, 0);
 
 #[inline(always)]
 pub fn count(slot: u32) {

@@ -12,16 +12,20 @@ use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
-use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType};
 use aya::sys::SyscallError;
 use aya::{Ebpf, EbpfLoader};
 use moat_dataplane_common::{
-    metric, metric_name, Config, CtEntry, CtKey, EndpointInfo, IpcacheInfo, PolicyKey, PolicyValue, CONFIG_MAP, CT_MAP,
-    ENDPOINTS_MAP, EVENTS_MAP, IPCACHE_MAP, METRICS_MAP, POLICY_MAP,
+    metric, metric_name, Backend4, Config, CtEntry, CtKey, EndpointInfo, IpcacheInfo, PolicyKey, PolicyValue,
+    ServiceKey, ServiceValue, BACKENDS_MAP, CONFIG_MAP, CT_MAP, ENDPOINTS_MAP, EVENTS_MAP, IPCACHE_MAP, METRICS_MAP,
+    POLICY_MAP, SERVICES_MAP,
 };
 
 /// The object built by build.rs from `dataplane-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/moat-dataplane"));
+
+/// The socket load balancer's cgroup programs (attached at the cgroup root).
+const SOCK_PROGRAMS: [&str; 4] = ["sock_connect4", "sock_sendmsg4", "sock_recvmsg4", "sock_getpeername4"];
 
 /// (program, hook, pin suffix) for each pod-facing program.
 const POD_PROGRAMS: [(&str, TcAttachType, &str); 2] = [
@@ -73,6 +77,8 @@ pub struct Datapath {
     ct: HashMap<MapData, CtKey, CtEntry>,
     config: Array<MapData, Config>,
     events: Option<RingBuf<MapData>>,
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    backends: HashMap<MapData, u32, Backend4>,
     links_dir: PathBuf,
 }
 
@@ -108,6 +114,14 @@ impl Datapath {
                 source: Box::new(source),
             })?;
         }
+        for name in SOCK_PROGRAMS {
+            sock_program(&mut ebpf, name)?
+                .load()
+                .map_err(|source| DatapathError::Program {
+                    name,
+                    source: Box::new(source),
+                })?;
+        }
         let endpoints =
             HashMap::try_from(take_map(&mut ebpf, ENDPOINTS_MAP)?).map_err(|source| DatapathError::Map {
                 name: ENDPOINTS_MAP,
@@ -123,6 +137,8 @@ impl Datapath {
         let ct = HashMap::try_from(take_map(&mut ebpf, CT_MAP)?).map_err(map_err(CT_MAP))?;
         let config = Array::try_from(take_map(&mut ebpf, CONFIG_MAP)?).map_err(map_err(CONFIG_MAP))?;
         let events = RingBuf::try_from(take_map(&mut ebpf, EVENTS_MAP)?).map_err(map_err(EVENTS_MAP))?;
+        let services = HashMap::try_from(take_map(&mut ebpf, SERVICES_MAP)?).map_err(map_err(SERVICES_MAP))?;
+        let backends = HashMap::try_from(take_map(&mut ebpf, BACKENDS_MAP)?).map_err(map_err(BACKENDS_MAP))?;
         Ok(Self {
             ebpf,
             endpoints,
@@ -132,6 +148,8 @@ impl Datapath {
             ct,
             config,
             events: Some(events),
+            services,
+            backends,
             links_dir,
         })
     }
@@ -243,6 +261,96 @@ impl Datapath {
             .flatten()
             .map(|(k, v)| (Ipv4Addr::from(u32::from_be(k)), v))
             .collect()
+    }
+
+    /// Attaches the socket load balancer to the cgroup at `cgroup` (normally the cgroup v2
+    /// root, so every process on the node is covered) and pins the links. Make before
+    /// break: a link pinned by an earlier agent is released only after the new one is in
+    /// place (both translate identically from the same maps meanwhile).
+    ///
+    /// # Errors
+    /// When the cgroup cannot be opened or the kernel refuses the attachment.
+    pub fn attach_socket_lb(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
+        let sock_dir = self.sock_dir();
+        std::fs::create_dir_all(&sock_dir).map_err(|source| DatapathError::Pin { path: sock_dir, source })?;
+        let dir = std::fs::File::open(cgroup).map_err(|source| DatapathError::Pin {
+            path: cgroup.to_path_buf(),
+            source,
+        })?;
+        for name in SOCK_PROGRAMS {
+            let attach_err = |source: Box<dyn std::error::Error + Send + Sync>| DatapathError::Attach {
+                program: name,
+                ifname: cgroup.display().to_string(),
+                source,
+            };
+            let prog = sock_program(&mut self.ebpf, name)?;
+            // With bpf_link (kernel ≥ 5.7) the flags must be 0 ("Single"); the kernel
+            // attaches links in multi mode anyway, so several agents (tests) can coexist.
+            let id = prog
+                .attach(&dir, CgroupAttachMode::Single)
+                .map_err(|e| attach_err(Box::new(e)))?;
+            let link: FdLink = prog
+                .take_link(id)
+                .map_err(|e| attach_err(Box::new(e)))?
+                .try_into()
+                .map_err(|e: LinkError| attach_err(Box::new(e)))?;
+            let pin = self.sock_dir().join(name);
+            // bpffs refuses dots in names.
+            let fresh = self.sock_dir().join(format!("{name}_new"));
+            let _ = std::fs::remove_file(&fresh);
+            link.pin(&fresh).map_err(|e| attach_err(Box::new(e)))?;
+            if let Ok(old) = PinnedLink::from_pin(&pin) {
+                let _ = old.unpin();
+            }
+            std::fs::rename(&fresh, &pin).map_err(|source| DatapathError::Pin { path: pin, source })?;
+        }
+        Ok(())
+    }
+
+    /// Where the socket load balancer's cgroup links are pinned (apart from the per-veth
+    /// links, whose pin names carry interface names).
+    fn sock_dir(&self) -> PathBuf {
+        self.links_dir.with_file_name("socklb")
+    }
+
+    /// Removes the socket load balancer's cgroup links (`--socket-lb=false`).
+    pub fn detach_socket_lb(&mut self) {
+        for name in SOCK_PROGRAMS {
+            let pin = self.sock_dir().join(name);
+            if let Ok(link) = PinnedLink::from_pin(&pin) {
+                let _ = link.unpin();
+            }
+        }
+    }
+
+    /// # Errors
+    /// When the kernel refuses the update (e.g. the map is full).
+    pub fn upsert_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<(), DatapathError> {
+        self.services.insert(key, value, 0).map_err(map_err(SERVICES_MAP))
+    }
+
+    pub fn delete_service(&mut self, key: ServiceKey) {
+        let _ = self.services.remove(&key);
+    }
+
+    #[must_use]
+    pub fn service_entries(&self) -> Vec<(ServiceKey, ServiceValue)> {
+        self.services.iter().flatten().collect()
+    }
+
+    /// # Errors
+    /// When the kernel refuses the update.
+    pub fn upsert_backend(&mut self, id: u32, value: Backend4) -> Result<(), DatapathError> {
+        self.backends.insert(id, value, 0).map_err(map_err(BACKENDS_MAP))
+    }
+
+    pub fn delete_backend(&mut self, id: u32) {
+        let _ = self.backends.remove(&id);
+    }
+
+    #[must_use]
+    pub fn backend_entries(&self) -> Vec<(u32, Backend4)> {
+        self.backends.iter().flatten().collect()
     }
 
     /// A pod program by name (for `BPF_PROG_TEST_RUN` benchmarks).
@@ -359,6 +467,17 @@ fn ip_key(ip: Ipv4Addr) -> u32 {
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, DatapathError> {
+    let prog = ebpf.program_mut(name).ok_or_else(|| DatapathError::Program {
+        name,
+        source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
+    })?;
+    prog.try_into().map_err(|source| DatapathError::Program {
+        name,
+        source: Box::new(source),
+    })
+}
+
+fn sock_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSockAddr, DatapathError> {
     let prog = ebpf.program_mut(name).ok_or_else(|| DatapathError::Program {
         name,
         source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),

@@ -45,11 +45,11 @@ impl Cidr {
         })
     }
 
-    fn first(&self) -> u32 {
+    pub fn first(&self) -> u32 {
         u32::from(self.base)
     }
 
-    fn size(&self) -> u32 {
+    pub fn size(&self) -> u32 {
         1 << (32 - self.len)
     }
 }

@@ -10,6 +10,7 @@ mod enforce;
 mod flows;
 mod install_cni;
 mod ipam;
+mod lb;
 mod masquerade;
 mod netdev;
 mod node;
@@ -109,6 +110,16 @@ struct RunArgs {
     /// Events for allowed new flows per second and CPU (0: only drops and audits).
     #[arg(long, default_value_t = 1000)]
     flow_events_per_sec: u32,
+    /// ClusterIPs for Services that do not name one.
+    #[arg(long, default_value = "10.96.0.0/16")]
+    service_cidr: String,
+    /// Socket load balancing (translate service addresses at connect/sendmsg). Turning it
+    /// off removes service translation (per-packet DNAT is not implemented yet).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    socket_lb: bool,
+    /// cgroup v2 directory the socket load balancer attaches to (default: the cgroup2 mount).
+    #[arg(long)]
+    cgroup_root: Option<PathBuf>,
     /// Seconds an identity no pod uses keeps its number before it is released.
     #[arg(long, default_value_t = moat_identity::allocator::DEFAULT_GRACE_SECS)]
     identity_grace_secs: u64,
@@ -180,6 +191,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "never" => moat_policy_compiler::world::Mode::Never,
         _ => moat_policy_compiler::world::Mode::Default,
     };
+    let service_cidr = ipam::Cidr::parse(&args.service_cidr).context("--service-cidr")?;
+    let socket_lb_cgroup = if args.socket_lb {
+        Some(match args.cgroup_root {
+            Some(p) => p,
+            None => netdev::cgroup2_root().context(
+                "finding the cgroup v2 mount for the socket load balancer (or pass --cgroup-root / --socket-lb=false)",
+            )?,
+        })
+    } else {
+        tracing::warn!(
+            "--socket-lb=false: services are not translated (per-packet service DNAT is not implemented yet)"
+        );
+        None
+    };
     let cfg = node::NodeConfig {
         node_name,
         pod_cidr,
@@ -193,6 +218,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             flow_events_per_sec: args.flow_events_per_sec,
             identity_grace_secs: args.identity_grace_secs,
         },
+        service_cidr,
+        socket_lb_cgroup,
     };
     let mut node = node::Node::open(cfg).context("starting the node")?;
     tracing::info!(kinds = ?node.state.kinds(), enforcement = %args.enforcement, audit = args.audit, "policy in force");

@@ -117,6 +117,23 @@ pub fn ensure_tracefs(root: &Path) -> io::Result<bool> {
     mount("tracefs", root).map(|()| true)
 }
 
+/// Where cgroup v2 is mounted (the first `cgroup2` entry of /proc/self/mounts).
+///
+/// # Errors
+/// When /proc/self/mounts cannot be read or has no cgroup2 mount.
+pub fn cgroup2_root() -> std::io::Result<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, dir, kind) = (f.next()?, f.next()?, f.next()?);
+            (kind == "cgroup2").then(|| std::path::PathBuf::from(dir))
+        })
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no cgroup2 mount in /proc/self/mounts"))
+}
+
 /// Every IPv4 address configured in this network namespace (the node's addresses: traffic
 /// from them is the node itself), link-local ones included.
 #[must_use]

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::datapath::Datapath;
 use crate::enforce::{Enforcer, Settings};
 use crate::ipam::{Cidr, Ipam, Owner};
+use crate::lb::LoadBalancer;
 use crate::netdev;
 use crate::state::StateDir;
 
@@ -27,6 +28,10 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     pub state_dir: Option<PathBuf>,
     pub policy: Settings,
+    /// ClusterIPs for services that name none.
+    pub service_cidr: Cidr,
+    /// cgroup v2 directory the socket load balancer attaches to; `None`: socket LB off.
+    pub socket_lb_cgroup: Option<PathBuf>,
 }
 
 /// One wired pod interface, as persisted.
@@ -80,6 +85,7 @@ pub struct Node {
     started: Instant,
     pub state: StateDir,
     pub enforcer: Enforcer,
+    pub lb: LoadBalancer,
     last_sync: Instant,
 }
 
@@ -112,6 +118,14 @@ impl Node {
         let datapath = Datapath::load(&cfg.pin_dir).context("loading the eBPF datapath")?;
         let endpoints = file.endpoints.into_iter().map(|e| (owner_of(&e), e)).collect();
         let enforcer = Enforcer::open(cfg.policy, &cfg.data_dir, &datapath)?;
+        let lb = LoadBalancer::open(cfg.service_cidr, &cfg.data_dir, &datapath)?;
+        let mut datapath = datapath;
+        match &cfg.socket_lb_cgroup {
+            Some(cg) => datapath
+                .attach_socket_lb(cg)
+                .with_context(|| format!("attaching the socket load balancer to cgroup {}", cg.display()))?,
+            None => datapath.detach_socket_lb(),
+        }
         let state = StateDir::new(cfg.state_dir.clone(), Some(cfg.data_dir.join("last-good-manifests")));
         let mut node = Self {
             cfg,
@@ -122,6 +136,7 @@ impl Node {
             started: Instant::now(),
             state,
             enforcer,
+            lb,
             last_sync: Instant::now(),
         };
         // Policy first: re-adopted endpoints keep the policy the maps already hold, and
@@ -140,12 +155,29 @@ impl Node {
     pub fn sync_policy(&mut self) -> anyhow::Result<usize> {
         let host_ips = netdev::host_ipv4s();
         self.last_sync = Instant::now();
-        self.enforcer.sync(
+        // Node addresses that NodePorts listen on: not loopback, not link-local.
+        let node_ips: Vec<Ipv4Addr> = host_ips
+            .iter()
+            .copied()
+            .filter(|ip| !ip.is_loopback() && !ip.is_link_local())
+            .collect();
+        let updates = self.enforcer.sync(
             &mut self.datapath,
             self.endpoints.values(),
             self.state.objects(),
             host_ips,
-        )
+        )?;
+        let lb_updates = self
+            .lb
+            .sync(
+                &mut self.datapath,
+                self.endpoints.values(),
+                self.state.objects(),
+                &self.cfg.node_name,
+                node_ips,
+            )
+            .context("applying services")?;
+        Ok(updates + lb_updates)
     }
 
     /// Re-reads the state source if it changed, and re-applies policy. Also run

@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex};
 use moat_api::v1::{
     AddEndpointRequest, AttachmentRef, Counter, DeleteEndpointReply, DropCount, DropsReply, DropsRequest, Endpoint,
     ExplainReply, ExplainRequest, Flow, GcReply, GcRequest, IdentityInfo, IpLease, ListEndpointsReply,
-    ListEndpointsRequest, ListIdentitiesReply, ListIdentitiesRequest, ObserveRequest, StatusReply, StatusRequest,
+    ListEndpointsRequest, ListIdentitiesReply, ListIdentitiesRequest, ListServicesReply, ListServicesRequest,
+    ObserveRequest, ServiceBackend, ServiceFrontend, ServiceInfo, StatusReply, StatusRequest,
 };
 use moat_dataplane_common::metric_name;
 use moat_policy_compiler::lookup::{explain, Endpoint as PolicyEndpoint};
@@ -191,6 +192,55 @@ impl moat_api::Agent for AgentService {
             allowed: e.allowed,
             text: e.to_string(),
         }))
+    }
+
+    async fn list_services(&self, _: Request<ListServicesRequest>) -> Result<Response<ListServicesReply>, Status> {
+        use moat_services::{BackendState, Scope};
+        let node = self.node();
+        let services = node
+            .lb
+            .services
+            .iter()
+            .map(|s| ServiceInfo {
+                namespace: s.namespace.clone(),
+                name: s.name.clone(),
+                port_name: s.port_name.clone(),
+                frontends: s
+                    .frontends
+                    .iter()
+                    .map(|f| ServiceFrontend {
+                        address: format!("{}:{}", f.addr, f.port),
+                        protocol: crate::flows::proto_name(f.proto),
+                        scope: match f.scope {
+                            Scope::ClusterIp => "ClusterIP",
+                            Scope::NodePort => "NodePort",
+                            Scope::ExternalIp => "ExternalIP",
+                            Scope::LoadBalancer => "LoadBalancer",
+                        }
+                        .into(),
+                        eligible: u32::try_from(s.eligible(f.scope).len()).unwrap_or(u32::MAX),
+                    })
+                    .collect(),
+                backends: s
+                    .backends
+                    .iter()
+                    .map(|b| ServiceBackend {
+                        address: format!("{}:{}", b.addr, b.port),
+                        state: match b.state {
+                            BackendState::Active => "active",
+                            BackendState::Terminating => "terminating",
+                        }
+                        .into(),
+                        local: b.local,
+                        pod: b.pod.clone().unwrap_or_default(),
+                    })
+                    .collect(),
+                affinity_timeout: s.affinity_timeout.unwrap_or(0),
+                external_local: s.external_local,
+                internal_local: s.internal_local,
+            })
+            .collect();
+        Ok(Response::new(ListServicesReply { services }))
     }
 
     async fn drops(&self, _: Request<DropsRequest>) -> Result<Response<DropsReply>, Status> {

@@ -343,3 +343,103 @@ fn probe_all(targets: &[Ipv4Addr], probes: &[(u8, u16)], timeout: Duration) -> V
     }
     out
 }
+
+/// A server that answers every TCP connection and UDP datagram on `port` with `name`
+/// (so a client can tell which backend it reached); stops on drop.
+pub struct NameServer {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl NameServer {
+    #[must_use]
+    pub fn start(netns_path: &str, port: u16, name: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let mut threads = Vec::new();
+        {
+            let (path, stop, ready, name) = (netns_path.to_string(), stop.clone(), ready_tx.clone(), name.to_string());
+            threads.push(std::thread::spawn(move || {
+                enter(&path);
+                let l = TcpListener::bind(("0.0.0.0", port)).expect("bind tcp");
+                l.set_nonblocking(true).unwrap();
+                ready.send(()).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    match l.accept() {
+                        Ok((mut s, _)) => {
+                            let _ = s.write_all(name.as_bytes());
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                    }
+                }
+            }));
+        }
+        {
+            let (path, stop, ready, name) = (netns_path.to_string(), stop.clone(), ready_tx, name.to_string());
+            threads.push(std::thread::spawn(move || {
+                enter(&path);
+                let s = UdpSocket::bind(("0.0.0.0", port)).expect("bind udp");
+                s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+                ready.send(()).unwrap();
+                let mut buf = [0u8; 512];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((_, from)) = s.recv_from(&mut buf) {
+                        let _ = s.send_to(name.as_bytes(), from);
+                    }
+                }
+            }));
+        }
+        for _ in 0..2 {
+            ready_rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("name server ready");
+        }
+        Self { stop, threads }
+    }
+}
+
+impl Drop for NameServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Connects over TCP from inside a netns and reads what the server says until it closes.
+///
+/// # Errors
+/// The socket error, as text (e.g. "Operation not permitted" when refused locally).
+pub fn tcp_read(netns_path: &str, to: Ipv4Addr, port: u16) -> Result<String, String> {
+    in_netns(netns_path, move || {
+        let mut s = TcpStream::connect_timeout(&SocketAddr::from((to, port)), Duration::from_secs(2))
+            .map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+        Ok(out)
+    })
+}
+
+/// Sends one UDP datagram from inside a netns (unconnected socket) and returns the reply
+/// and the address it came from.
+///
+/// # Errors
+/// Timeout or socket error, as text.
+pub fn udp_ask(netns_path: &str, to: Ipv4Addr, port: u16) -> Result<(String, SocketAddr), String> {
+    in_netns(netns_path, move || {
+        let s = UdpSocket::bind(("0.0.0.0", 0)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 512];
+        for _ in 0..4 {
+            s.send_to(b"who", (to, port)).map_err(|e| e.to_string())?;
+            if let Ok((n, from)) = s.recv_from(&mut buf) {
+                return Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from));
+            }
+        }
+        Err("no UDP reply".into())
+    })
+}

@@ -1,0 +1,161 @@
+//! The socket load balancer: cgroup `sock_addr` hooks that translate a service address
+//! to a backend once per connection (connect) or datagram (sendmsg), before any packet
+//! exists, and translate the backend back to the service address where the application
+//! can see it (recvmsg for UDP replies, getpeername). Attached at the cgroup root, so pods
+//! and the node itself are covered; packets then carry the backend address, and policy
+//! applies to the backend's identity like to any pod-to-pod flow.
+use aya_ebpf::{
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns},
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+    EbpfContext as _,
+};
+use moat_dataplane_common::{backend_state, metric, AffinityKey, AffinityValue, ServiceKey, SockRevKey, SockRevValue};
+
+use crate::maps::{count, AFFINITY, BACKENDS, SERVICES, SOCK_REVNAT};
+
+const ALLOW: i32 = 1;
+const REJECT: i32 = 0;
+const IPPROTO_UDP: u32 = 17;
+
+#[cgroup_sock_addr(connect4)]
+pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
+    translate(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    translate(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    reverse(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    reverse(&ctx);
+    ALLOW
+}
+
+/// Picks the backend for a new connection to a frontend, or rejects when it has none.
+#[inline(always)]
+fn translate(ctx: &SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: the context the kernel passed; these fields are readable in these hooks.
+    let (addr, port, proto) = unsafe { ((*sa).user_ip4, (*sa).user_port as u16, (*sa).protocol) };
+    let master_key = ServiceKey {
+        addr,
+        port,
+        proto: proto as u8,
+        _pad: 0,
+        slot: 0,
+        _pad2: 0,
+    };
+    // SAFETY: the value is copied out at once.
+    let Some(master) = (unsafe { SERVICES.get(&master_key) }).copied() else {
+        return ALLOW; // not a service address
+    };
+    if master.count == 0 {
+        // No eligible backend: refuse now (the caller gets EPERM) instead of sending
+        // packets nowhere.
+        count(metric::DROP_NO_SERVICE_BACKEND);
+        return REJECT;
+    }
+    // SAFETY: plain helper calls on the hook's context.
+    let (netns, now) = unsafe { (bpf_get_netns_cookie(ctx.as_ptr()), bpf_ktime_get_ns()) };
+    let aff_key = AffinityKey {
+        client: netns,
+        svc_id: master.svc_id,
+        _pad: 0,
+    };
+    let mut backend_id = 0;
+    if master.affinity_timeout != 0 {
+        // SAFETY: copied out at once.
+        if let Some(a) = unsafe { AFFINITY.get(&aff_key) }.copied() {
+            let fresh = now.wrapping_sub(a.last_used) < u64::from(master.affinity_timeout) * 1_000_000_000;
+            // SAFETY: copied out at once.
+            let active = unsafe { BACKENDS.get(&a.backend_id) }.is_some_and(|b| b.state == backend_state::ACTIVE);
+            if fresh && active {
+                backend_id = a.backend_id;
+            }
+        }
+    }
+    if backend_id == 0 {
+        // SAFETY: plain helper call.
+        let slot = (unsafe { bpf_get_prandom_u32() } % u32::from(master.count)) as u16 + 1;
+        let slot_key = ServiceKey { slot, ..master_key };
+        // SAFETY: copied out at once.
+        match unsafe { SERVICES.get(&slot_key) } {
+            Some(v) => backend_id = v.backend_id,
+            None => {
+                count(metric::DROP_NO_SERVICE_BACKEND);
+                return REJECT;
+            }
+        }
+    }
+    // SAFETY: copied out at once.
+    let Some(be) = (unsafe { BACKENDS.get(&backend_id) }).copied() else {
+        count(metric::DROP_NO_SERVICE_BACKEND);
+        return REJECT;
+    };
+    if master.affinity_timeout != 0 {
+        let _ = AFFINITY.insert(
+            &aff_key,
+            &AffinityValue {
+                last_used: now,
+                backend_id,
+                _pad: 0,
+            },
+            0,
+        );
+    }
+    if proto == IPPROTO_UDP || be.addr != addr || be.port != port {
+        // SAFETY: plain helper call on the hook's context.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        let _ = SOCK_REVNAT.insert(
+            &SockRevKey {
+                cookie,
+                addr: be.addr,
+                port: be.port,
+                _pad: 0,
+            },
+            &SockRevValue { addr, port, _pad: 0 },
+            0,
+        );
+    }
+    // SAFETY: writable fields in connect4/sendmsg4.
+    unsafe {
+        (*sa).user_ip4 = be.addr;
+        (*sa).user_port = u32::from(be.port);
+    }
+    count(metric::SOCK_LB_TRANSLATED);
+    ALLOW
+}
+
+/// Shows the service address instead of the backend's where the socket was translated.
+#[inline(always)]
+fn reverse(ctx: &SockAddrContext) {
+    let sa = ctx.sock_addr;
+    // SAFETY: the context the kernel passed; readable in these hooks.
+    let (addr, port) = unsafe { ((*sa).user_ip4, (*sa).user_port as u16) };
+    // SAFETY: plain helper call on the hook's context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let key = SockRevKey {
+        cookie,
+        addr,
+        port,
+        _pad: 0,
+    };
+    // SAFETY: copied out at once.
+    if let Some(v) = unsafe { SOCK_REVNAT.get(&key) }.copied() {
+        // SAFETY: writable fields in recvmsg4/getpeername4.
+        unsafe {
+            (*sa).user_ip4 = v.addr;
+            (*sa).user_port = u32::from(v.port);
+        }
+        count(metric::SOCK_LB_REVERSED);
+    }
+}

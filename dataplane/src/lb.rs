@@ -1,0 +1,314 @@
+//! Service load balancing, agent side: Services and endpoints from the state source →
+//! `moat_services::resolve` → the `SERVICES`/`BACKENDS` maps the socket load balancer
+//! reads. In standalone mode this is also the endpoint controller: a Service's selector
+//! picks ready pods (a local pod is ready once CNI wired it).
+//!
+//! Services without a `clusterIP` get one from `--service-cidr`, NodePort services
+//! without a `nodePort` get one from 30000-32767; both allocations are persisted.
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use moat_dataplane_common::{backend_state, svc_flag, Backend4, ServiceKey, ServiceValue};
+use moat_policy_compiler::k8s::service::{ServiceType, NODE_PORT_RANGE};
+use moat_policy_compiler::k8s::Object;
+use moat_services::{resolve, BackendState, Input, LbService, PodEndpoint};
+use serde::{Deserialize, Serialize};
+
+use crate::datapath::Datapath;
+use crate::ipam::Cidr;
+use crate::node::EndpointRecord;
+
+/// Allocations that must survive a restart.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Allocations {
+    cluster_ips: BTreeMap<String, Ipv4Addr>,
+    node_ports: BTreeMap<String, u16>,
+}
+
+pub struct LoadBalancer {
+    service_cidr: Cidr,
+    file: PathBuf,
+    alloc: Allocations,
+    svc_ids: BTreeMap<String, u32>,
+    backend_ids: BTreeMap<(Ipv4Addr, u16, u8), u32>,
+    applied_services: BTreeMap<ServiceKey, ServiceValue>,
+    applied_backends: BTreeMap<u32, Backend4>,
+    /// What the last sync resolved (for `moatctl services`).
+    pub services: Vec<LbService>,
+}
+
+fn fnv(s: &str) -> u32 {
+    s.bytes()
+        .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
+fn wire(ip: Ipv4Addr) -> u32 {
+    u32::from(ip).to_be()
+}
+
+impl LoadBalancer {
+    /// # Errors
+    /// When the persisted allocations cannot be read.
+    pub fn open(service_cidr: Cidr, data_dir: &std::path::Path, dp: &Datapath) -> anyhow::Result<Self> {
+        let file = data_dir.join("services.json");
+        let alloc = match std::fs::read(&file) {
+            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("parsing {}", file.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Allocations::default(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+        };
+        // Keep ids stable across a restart: read them back from the maps.
+        let applied_services: BTreeMap<_, _> = dp.service_entries().into_iter().collect();
+        let applied_backends: BTreeMap<_, _> = dp.backend_entries().into_iter().collect();
+        let backend_ids = applied_backends
+            .iter()
+            .map(|(id, b)| {
+                (
+                    (Ipv4Addr::from(u32::from_be(b.addr)), u16::from_be(b.port), b.proto),
+                    *id,
+                )
+            })
+            .collect();
+        Ok(Self {
+            service_cidr,
+            file,
+            alloc,
+            svc_ids: BTreeMap::new(),
+            backend_ids,
+            applied_services,
+            applied_backends,
+            services: Vec::new(),
+        })
+    }
+
+    fn allocate(&mut self, objects: &[&Object]) -> bool {
+        let mut changed = false;
+        let mut live_ips = BTreeSet::new();
+        let mut live_ports = BTreeSet::new();
+        for o in objects {
+            let Object::Service(s) = o else { continue };
+            let key = format!("{}/{}", s.namespace, s.name);
+            if s.cluster_ip.is_none() && !s.headless && s.kind != ServiceType::ExternalName {
+                live_ips.insert(key.clone());
+                if !self.alloc.cluster_ips.contains_key(&key) {
+                    let used: BTreeSet<Ipv4Addr> = self.alloc.cluster_ips.values().copied().collect();
+                    // Skip the network address and the first host (often a DNS service).
+                    let size = self.service_cidr.size().saturating_sub(3).max(1);
+                    let start = fnv(&key) % size;
+                    if let Some(ip) = (0..size)
+                        .map(|i| Ipv4Addr::from(self.service_cidr.first() + 2 + (start + i) % size))
+                        .find(|ip| !used.contains(ip))
+                    {
+                        self.alloc.cluster_ips.insert(key.clone(), ip);
+                        changed = true;
+                    }
+                }
+            }
+            if matches!(s.kind, ServiceType::NodePort | ServiceType::LoadBalancer) {
+                for p in s.ports.iter().filter(|p| p.node_port.is_none()) {
+                    let pkey = format!("{key}/{}", p.name);
+                    live_ports.insert(pkey.clone());
+                    if !self.alloc.node_ports.contains_key(&pkey) {
+                        let used: BTreeSet<u16> = self.alloc.node_ports.values().copied().collect();
+                        let span = u32::from(NODE_PORT_RANGE.end() - NODE_PORT_RANGE.start()) + 1;
+                        let start = fnv(&pkey) % span;
+                        if let Some(port) = (0..span)
+                            .map(|i| NODE_PORT_RANGE.start() + u16::try_from((start + i) % span).unwrap_or(0))
+                            .find(|p| !used.contains(p))
+                        {
+                            self.alloc.node_ports.insert(pkey, port);
+                            changed = true;
+                        }
+                    }
+                }
+            }
+        }
+        let before = (self.alloc.cluster_ips.len(), self.alloc.node_ports.len());
+        self.alloc.cluster_ips.retain(|k, _| live_ips.contains(k));
+        self.alloc.node_ports.retain(|k, _| live_ports.contains(k));
+        changed || before != (self.alloc.cluster_ips.len(), self.alloc.node_ports.len())
+    }
+
+    fn id_for_service(&mut self, key: &str) -> u32 {
+        if let Some(&id) = self.svc_ids.get(key) {
+            return id;
+        }
+        let id = self.svc_ids.values().max().map_or(1, |m| m + 1);
+        self.svc_ids.insert(key.to_string(), id);
+        id
+    }
+
+    fn id_for_backend(&mut self, key: (Ipv4Addr, u16, u8)) -> u32 {
+        if let Some(&id) = self.backend_ids.get(&key) {
+            return id;
+        }
+        let id = self.backend_ids.values().max().map_or(1, |m| m + 1);
+        self.backend_ids.insert(key, id);
+        id
+    }
+
+    /// Resolves services and applies the difference to the maps: backends first, then
+    /// slot entries, then master entries; removals last. Returns the number of updates.
+    ///
+    /// # Errors
+    /// When a map update fails (the next sync retries).
+    pub fn sync<'a>(
+        &mut self,
+        dp: &mut Datapath,
+        endpoints: impl Iterator<Item = &'a EndpointRecord>,
+        objects: impl Iterator<Item = &'a Object>,
+        node_name: &str,
+        node_ips: Vec<Ipv4Addr>,
+    ) -> anyhow::Result<usize> {
+        let objects: Vec<&Object> = objects.collect();
+        if self.allocate(&objects) {
+            let tmp = self.file.with_extension("json.tmp");
+            std::fs::write(&tmp, serde_json::to_vec_pretty(&self.alloc)?)
+                .and_then(|()| std::fs::rename(&tmp, &self.file))
+                .with_context(|| format!("writing {}", self.file.display()))?;
+        }
+        let mut input = Input {
+            node_name: node_name.to_string(),
+            node_ips,
+            allocated_ips: self.alloc.cluster_ips.clone(),
+            allocated_node_ports: self.alloc.node_ports.clone(),
+            ..Input::default()
+        };
+        let mut pods = BTreeMap::new();
+        for o in &objects {
+            match o {
+                Object::Service(s) => input.services.push(s.clone()),
+                Object::EndpointSlice(s) => input.slices.push(s.clone()),
+                Object::Pod(p) => {
+                    pods.insert((p.namespace.clone(), p.name.clone()), p.clone());
+                }
+                _ => {}
+            }
+        }
+        let mut local = BTreeSet::new();
+        for ep in endpoints.filter(|e| e.state == "ready") {
+            let key = (ep.pod_namespace.clone(), ep.pod_name.clone());
+            let manifest = pods.get(&key);
+            local.insert(key.clone());
+            input.pods.push(PodEndpoint {
+                namespace: key.0,
+                name: key.1,
+                labels: manifest.map(|p| p.labels.clone()).unwrap_or_default(),
+                ports: manifest.map(|p| p.ports.clone()).unwrap_or_default(),
+                ip: ep.ipv4,
+                local: true,
+                ready: true,
+            });
+        }
+        for (key, p) in &pods {
+            if let (false, Some(ip)) = (local.contains(key), p.ip) {
+                input.pods.push(PodEndpoint {
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                    labels: p.labels.clone(),
+                    ports: p.ports.clone(),
+                    ip,
+                    local: false,
+                    ready: true,
+                });
+            }
+        }
+        self.services = resolve(&input);
+
+        let mut want_backends = BTreeMap::new();
+        let mut want_services = BTreeMap::new();
+        let services = self.services.clone();
+        for lb in &services {
+            let svc_id = self.id_for_service(&lb.to_string());
+            for b in &lb.backends {
+                let id = self.id_for_backend((b.addr, b.port, lb.proto));
+                want_backends.insert(
+                    id,
+                    Backend4 {
+                        addr: wire(b.addr),
+                        port: b.port.to_be(),
+                        proto: lb.proto,
+                        state: match b.state {
+                            BackendState::Active => backend_state::ACTIVE,
+                            BackendState::Terminating => backend_state::TERMINATING,
+                        },
+                    },
+                );
+            }
+            for fe in &lb.frontends {
+                let eligible = lb.eligible(fe.scope);
+                let key = ServiceKey {
+                    addr: wire(fe.addr),
+                    port: fe.port.to_be(),
+                    proto: fe.proto,
+                    _pad: 0,
+                    slot: 0,
+                    _pad2: 0,
+                };
+                want_services.insert(
+                    key,
+                    ServiceValue {
+                        backend_id: 0,
+                        count: u16::try_from(eligible.len()).unwrap_or(u16::MAX),
+                        flags: if fe.scope.external() { svc_flag::EXTERNAL } else { 0 },
+                        svc_id,
+                        affinity_timeout: lb.affinity_timeout.unwrap_or(0),
+                    },
+                );
+                for (i, b) in eligible.iter().enumerate() {
+                    let id = self.id_for_backend((b.addr, b.port, lb.proto));
+                    want_services.insert(
+                        ServiceKey {
+                            slot: u16::try_from(i + 1).unwrap_or(u16::MAX),
+                            ..key
+                        },
+                        ServiceValue {
+                            backend_id: id,
+                            count: 0,
+                            flags: 0,
+                            svc_id,
+                            affinity_timeout: 0,
+                        },
+                    );
+                }
+            }
+        }
+        // Forget ids of backends nobody uses any more.
+        self.backend_ids.retain(|_, id| want_backends.contains_key(id));
+
+        let mut updates = 0;
+        for (id, b) in &want_backends {
+            if self.applied_backends.get(id) != Some(b) {
+                dp.upsert_backend(*id, *b)?;
+                updates += 1;
+            }
+        }
+        for masters in [false, true] {
+            for (k, v) in want_services.iter().filter(|(k, _)| (k.slot == 0) == masters) {
+                if self.applied_services.get(k) != Some(v) {
+                    dp.upsert_service(*k, *v)?;
+                    updates += 1;
+                }
+            }
+        }
+        for k in self.applied_services.keys().filter(|k| !want_services.contains_key(k)) {
+            dp.delete_service(*k);
+            updates += 1;
+        }
+        for id in self
+            .applied_backends
+            .keys()
+            .filter(|id| !want_backends.contains_key(id))
+        {
+            dp.delete_backend(*id);
+            updates += 1;
+        }
+        self.applied_services = want_services;
+        self.applied_backends = want_backends;
+        if updates > 0 {
+            tracing::info!(updates, services = self.services.len(), "services applied");
+        }
+        Ok(updates)
+    }
+}

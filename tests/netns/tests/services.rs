@@ -1,0 +1,215 @@
+//! Service load balancing with the socket load balancer, real traffic.
+//!
+//! ```text
+//!   client pods ──connect(VIP:80)──► cgroup connect4 hook ──► backend pod:8080
+//!                                     (SERVICES, BACKENDS maps)
+//! ```
+//! Service addresses are unique per test process (10.250.<pid>.x): the hooks sit at the
+//! cgroup root, so every test's agent sees every socket and must only match its own.
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use moat_netns_tests::net::{tcp_read, udp_ask, NameServer};
+use moat_netns_tests::{require_root, Node, NodeOpts, Pod};
+use serde_json::Value;
+
+fn vip(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 250, (std::process::id() % 250) as u8, n)
+}
+
+fn pods(app_of: &[(&str, &str)]) -> String {
+    let mut s = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\n".to_string();
+    for (name, app) in app_of {
+        s += &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, labels: {{app: {app}}}}}\nspec:\n  containers:\n  - name: c\n    ports: [{{name: http, containerPort: 8080}}, {{name: dns, containerPort: 5353, protocol: UDP}}]\n---\n");
+    }
+    s
+}
+
+fn service(name: &str, ip: Ipv4Addr, extra: &str) -> String {
+    format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  clusterIP: {ip}\n  selector: {{app: web}}\n  ports:\n  - {{name: http, port: 80, targetPort: http}}\n  - {{name: dns, port: 53, targetPort: dns, protocol: UDP}}\n{extra}---\n")
+}
+
+struct Setup {
+    node: Node,
+    client: Pod,
+    web: Vec<Pod>,
+    _servers: Vec<NameServer>,
+}
+
+fn setup(services: &str) -> Setup {
+    require_root();
+    let node = Node::start_with(NodeOpts {
+        manifests: vec![
+            (
+                "pods.yaml",
+                pods(&[
+                    ("w1", "web"),
+                    ("w2", "web"),
+                    ("w3", "web"),
+                    ("client", "client"),
+                    ("other", "other"),
+                ]),
+            ),
+            ("services.yaml", services.to_string()),
+        ],
+        ..NodeOpts::default()
+    });
+    let client = node.add_pod("shop", "client");
+    let mut web = Vec::new();
+    let mut servers = Vec::new();
+    for name in ["w1", "w2", "w3"] {
+        let p = node.add_pod("shop", name);
+        servers.push(NameServer::start(&p.path(), 8080, name));
+        servers.push(NameServer::start(&p.path(), 5353, name));
+        web.push(p);
+    }
+    Setup {
+        node,
+        client,
+        web,
+        _servers: servers,
+    }
+}
+
+fn spread(s: &Setup, to: Ipv4Addr, n: usize) -> BTreeMap<String, usize> {
+    let mut hits = BTreeMap::new();
+    for _ in 0..n {
+        let who = tcp_read(&s.client.path(), to, 80).unwrap_or_else(|e| panic!("connect {to}:80: {e}"));
+        *hits.entry(who).or_insert(0) += 1;
+    }
+    hits
+}
+
+#[test]
+fn cluster_ip_spreads_over_backends_and_follows_changes() {
+    let s = setup(&service("web", vip(1), ""));
+    let hits = spread(&s, vip(1), 60);
+    assert_eq!(
+        hits.keys().collect::<Vec<_>>(),
+        ["w1", "w2", "w3"],
+        "every backend gets traffic: {hits:?}"
+    );
+
+    // moatctl services shows the frontend and the three backends.
+    let svcs: Value = serde_json::from_str(&s.node.moatctl(&["-o", "json", "services"])).unwrap();
+    let http = svcs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "web" && v["port"] == "http")
+        .expect("web:http");
+    assert_eq!(http["frontends"][0]["address"], format!("{}:80", vip(1)));
+    assert_eq!(http["frontends"][0]["scope"], "ClusterIP");
+    assert_eq!(http["backends"].as_array().unwrap().len(), 3);
+    let table = s.node.moatctl(&["services"]);
+    assert!(table.contains("shop/web:http") && table.contains("shop/w2"), "{table}");
+
+    // w2 leaves the service (relabelled): new connections avoid it within a second.
+    s.node.apply_manifests(&[(
+        "pods.yaml",
+        Some(&pods(&[
+            ("w1", "web"),
+            ("w2", "old"),
+            ("w3", "web"),
+            ("client", "client"),
+            ("other", "other"),
+        ])),
+    )]);
+    let hits = spread(&s, vip(1), 40);
+    assert!(
+        !hits.contains_key("w2"),
+        "removed backend gets no new connections: {hits:?}"
+    );
+    assert_eq!(hits.len(), 2, "{hits:?}");
+}
+
+#[test]
+fn udp_request_response_comes_back_from_the_service_address() {
+    let s = setup(&service("web", vip(2), ""));
+    let mut names = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let (who, from) = udp_ask(&s.client.path(), vip(2), 53).expect("UDP answer through the service");
+        assert_eq!(
+            from,
+            std::net::SocketAddr::from((vip(2), 53)),
+            "the reply shows the service address"
+        );
+        names.insert(who);
+    }
+    assert!(names.len() >= 2, "datagrams spread over backends: {names:?}");
+}
+
+#[test]
+fn session_affinity_sticks_to_one_backend() {
+    let s = setup(&service(
+        "web",
+        vip(3),
+        "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n",
+    ));
+    let hits = spread(&s, vip(3), 20);
+    assert_eq!(hits.len(), 1, "one client, one backend: {hits:?}");
+}
+
+#[test]
+fn a_service_without_endpoints_refuses_at_once() {
+    let s = setup(&(service("web", vip(4), "") + &service("empty", vip(5), "").replace("app: web", "app: nobody")));
+    let t = Instant::now();
+    let err = tcp_read(&s.client.path(), vip(5), 80).expect_err("no backend");
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "refused quickly, took {:?}",
+        t.elapsed()
+    );
+    assert!(err.contains("not permitted") || err.contains("refused"), "{err}");
+    let drops: Value = serde_json::from_str(&s.node.moatctl(&["-o", "json", "drops"])).unwrap();
+    assert!(
+        drops["byReason"].as_array().unwrap().iter().any(|d| d["code"] == 158),
+        "counted as no_service_backend: {drops}"
+    );
+}
+
+#[test]
+fn hairpin_a_backend_reaches_its_own_service() {
+    let s = setup(&service("web", vip(6), "").replace("app: web", "app: solo"));
+    // Only w1 is selected once relabelled to app=solo.
+    s.node.apply_manifests(&[(
+        "pods.yaml",
+        Some(&pods(&[
+            ("w1", "solo"),
+            ("w2", "web"),
+            ("w3", "web"),
+            ("client", "client"),
+            ("other", "other"),
+        ])),
+    )]);
+    assert_eq!(
+        tcp_read(&s.web[0].path(), vip(6), 80).unwrap(),
+        "w1",
+        "the pod reaches itself via the service"
+    );
+}
+
+#[test]
+fn network_policy_applies_to_the_backend_after_translation() {
+    let s = setup(&service("web", vip(7), ""));
+    let policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web-from-client, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {app: client}}\n";
+    s.node.apply_manifests(&[("policy.yaml", Some(policy))]);
+    // The client is allowed to every backend; a pod that is not a client to none.
+    let other = s.node.add_pod("shop", "other");
+    assert_eq!(
+        spread(&s, vip(7), 12).values().sum::<usize>(),
+        12,
+        "client → service → any backend"
+    );
+    for _ in 0..4 {
+        assert!(
+            tcp_read(&other.path(), vip(7), 80).is_err(),
+            "other → service → backend is denied by the backend's policy"
+        );
+    }
+    let f = s
+        .node
+        .moatctl(&["-o", "json", "observe", "--verdict", "dropped", "--last", "50"]);
+    assert!(f.contains("web-from-client"), "drop names the policy: {f}");
+}
