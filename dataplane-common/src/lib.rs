@@ -78,6 +78,12 @@ pub mod metric {
     pub const SOCK_LB_REVERSED: u32 = 11;
     /// A service with no eligible backend refused a connection.
     pub const DROP_NO_SERVICE_BACKEND: u32 = 158;
+    /// NodePort/externalIP/LoadBalancer packets translated to a backend (XDP).
+    pub const NODEPORT_TRANSLATED: u32 = 12;
+    /// Replies of such flows translated back to the frontend address.
+    pub const NODEPORT_REVERSED: u32 = 13;
+    /// External frontend without a backend: left to the stack, which answers RST/ICMP.
+    pub const NODEPORT_NO_BACKEND: u32 = 14;
     /// Number of slots in the counter array.
     pub const SLOTS: u32 = 256;
 }
@@ -104,6 +110,9 @@ pub fn metric_name(slot: u32) -> Option<&'static str> {
         metric::SOCK_LB_TRANSLATED => "sock_lb_translated",
         metric::SOCK_LB_REVERSED => "sock_lb_reversed",
         metric::DROP_NO_SERVICE_BACKEND => "drop_no_service_backend",
+        metric::NODEPORT_TRANSLATED => "nodeport_translated",
+        metric::NODEPORT_REVERSED => "nodeport_reversed",
+        metric::NODEPORT_NO_BACKEND => "nodeport_no_backend_rejected",
         _ => return None,
     })
 }
@@ -474,6 +483,56 @@ pub struct AffinityValue {
 }
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
 
+/// Pinned names of the NodePort maps.
+pub const MAGLEV_MAP: &str = "moat_maglev_v1";
+pub const NAT_FWD_MAP: &str = "moat_natfwd_v1";
+pub const NAT_REV_MAP: &str = "moat_natrev_v1";
+
+/// Maglev table size per external service (prime; see `moat_services::maglev`).
+pub const MAGLEV_M: u32 = 32_749;
+/// Maglev entries: 16 external service ports' tables.
+pub const MAX_MAGLEV_ENTRIES: u32 = MAGLEV_M * 16;
+/// NodePort flows being translated (forward and reverse).
+pub const MAX_NAT_ENTRIES: u32 = 262_144;
+
+/// Key of `MAGLEV`: a service's table slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MaglevKey {
+    pub svc_id: u32,
+    pub slot: u32,
+}
+const _: () = assert!(core::mem::size_of::<MaglevKey>() == 8);
+
+/// A flow tuple for the NodePort NAT maps (addresses and ports in wire order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NatKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<NatKey>() == 16);
+
+/// `NAT_FWD`: client → frontend flow ⇒ the backend it was given (so a Maglev table change
+/// does not move established flows). `NAT_REV`: backend → client reply ⇒ the frontend
+/// address and port to put back as the source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NatValue {
+    /// Wire order.
+    pub addr: u32,
+    /// Wire order.
+    pub port: u16,
+    pub _pad: u16,
+    pub backend_id: u32,
+    pub _pad2: u32,
+}
+const _: () = assert!(core::mem::size_of::<NatValue>() == 16);
+
 /// Value of `IPCACHE` (LPM trie keyed by IPv4 prefix in wire order).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -525,3 +584,12 @@ unsafe impl aya::Pod for AffinityKey {}
 #[cfg(feature = "user")]
 // SAFETY: as above.
 unsafe impl aya::Pod for AffinityValue {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for MaglevKey {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for NatKey {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for NatValue {}

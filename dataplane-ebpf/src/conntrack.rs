@@ -101,7 +101,17 @@ pub fn track(m: &mut Meta, egress: bool, ingress: bool, src_fallback: u32) -> Re
         let e = unsafe { &mut *p };
         if !expired(e, m.proto, now) {
             m.cookie = e.cookie;
-            if e.policy_rev != cfg.policy_rev {
+            // Checks this hook requires that the entry's verdict did not include (the
+            // destination became a local pod after the flow started): make them now.
+            let mut required = 0;
+            if egress {
+                required |= ct_flag::CHECKED_EGRESS;
+            }
+            if ingress {
+                required |= ct_flag::CHECKED_INGRESS;
+            }
+            if e.policy_rev != cfg.policy_rev || required & !e.flags != 0 {
+                e.flags |= required;
                 recheck(&cfg, e, &key, m, src_fallback)?;
             }
             m.src_identity = e.src_identity;

@@ -13,6 +13,7 @@
 mod conntrack;
 mod events;
 mod maps;
+mod nodeport;
 mod packet;
 mod pod;
 mod policy;

@@ -4,9 +4,10 @@ use aya_ebpf::{
     maps::{lpm_trie::LpmTrie, Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use moat_dataplane_common::{
-    metric, AffinityKey, AffinityValue, Backend4, Config, CtEntry, CtKey, EndpointInfo, IpcacheInfo, PolicyKey,
-    PolicyValue, ServiceKey, ServiceValue, SockRevKey, SockRevValue, EVENTS_BYTES, MAX_AFFINITY, MAX_BACKENDS,
-    MAX_CT_ENTRIES, MAX_ENDPOINTS, MAX_IPCACHE_ENTRIES, MAX_POLICY_ENTRIES, MAX_SERVICE_ENTRIES, MAX_SOCK_REVNAT,
+    metric, AffinityKey, AffinityValue, Backend4, Config, CtEntry, CtKey, EndpointInfo, IpcacheInfo, MaglevKey, NatKey,
+    NatValue, PolicyKey, PolicyValue, ServiceKey, ServiceValue, SockRevKey, SockRevValue, EVENTS_BYTES, MAX_AFFINITY,
+    MAX_BACKENDS, MAX_CT_ENTRIES, MAX_ENDPOINTS, MAX_IPCACHE_ENTRIES, MAX_MAGLEV_ENTRIES, MAX_NAT_ENTRIES,
+    MAX_POLICY_ENTRIES, MAX_SERVICE_ENTRIES, MAX_SOCK_REVNAT,
 };
 
 /// Local pods by IPv4 (wire order): where to redirect, and which veth owns the address.
@@ -58,6 +59,18 @@ pub static SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> = LruHashMap::pinne
 /// (client netns, service) → the backend of its last connection (ClientIP affinity).
 #[map(name = "moat_affin_v1")]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(MAX_AFFINITY, 0);
+
+/// (service, slot) → backend: Maglev tables of external frontends.
+#[map(name = "moat_maglev_v1")]
+pub static MAGLEV: HashMap<MaglevKey, u32> = HashMap::pinned(MAX_MAGLEV_ENTRIES, 0);
+
+/// NodePort flows: client tuple → backend (keeps established flows on their backend).
+#[map(name = "moat_natfwd_v1")]
+pub static NAT_FWD: LruHashMap<NatKey, NatValue> = LruHashMap::pinned(MAX_NAT_ENTRIES, 0);
+
+/// NodePort replies: backend → client tuple ⇒ frontend address and port.
+#[map(name = "moat_natrev_v1")]
+pub static NAT_REV: LruHashMap<NatKey, NatValue> = LruHashMap::pinned(MAX_NAT_ENTRIES, 0);
 
 #[inline(always)]
 pub fn count(slot: u32) {

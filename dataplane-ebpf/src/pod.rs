@@ -83,6 +83,10 @@ fn try_from_container(ctx: &TcContext, m: &mut Meta) -> Result<i32, u32> {
     // SAFETY: the map value is only read; copied out before any map update.
     let dst = unsafe { ENDPOINTS.get(&m.daddr) }.map(|d| (d.ifindex, d.pod_mac, d.host_mac));
     track(m, true, dst.is_some(), IDENTITY_INIT)?;
+    // A reply to a NodePort client: the frontend becomes the source again.
+    if dst.is_none() {
+        crate::nodeport::reverse(ctx, m)?;
+    }
 
     let Some((ifindex, pod_mac, host_mac)) = dst else {
         count(metric::FWD_STACK);

@@ -719,6 +719,28 @@ mod prog_test_run {
             "the denied flow is forgotten"
         );
 
+        // A flow that started while its destination was not a local pod (egress check
+        // only) meets that pod's ingress policy once it is one.
+        let late: Ipv4Addr = "10.2.0.3".parse().unwrap();
+        let (got, _) = run(&mut dp, "from_container", &udp(a, late, 6000, 80));
+        assert_eq!(got, TC_ACT_OK, "not a local pod yet: handed to the stack");
+        dp.upsert_endpoint(late, ep(78, 3)).unwrap();
+        dp.upsert_ipcache(late, 32, 302).unwrap();
+        dp.upsert_policy(
+            PREFIX_SUBJECT_DIR,
+            PolicyKey::new(302, direction::INGRESS, 0, 0, 0),
+            PolicyValue {
+                action: ACTION_DENY,
+                cookie: 22,
+            },
+        )
+        .unwrap();
+        let (got, _) = run(&mut dp, "from_container", &udp(a, late, 6000, 80));
+        assert_eq!(
+            got, TC_ACT_SHOT,
+            "the cached verdict did not include the new pod's ingress policy"
+        );
+
         // Audit mode: the same flow passes and is counted as audited.
         dp.set_config(Config {
             policy_rev: 3,

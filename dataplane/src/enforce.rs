@@ -118,7 +118,9 @@ impl Enforcer {
             return Err(e);
         }
         self.applied = self.compiled.clone();
-        let cfg = self.config(updates > 0);
+        // A mode change (audit on/off) also re-checks established flows.
+        let flags_changed = self.config(false).flags != dp.config().flags;
+        let cfg = self.config(updates > 0 || flags_changed);
         if cfg != dp.config() {
             dp.set_config(cfg).context("writing the datapath config")?;
             self.revision = cfg.policy_rev;
@@ -205,9 +207,16 @@ impl Enforcer {
                 local: true,
             });
         }
-        // Pods elsewhere with a known address are peers (selectable), not subjects.
+        // Pods elsewhere with a known address are peers (selectable), not subjects. A
+        // manifest whose status.podIP is a local endpoint's address is stale: the local
+        // endpoint owns the address.
+        let local_ips: BTreeSet<Ipv4Addr> = world.pods.iter().filter_map(|p| p.ipv4).collect();
         for (key, pod) in pods {
             if seen.contains(&key) || pod.ip.is_none() {
+                continue;
+            }
+            if pod.ip.is_some_and(|ip| local_ips.contains(&ip)) {
+                tracing::warn!(pod = %format!("{}/{}", key.0, key.1), ip = ?pod.ip, "ignoring a Pod manifest whose status.podIP belongs to a local endpoint");
                 continue;
             }
             let identity = self.allocator.allocate(&world.label_set(&pod));
@@ -289,7 +298,11 @@ impl Enforcer {
 }
 
 fn apply(dp: &mut Datapath, d: &moat_policy_compiler::diff::Diff) -> anyhow::Result<()> {
-    for ((prefix, key), value) in &d.policy_upserts {
+    // Longest prefixes first: a pod that becomes isolated gets its new allow entries
+    // before the prefix-40 "isolated" entry flips to deny.
+    let mut upserts: Vec<_> = d.policy_upserts.iter().collect();
+    upserts.sort_by(|a, b| b.0 .0.cmp(&a.0 .0));
+    for ((prefix, key), value) in upserts {
         dp.upsert_policy(*prefix, *key, *value)
             .with_context(|| format!("policy entry {key:?}/{prefix}"))?;
     }

@@ -201,8 +201,9 @@ impl LoadBalancer {
                 ready: true,
             });
         }
+        let local_ips: BTreeSet<Ipv4Addr> = input.pods.iter().map(|p| p.ip).collect();
         for (key, p) in &pods {
-            if let (false, Some(ip)) = (local.contains(key), p.ip) {
+            if let (false, Some(ip)) = (local.contains(key), p.ip.filter(|ip| !local_ips.contains(ip))) {
                 input.pods.push(PodEndpoint {
                     namespace: p.namespace.clone(),
                     name: p.name.clone(),

@@ -28,7 +28,9 @@ pub fn object_key(o: &Object) -> String {
     }
 }
 
-type Fingerprint = BTreeMap<PathBuf, (SystemTime, u64)>;
+/// Per file: modification time, length and a hash of the content (an edit of the same
+/// length within one mtime tick still changes the hash).
+type Fingerprint = BTreeMap<PathBuf, (SystemTime, u64, u64)>;
 
 #[derive(Debug, Default)]
 pub struct StateDir {
@@ -39,6 +41,9 @@ pub struct StateDir {
     /// Object key → (file, object) in force.
     objects: BTreeMap<String, (PathBuf, Object)>,
     errors: Vec<ManifestError>,
+    /// A changed directory seen once; it is read when the next poll sees it unchanged, so
+    /// a file caught half-written (truncate, then write) is never parsed.
+    pending: Option<Fingerprint>,
     /// Bumped on every change of `objects`.
     pub generation: u64,
 }
@@ -101,8 +106,15 @@ impl StateDir {
         };
         let fp = fingerprint(&dir);
         if fp == self.fingerprint && self.generation > 0 {
+            self.pending = None;
             return false;
         }
+        // Read at start, or once the change has been stable for one poll.
+        if self.generation > 0 && self.pending.as_ref() != Some(&fp) {
+            self.pending = Some(fp);
+            return false;
+        }
+        self.pending = None;
         self.fingerprint = fp;
         let read = k8s::read_dir(&dir);
         self.update_cache(&dir, &read.errors);
@@ -169,7 +181,13 @@ fn fingerprint(dir: &Path) -> Fingerprint {
         .flatten()
         .filter_map(|e| {
             let meta = e.metadata().ok()?;
-            Some((e.path(), (meta.modified().ok()?, meta.len())))
+            let hash = std::fs::read(e.path()).ok().map_or(0, |b| {
+                // FNV-1a over the bytes: cheap, and enough to see an edit.
+                b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
+                    (h ^ u64::from(*x)).wrapping_mul(0x0100_0000_01b3)
+                })
+            });
+            Some((e.path(), (meta.modified().ok()?, meta.len(), hash)))
         })
         .collect()
 }
@@ -214,6 +232,7 @@ mod tests {
         for bad in [BAD_FIELD, "apiVersion: v1\nkind: [unclosed\n"] {
             std::fs::write(&f, bad).unwrap();
             s.fingerprint.clear();
+            assert!(!s.refresh(), "a change is read once it is stable for one poll");
             assert!(s.refresh());
             assert_eq!(policy_ports(&s), good, "the last good policy stays for {bad:?}");
             assert_eq!(s.errors().len(), 1, "{:?}", s.errors());
@@ -221,7 +240,8 @@ mod tests {
 
         std::fs::remove_file(&f).unwrap();
         s.fingerprint
-            .insert(PathBuf::from("force"), (SystemTime::UNIX_EPOCH, 0));
+            .insert(PathBuf::from("force"), (SystemTime::UNIX_EPOCH, 0, 0));
+        assert!(!s.refresh(), "a change is read once it is stable for one poll");
         assert!(s.refresh());
         assert!(policy_ports(&s).is_empty(), "a deleted policy is removed");
         assert!(s.errors().is_empty());

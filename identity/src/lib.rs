@@ -51,7 +51,7 @@ pub fn reserved_name(id: Identity) -> Option<&'static str> {
 }
 
 /// Labels that differ between replicas or rollouts of the same workload.
-const VOLATILE: [&str; 4] = [
+pub const VOLATILE: [&str; 4] = [
     "pod-template-hash",
     "controller-revision-hash",
     "statefulset.kubernetes.io/pod-name",

@@ -246,6 +246,27 @@ pub(super) fn object(v: &Value) -> Result<Object, DecodeError> {
         field,
         message,
     };
+    const KNOWN: [&str; 5] = ["Namespace", "Pod", "NetworkPolicy", "Service", "EndpointSlice"];
+    if let Some(k) = KNOWN.iter().find(|k| k.eq_ignore_ascii_case(kind) && **k != kind) {
+        return Err(named((
+            "kind".into(),
+            format!("{kind:?} is not a kind; did you mean {k:?}?"),
+        )));
+    }
+    let group_kinds: &[&str] = match api_version {
+        "networking.k8s.io/v1" => &["NetworkPolicy", "Ingress", "IngressClass"],
+        "discovery.k8s.io/v1" => &["EndpointSlice"],
+        _ => &[],
+    };
+    if !group_kinds.is_empty() && !group_kinds.contains(&kind) {
+        return Err(named((
+            "kind".into(),
+            format!(
+                "{api_version} has no kind {kind:?} (expected one of {})",
+                group_kinds.join(", ")
+            ),
+        )));
+    }
     let want_version = match kind {
         "Namespace" | "Pod" | "Service" => "v1",
         "NetworkPolicy" => "networking.k8s.io/v1",
@@ -448,6 +469,20 @@ fn selector(v: &Value, path: &str) -> R<LabelSelector> {
         Some(l) => labels(l, &child(path, "matchLabels"))?,
         None => BTreeMap::new(),
     };
+    // Identities leave these per-replica labels out, so a selector on them could not be
+    // enforced per pod: refuse it rather than widen it to every replica.
+    let volatile = |key: &str, field: String| -> R<()> {
+        if moat_identity::VOLATILE.contains(&key) {
+            return fail(
+                &field,
+                format!("selecting on {key:?} is not supported: it differs per replica and is not part of security identities"),
+            );
+        }
+        Ok(())
+    };
+    for k in match_labels.keys() {
+        volatile(k, child(&child(path, "matchLabels"), k))?;
+    }
     let mut match_expressions = Vec::new();
     let base = child(path, "matchExpressions");
     for (i, e) in opt_list(m, "matchExpressions", path)?
@@ -460,6 +495,7 @@ fn selector(v: &Value, path: &str) -> R<LabelSelector> {
         known(e, &path, &["key", "operator", "values"])?;
         let key = req_str(e, "key", &path)?;
         syntax::check_label_key(key).map_err(|msg| (child(&path, "key"), msg))?;
+        volatile(key, child(&path, "key"))?;
         let op = req_str(e, "operator", &path)?;
         let operator = Operator::parse(op).ok_or_else(|| {
             (

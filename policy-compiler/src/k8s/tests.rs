@@ -608,7 +608,7 @@ fn namespaces_get_the_metadata_name_label() {
 #[test]
 fn other_kinds_are_kept_without_interpretation() {
     let (objects, errors) = parse(
-        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: whatever}\n---\n\
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web}\ndata: {ports: whatever}\n---\n\
          apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: r, namespace: n}\n",
     );
     assert!(errors.is_empty());
@@ -616,7 +616,7 @@ fn other_kinds_are_kept_without_interpretation() {
         objects,
         vec![
             Object::Other {
-                kind: "Service".into(),
+                kind: "ConfigMap".into(),
                 namespace: "default".into(),
                 name: "web".into(),
             },
@@ -691,4 +691,38 @@ fn read_dir_of_a_missing_directory_is_an_error() {
     assert!(m.objects.is_empty());
     assert_eq!(m.errors.len(), 1);
     assert_eq!(m.errors[0].document, 0);
+}
+
+#[test]
+fn kind_typos_and_unknown_kinds_of_known_groups_are_errors() {
+    for (text, want) in [
+        (
+            "apiVersion: networking.k8s.io/v1\nkind: Networkpolicy\nmetadata: {name: p, namespace: x}\n",
+            "did you mean \"NetworkPolicy\"",
+        ),
+        (
+            "apiVersion: networking.k8s.io/v1\nkind: NetPol\nmetadata: {name: p, namespace: x}\n",
+            "has no kind \"NetPol\"",
+        ),
+    ] {
+        let (objects, errors) = parse(text);
+        assert!(objects.is_empty());
+        assert!(
+            errors[0].to_string().contains(want) && errors[0].field == "kind",
+            "{:?}",
+            errors[0]
+        );
+    }
+}
+
+#[test]
+fn selectors_on_per_replica_labels_are_refused() {
+    let (_, errors) = parse(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {statefulset.kubernetes.io/pod-name: web-0}}\n",
+    );
+    assert!(
+        errors[0].field.contains("matchLabels") && errors[0].message.contains("not part of security identities"),
+        "{:?}",
+        errors
+    );
 }

@@ -1,0 +1,236 @@
+//! NodePort, externalIPs and LoadBalancer IPs for clients outside the node.
+//!
+//! `node_ingress` (XDP on the node's devices) sees a packet for an external frontend,
+//! picks a backend — the one this flow already has (`NAT_FWD`), else the Maglev table
+//! slot of the flow's hash — rewrites destination address and port (checksums fixed
+//! incrementally) and passes it to the stack, which routes it to the backend pod like any
+//! other packet (its ingress policy applies in `to_container`). The reply leaves the pod
+//! through `from_container`, where `reverse` puts the frontend back as the source.
+//! A frontend without backends is passed untouched: nothing listens on it, so the stack
+//! answers with a TCP RST or an ICMP port unreachable instead of black-holing the packet.
+//! Remote backends (other nodes) would need SNAT to this node so replies return here;
+//! that path is designed in docs/services.md and arrives with multi-node support.
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use moat_dataplane_common::{metric, svc_flag, MaglevKey, NatKey, NatValue, ServiceKey, MAGLEV_M};
+
+use crate::maps::{count, BACKENDS, MAGLEV, NAT_FWD, NAT_REV, SERVICES};
+use crate::packet::{EthHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP};
+
+#[xdp]
+pub fn node_ingress(ctx: XdpContext) -> u32 {
+    try_node_ingress(&ctx).unwrap_or(xdp_action::XDP_PASS)
+}
+
+#[inline(always)]
+fn ptr<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + off + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *mut T)
+}
+
+/// One's-complement checksum update for a 32-bit field change (RFC 1624), on the raw
+/// (network order) values as they sit in memory.
+#[inline(always)]
+pub fn csum_replace4(csum: u16, old: u32, new: u32) -> u16 {
+    let mut sum = u32::from(!csum);
+    sum += u32::from(!(old as u16)) + u32::from(!((old >> 16) as u16));
+    sum += (new & 0xffff) + (new >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+#[inline(always)]
+pub fn csum_replace2(csum: u16, old: u16, new: u16) -> u16 {
+    let mut sum = u32::from(!csum) + u32::from(!old) + u32::from(new);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+#[inline(always)]
+fn flow_hash(saddr: u32, sport: u16, proto: u8) -> u32 {
+    // A cheap integer mix (murmur3 finalizer) of the client side of the tuple.
+    let mut h = saddr ^ (u32::from(sport) << 16) ^ u32::from(proto);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+#[inline(always)]
+fn try_node_ingress(ctx: &XdpContext) -> Option<u32> {
+    let eth: *mut EthHdr = ptr(ctx, 0)?;
+    // SAFETY: bounds checked by `ptr`.
+    if unsafe { (*eth).proto } != ETH_P_IP.to_be() {
+        return None;
+    }
+    let ip: *mut Ipv4Hdr = ptr(ctx, ETH_HLEN)?;
+    // SAFETY: bounds checked by `ptr`.
+    let (ver_ihl, frag, proto, saddr, daddr) =
+        unsafe { ((*ip).ver_ihl, (*ip).frag_off, (*ip).protocol, (*ip).saddr, (*ip).daddr) };
+    // Options and fragments are left to the stack.
+    if ver_ihl != 0x45 || u16::from_be(frag) & 0x3fff != 0 {
+        return None;
+    }
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return None;
+    }
+    let l4 = ETH_HLEN + 20;
+    let ports: *mut [u16; 2] = ptr(ctx, l4)?;
+    // SAFETY: bounds checked by `ptr`.
+    let (sport, dport) = unsafe { ((*ports)[0], (*ports)[1]) };
+    let key = ServiceKey {
+        addr: daddr,
+        port: dport,
+        proto,
+        _pad: 0,
+        slot: 0,
+        _pad2: 0,
+    };
+    // SAFETY: copied out at once.
+    let master = unsafe { SERVICES.get(&key) }.copied()?;
+    if master.flags & svc_flag::EXTERNAL == 0 {
+        return None;
+    }
+    if master.count == 0 {
+        count(metric::NODEPORT_NO_BACKEND);
+        return None;
+    }
+    let fwd_key = NatKey {
+        saddr,
+        daddr,
+        sport,
+        dport,
+        proto,
+        _pad: [0; 3],
+    };
+    // An established flow keeps its backend while that backend exists.
+    // SAFETY: copied out at once.
+    let mut backend_id = unsafe { NAT_FWD.get(&fwd_key) }.map_or(0, |v| v.backend_id);
+    // SAFETY: copied out at once.
+    let mut be = unsafe { BACKENDS.get(&backend_id) }.copied();
+    if be.is_none() {
+        let slot = flow_hash(saddr, sport, proto) % MAGLEV_M;
+        // SAFETY: copied out at once.
+        backend_id = unsafe {
+            MAGLEV.get(&MaglevKey {
+                svc_id: master.svc_id,
+                slot,
+            })
+        }
+        .copied()?;
+        // SAFETY: copied out at once.
+        be = unsafe { BACKENDS.get(&backend_id) }.copied();
+    }
+    // (An established flow keeps a terminating backend; Maglev slots only hold active ones.)
+    let be = be?;
+    let _ = NAT_FWD.insert(
+        &fwd_key,
+        &NatValue {
+            addr: be.addr,
+            port: be.port,
+            _pad: 0,
+            backend_id,
+            _pad2: 0,
+        },
+        0,
+    );
+    let _ = NAT_REV.insert(
+        &NatKey {
+            saddr: be.addr,
+            daddr: saddr,
+            sport: be.port,
+            dport: sport,
+            proto,
+            _pad: [0; 3],
+        },
+        &NatValue {
+            addr: daddr,
+            port: dport,
+            _pad: 0,
+            backend_id,
+            _pad2: 0,
+        },
+        0,
+    );
+    // Rewrite destination address and port, fixing the IP and L4 checksums.
+    // SAFETY: bounds checked above; the packet is not moved in XDP.
+    unsafe {
+        (*ip).check = csum_replace4((*ip).check, daddr, be.addr);
+        (*ip).daddr = be.addr;
+        (*ports)[1] = be.port;
+    }
+    if proto == IPPROTO_TCP {
+        let csum: *mut u16 = ptr(ctx, l4 + 16)?;
+        // SAFETY: bounds checked by `ptr`.
+        unsafe {
+            let c = csum_replace4(*csum, daddr, be.addr);
+            *csum = csum_replace2(c, dport, be.port);
+        }
+    } else {
+        let csum: *mut u16 = ptr(ctx, l4 + 6)?;
+        // SAFETY: bounds checked by `ptr`. A zero UDP checksum means "none".
+        unsafe {
+            if *csum != 0 {
+                let c = csum_replace2(csum_replace4(*csum, daddr, be.addr), dport, be.port);
+                *csum = if c == 0 { 0xffff } else { c };
+            }
+        }
+    }
+    count(metric::NODEPORT_TRANSLATED);
+    Some(xdp_action::XDP_PASS)
+}
+
+/// In `from_container`: a reply of a translated NodePort flow gets the frontend back as
+/// its source address and port.
+#[inline(always)]
+pub fn reverse(ctx: &aya_ebpf::programs::TcContext, m: &crate::events::Meta) -> Result<(), u32> {
+    use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR};
+    if m.proto != IPPROTO_TCP && m.proto != IPPROTO_UDP {
+        return Ok(());
+    }
+    let key = NatKey {
+        saddr: m.saddr,
+        daddr: m.daddr,
+        sport: m.sport,
+        dport: m.dport,
+        proto: m.proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: copied out at once.
+    let Some(v) = (unsafe { NAT_REV.get(&key) }).copied() else {
+        return Ok(());
+    };
+    let ihl: u8 = ctx.load(ETH_HLEN).map_err(|_| metric::DROP_INVALID)?;
+    if ihl != 0x45 {
+        return Ok(());
+    }
+    let l4 = ETH_HLEN + 20;
+    let csum_off = if m.proto == IPPROTO_TCP { l4 + 16 } else { l4 + 6 };
+    let pseudo = u64::from(BPF_F_PSEUDO_HDR)
+        | if m.proto == IPPROTO_UDP {
+            u64::from(BPF_F_MARK_MANGLED_0)
+        } else {
+            0
+        };
+    let mangled0 = if m.proto == IPPROTO_UDP {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        0
+    };
+    ctx.l4_csum_replace(csum_off, u64::from(m.saddr), u64::from(v.addr), pseudo | 4)
+        .map_err(|_| metric::DROP_WRITE_ERROR)?;
+    ctx.l4_csum_replace(csum_off, u64::from(m.sport), u64::from(v.port), mangled0 | 2)
+        .map_err(|_| metric::DROP_WRITE_ERROR)?;
+    ctx.l3_csum_replace(ETH_HLEN + 10, u64::from(m.saddr), u64::from(v.addr), 4)
+        .map_err(|_| metric::DROP_WRITE_ERROR)?;
+    ctx.store(ETH_HLEN + 12, &v.addr, 0)
+        .map_err(|_| metric::DROP_WRITE_ERROR)?;
+    ctx.store(l4, &v.port, 0).map_err(|_| metric::DROP_WRITE_ERROR)?;
+    count(metric::NODEPORT_REVERSED);
+    Ok(())
+}
