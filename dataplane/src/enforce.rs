@@ -301,7 +301,7 @@ fn apply(dp: &mut Datapath, d: &moat_policy_compiler::diff::Diff) -> anyhow::Res
     // Longest prefixes first: a pod that becomes isolated gets its new allow entries
     // before the prefix-40 "isolated" entry flips to deny.
     let mut upserts: Vec<_> = d.policy_upserts.iter().collect();
-    upserts.sort_by(|a, b| b.0 .0.cmp(&a.0 .0));
+    upserts.sort_by_key(|e| std::cmp::Reverse(e.0 .0));
     for ((prefix, key), value) in upserts {
         dp.upsert_policy(*prefix, *key, *value)
             .with_context(|| format!("policy entry {key:?}/{prefix}"))?;
