@@ -483,6 +483,9 @@ pub struct AffinityValue {
 }
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
 
+/// Pinned name of the set of network namespaces the socket load balancer serves.
+pub const SOCK_LB_NETNS_MAP: &str = "moat_sknetns_v1";
+
 /// Pinned names of the NodePort maps.
 pub const MAGLEV_MAP: &str = "moat_maglev_v1";
 pub const NAT_FWD_MAP: &str = "moat_natfwd_v1";
@@ -529,7 +532,8 @@ pub struct NatValue {
     pub port: u16,
     pub _pad: u16,
     pub backend_id: u32,
-    pub _pad2: u32,
+    /// `NAT_REV`: the device the request came in on (the reply leaves through it).
+    pub ifindex: u32,
 }
 const _: () = assert!(core::mem::size_of::<NatValue>() == 16);
 

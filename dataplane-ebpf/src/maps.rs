@@ -56,6 +56,12 @@ pub static BACKENDS: HashMap<u32, Backend4> = HashMap::pinned(MAX_BACKENDS, 0);
 #[map(name = "moat_sknat_v1")]
 pub static SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> = LruHashMap::pinned(MAX_SOCK_REVNAT, 0);
 
+/// Network namespace cookies the socket load balancer serves: the node's and its pods'.
+/// Sockets elsewhere (another node's namespaces on a shared host, a test's "outside")
+/// are left alone, as they would be on a different machine.
+#[map(name = "moat_sknetns_v1")]
+pub static SOCK_LB_NETNS: HashMap<u64, u32> = HashMap::pinned(MAX_ENDPOINTS + 1, 0);
+
 /// (client netns, service) → the backend of its last connection (ClientIP affinity).
 #[map(name = "moat_affin_v1")]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(MAX_AFFINITY, 0);

@@ -135,7 +135,7 @@ fn try_node_ingress(ctx: &XdpContext) -> Option<u32> {
             port: be.port,
             _pad: 0,
             backend_id,
-            _pad2: 0,
+            ifindex: 0,
         },
         0,
     );
@@ -153,7 +153,7 @@ fn try_node_ingress(ctx: &XdpContext) -> Option<u32> {
             port: dport,
             _pad: 0,
             backend_id,
-            _pad2: 0,
+            ifindex: ctx.ingress_ifindex() as u32,
         },
         0,
     );
@@ -186,12 +186,14 @@ fn try_node_ingress(ctx: &XdpContext) -> Option<u32> {
 }
 
 /// In `from_container`: a reply of a translated NodePort flow gets the frontend back as
-/// its source address and port.
+/// its source address and port. Returns the device the request came in on: the reply
+/// is sent straight out of it (`bpf_redirect_neigh`), because the stack would drop a
+/// forwarded packet whose source is one of its own addresses.
 #[inline(always)]
-pub fn reverse(ctx: &aya_ebpf::programs::TcContext, m: &crate::events::Meta) -> Result<(), u32> {
+pub fn reverse(ctx: &aya_ebpf::programs::TcContext, m: &crate::events::Meta) -> Result<Option<u32>, u32> {
     use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR};
     if m.proto != IPPROTO_TCP && m.proto != IPPROTO_UDP {
-        return Ok(());
+        return Ok(None);
     }
     let key = NatKey {
         saddr: m.saddr,
@@ -203,11 +205,11 @@ pub fn reverse(ctx: &aya_ebpf::programs::TcContext, m: &crate::events::Meta) -> 
     };
     // SAFETY: copied out at once.
     let Some(v) = (unsafe { NAT_REV.get(&key) }).copied() else {
-        return Ok(());
+        return Ok(None);
     };
     let ihl: u8 = ctx.load(ETH_HLEN).map_err(|_| metric::DROP_INVALID)?;
     if ihl != 0x45 {
-        return Ok(());
+        return Ok(None);
     }
     let l4 = ETH_HLEN + 20;
     let csum_off = if m.proto == IPPROTO_TCP { l4 + 16 } else { l4 + 6 };
@@ -232,5 +234,5 @@ pub fn reverse(ctx: &aya_ebpf::programs::TcContext, m: &crate::events::Meta) -> 
         .map_err(|_| metric::DROP_WRITE_ERROR)?;
     ctx.store(l4, &v.port, 0).map_err(|_| metric::DROP_WRITE_ERROR)?;
     count(metric::NODEPORT_REVERSED);
-    Ok(())
+    Ok(Some(v.ifindex))
 }

@@ -9,7 +9,7 @@
 //! stack routes to a pod: conntrack and the pod's ingress policy.
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::generated::bpf_redirect_peer,
+    helpers::generated::{bpf_redirect_neigh, bpf_redirect_peer},
     macros::classifier,
     programs::TcContext,
 };
@@ -83,9 +83,14 @@ fn try_from_container(ctx: &TcContext, m: &mut Meta) -> Result<i32, u32> {
     // SAFETY: the map value is only read; copied out before any map update.
     let dst = unsafe { ENDPOINTS.get(&m.daddr) }.map(|d| (d.ifindex, d.pod_mac, d.host_mac));
     track(m, true, dst.is_some(), IDENTITY_INIT)?;
-    // A reply to a NodePort client: the frontend becomes the source again.
+    // A reply to a NodePort client: the frontend becomes the source again, and the
+    // packet leaves through the device the request came in on.
     if dst.is_none() {
-        crate::nodeport::reverse(ctx, m)?;
+        if let Some(ifindex) = crate::nodeport::reverse(ctx, m)? {
+            count(metric::FWD_STACK);
+            // SAFETY: plain helper call; no neighbour parameters (the kernel resolves).
+            return Ok(unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) } as i32);
+        }
     }
 
     let Some((ifindex, pod_mac, host_mac)) = dst else {

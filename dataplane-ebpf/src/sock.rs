@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use moat_dataplane_common::{backend_state, metric, AffinityKey, AffinityValue, ServiceKey, SockRevKey, SockRevValue};
 
-use crate::maps::{count, AFFINITY, BACKENDS, SERVICES, SOCK_REVNAT};
+use crate::maps::{count, AFFINITY, BACKENDS, SERVICES, SOCK_LB_NETNS, SOCK_REVNAT};
 
 const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
@@ -43,6 +43,12 @@ pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
 /// Picks the backend for a new connection to a frontend, or rejects when it has none.
 #[inline(always)]
 fn translate(ctx: &SockAddrContext) -> i32 {
+    // SAFETY: plain helper call on the hook's context.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    // SAFETY: only tests presence.
+    if unsafe { SOCK_LB_NETNS.get(&netns) }.is_none() {
+        return ALLOW; // not this node's namespace
+    }
     let sa = ctx.sock_addr;
     // SAFETY: the context the kernel passed; these fields are readable in these hooks.
     let (addr, port, proto) = unsafe { ((*sa).user_ip4, (*sa).user_port as u16, (*sa).protocol) };
@@ -64,8 +70,8 @@ fn translate(ctx: &SockAddrContext) -> i32 {
         count(metric::DROP_NO_SERVICE_BACKEND);
         return REJECT;
     }
-    // SAFETY: plain helper calls on the hook's context.
-    let (netns, now) = unsafe { (bpf_get_netns_cookie(ctx.as_ptr()), bpf_ktime_get_ns()) };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
     let aff_key = AffinityKey {
         client: netns,
         svc_id: master.svc_id,

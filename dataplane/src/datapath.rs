@@ -12,17 +12,21 @@ use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType};
+use aya::programs::xdp::XdpLink;
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::sys::SyscallError;
 use aya::{Ebpf, EbpfLoader};
 use moat_dataplane_common::{
-    metric, metric_name, Backend4, Config, CtEntry, CtKey, EndpointInfo, IpcacheInfo, PolicyKey, PolicyValue,
-    ServiceKey, ServiceValue, BACKENDS_MAP, CONFIG_MAP, CT_MAP, ENDPOINTS_MAP, EVENTS_MAP, IPCACHE_MAP, METRICS_MAP,
-    POLICY_MAP, SERVICES_MAP,
+    metric, metric_name, Backend4, Config, CtEntry, CtKey, EndpointInfo, IpcacheInfo, MaglevKey, PolicyKey,
+    PolicyValue, ServiceKey, ServiceValue, BACKENDS_MAP, CONFIG_MAP, CT_MAP, ENDPOINTS_MAP, EVENTS_MAP, IPCACHE_MAP,
+    MAGLEV_MAP, METRICS_MAP, POLICY_MAP, SERVICES_MAP, SOCK_LB_NETNS_MAP,
 };
 
 /// The object built by build.rs from `dataplane-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/moat-dataplane"));
+
+/// XDP on the node's devices: NodePort/externalIP/LoadBalancer translation.
+const NODE_PROGRAM: &str = "node_ingress";
 
 /// The socket load balancer's cgroup programs (attached at the cgroup root).
 const SOCK_PROGRAMS: [&str; 4] = ["sock_connect4", "sock_sendmsg4", "sock_recvmsg4", "sock_getpeername4"];
@@ -79,6 +83,8 @@ pub struct Datapath {
     events: Option<RingBuf<MapData>>,
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, u32, Backend4>,
+    maglev: HashMap<MapData, MaglevKey, u32>,
+    sock_netns: HashMap<MapData, u64, u32>,
     links_dir: PathBuf,
 }
 
@@ -114,6 +120,23 @@ impl Datapath {
                 source: Box::new(source),
             })?;
         }
+        {
+            let xdp: &mut Xdp = ebpf
+                .program_mut(NODE_PROGRAM)
+                .ok_or_else(|| DatapathError::Program {
+                    name: NODE_PROGRAM,
+                    source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
+                })?
+                .try_into()
+                .map_err(|source| DatapathError::Program {
+                    name: NODE_PROGRAM,
+                    source: Box::new(source),
+                })?;
+            xdp.load().map_err(|source| DatapathError::Program {
+                name: NODE_PROGRAM,
+                source: Box::new(source),
+            })?;
+        }
         for name in SOCK_PROGRAMS {
             sock_program(&mut ebpf, name)?
                 .load()
@@ -139,6 +162,9 @@ impl Datapath {
         let events = RingBuf::try_from(take_map(&mut ebpf, EVENTS_MAP)?).map_err(map_err(EVENTS_MAP))?;
         let services = HashMap::try_from(take_map(&mut ebpf, SERVICES_MAP)?).map_err(map_err(SERVICES_MAP))?;
         let backends = HashMap::try_from(take_map(&mut ebpf, BACKENDS_MAP)?).map_err(map_err(BACKENDS_MAP))?;
+        let maglev = HashMap::try_from(take_map(&mut ebpf, MAGLEV_MAP)?).map_err(map_err(MAGLEV_MAP))?;
+        let sock_netns =
+            HashMap::try_from(take_map(&mut ebpf, SOCK_LB_NETNS_MAP)?).map_err(map_err(SOCK_LB_NETNS_MAP))?;
         Ok(Self {
             ebpf,
             endpoints,
@@ -150,6 +176,8 @@ impl Datapath {
             events: Some(events),
             services,
             backends,
+            maglev,
+            sock_netns,
             links_dir,
         })
     }
@@ -305,6 +333,70 @@ impl Datapath {
             std::fs::rename(&fresh, &pin).map_err(|source| DatapathError::Pin { path: pin, source })?;
         }
         Ok(())
+    }
+
+    /// Attaches `node_ingress` (XDP) to a node device, native mode when the driver has it,
+    /// else generic. A link pinned by an earlier agent gets the new program atomically.
+    ///
+    /// # Errors
+    /// When the device does not exist or the kernel refuses XDP on it.
+    pub fn attach_node_device(&mut self, ifname: &str) -> Result<(), DatapathError> {
+        let dir = self.links_dir.with_file_name("nodedev");
+        std::fs::create_dir_all(&dir).map_err(|source| DatapathError::Pin {
+            path: dir.clone(),
+            source,
+        })?;
+        let pin = dir.join(ifname);
+        let attach_err = |source: Box<dyn std::error::Error + Send + Sync>| DatapathError::Attach {
+            program: NODE_PROGRAM,
+            ifname: ifname.to_string(),
+            source,
+        };
+        let xdp: &mut Xdp = self
+            .ebpf
+            .program_mut(NODE_PROGRAM)
+            .ok_or_else(|| attach_err("program missing".into()))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| attach_err(Box::new(e)))?;
+        if let Ok(old) = PinnedLink::from_pin(&pin) {
+            let link = XdpLink::try_from(FdLink::from(old)).map_err(|e| attach_err(Box::new(e)))?;
+            let id = xdp.attach_to_link(link).map_err(|e| attach_err(Box::new(e)))?;
+            let _ = xdp.take_link(id);
+            return Ok(());
+        }
+        let id = match xdp.attach(ifname, XdpMode::Default) {
+            Ok(id) => id,
+            Err(_) => xdp.attach(ifname, XdpMode::Skb).map_err(|e| attach_err(Box::new(e)))?,
+        };
+        let link: FdLink = xdp
+            .take_link(id)
+            .map_err(|e| attach_err(Box::new(e)))?
+            .try_into()
+            .map_err(|e: LinkError| attach_err(Box::new(e)))?;
+        link.pin(&pin).map_err(|e| attach_err(Box::new(e)))?;
+        Ok(())
+    }
+
+    /// Lets the socket load balancer serve sockets of this network namespace.
+    ///
+    /// # Errors
+    /// When the kernel refuses the update.
+    pub fn serve_netns(&mut self, cookie: u64) -> Result<(), DatapathError> {
+        self.sock_netns.insert(cookie, 1, 0).map_err(map_err(SOCK_LB_NETNS_MAP))
+    }
+
+    pub fn forget_netns(&mut self, cookie: u64) {
+        let _ = self.sock_netns.remove(&cookie);
+    }
+
+    /// # Errors
+    /// When the kernel refuses the update.
+    pub fn upsert_maglev(&mut self, key: MaglevKey, backend_id: u32) -> Result<(), DatapathError> {
+        self.maglev.insert(key, backend_id, 0).map_err(map_err(MAGLEV_MAP))
+    }
+
+    pub fn delete_maglev(&mut self, key: MaglevKey) {
+        let _ = self.maglev.remove(&key);
     }
 
     /// Where the socket load balancer's cgroup links are pinned (apart from the per-veth

@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use moat_dataplane_common::{backend_state, svc_flag, Backend4, ServiceKey, ServiceValue};
+use moat_dataplane_common::{backend_state, svc_flag, Backend4, MaglevKey, ServiceKey, ServiceValue, MAGLEV_M};
 use moat_policy_compiler::k8s::service::{ServiceType, NODE_PORT_RANGE};
 use moat_policy_compiler::k8s::Object;
 use moat_services::{resolve, BackendState, Input, LbService, PodEndpoint};
@@ -35,6 +35,8 @@ pub struct LoadBalancer {
     backend_ids: BTreeMap<(Ipv4Addr, u16, u8), u32>,
     applied_services: BTreeMap<ServiceKey, ServiceValue>,
     applied_backends: BTreeMap<u32, Backend4>,
+    /// Maglev table per service id (external frontends).
+    applied_maglev: BTreeMap<u32, Vec<u32>>,
     /// What the last sync resolved (for `moatctl services`).
     pub services: Vec<LbService>,
 }
@@ -78,6 +80,7 @@ impl LoadBalancer {
             backend_ids,
             applied_services,
             applied_backends,
+            applied_maglev: BTreeMap::new(),
             services: Vec::new(),
         })
     }
@@ -275,6 +278,28 @@ impl LoadBalancer {
                 }
             }
         }
+        // Maglev tables for services with an external frontend, over the backends
+        // external traffic may reach.
+        const _: () = assert!(MAGLEV_M as usize == moat_services::maglev::DEFAULT_M);
+        let mut want_maglev: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        for lb in &services {
+            let Some(fe) = lb.frontends.iter().find(|f| f.scope.external()) else {
+                continue;
+            };
+            let svc_id = self.id_for_service(&lb.to_string());
+            let eligible = lb.eligible(fe.scope);
+            let names: Vec<Vec<u8>> = eligible
+                .iter()
+                .map(|b| format!("{}:{}", b.addr, b.port).into_bytes())
+                .collect();
+            let ids: Vec<u32> = eligible
+                .iter()
+                .map(|b| self.id_for_backend((b.addr, b.port, lb.proto)))
+                .collect();
+            let table = moat_services::maglev::table(&names, MAGLEV_M as usize);
+            want_maglev.insert(svc_id, table.iter().map(|&i| ids[i as usize]).collect());
+        }
+
         // Forget ids of backends nobody uses any more.
         self.backend_ids.retain(|_, id| want_backends.contains_key(id));
 
@@ -283,6 +308,19 @@ impl LoadBalancer {
             if self.applied_backends.get(id) != Some(b) {
                 dp.upsert_backend(*id, *b)?;
                 updates += 1;
+            }
+        }
+        for (svc_id, table) in &want_maglev {
+            let old = self.applied_maglev.get(svc_id);
+            for (slot, id) in table.iter().enumerate() {
+                if old.and_then(|o| o.get(slot)) != Some(id) {
+                    let key = MaglevKey {
+                        svc_id: *svc_id,
+                        slot: u32::try_from(slot).unwrap_or(u32::MAX),
+                    };
+                    dp.upsert_maglev(key, *id)?;
+                    updates += 1;
+                }
             }
         }
         for masters in [false, true] {
@@ -305,6 +343,17 @@ impl LoadBalancer {
             dp.delete_backend(*id);
             updates += 1;
         }
+        for (svc_id, old) in &self.applied_maglev {
+            let keep = want_maglev.get(svc_id).map_or(0, Vec::len);
+            for slot in keep..old.len() {
+                dp.delete_maglev(MaglevKey {
+                    svc_id: *svc_id,
+                    slot: u32::try_from(slot).unwrap_or(u32::MAX),
+                });
+                updates += 1;
+            }
+        }
+        self.applied_maglev = want_maglev;
         self.applied_services = want_services;
         self.applied_backends = want_backends;
         if updates > 0 {

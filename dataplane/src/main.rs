@@ -120,6 +120,10 @@ struct RunArgs {
     /// cgroup v2 directory the socket load balancer attaches to (default: the cgroup2 mount).
     #[arg(long)]
     cgroup_root: Option<PathBuf>,
+    /// Device NodePort traffic arrives on (repeatable; default: every interface with a
+    /// routable IPv4 address that is not a pod veth; `none`: no NodePort XDP).
+    #[arg(long = "node-device")]
+    node_devices: Vec<String>,
     /// Seconds an identity no pod uses keeps its number before it is released.
     #[arg(long, default_value_t = moat_identity::allocator::DEFAULT_GRACE_SECS)]
     identity_grace_secs: u64,
@@ -220,6 +224,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         service_cidr,
         socket_lb_cgroup,
+        node_devices: if args.node_devices.is_empty() {
+            netdev::node_devices()
+        } else {
+            args.node_devices.into_iter().filter(|d| d != "none").collect()
+        },
     };
     let mut node = node::Node::open(cfg).context("starting the node")?;
     tracing::info!(kinds = ?node.state.kinds(), enforcement = %args.enforcement, audit = args.audit, "policy in force");

@@ -2,6 +2,7 @@
 //! namespace the agent runs in (ioctl/netlink follow the netns; /sys may not).
 use std::ffi::CString;
 use std::io;
+use std::os::fd::AsRawFd as _;
 use std::path::Path;
 
 /// ifindex of `name` in the current network namespace.
@@ -117,6 +118,45 @@ pub fn ensure_tracefs(root: &Path) -> io::Result<bool> {
     mount("tracefs", root).map(|()| true)
 }
 
+/// The cookie of the network namespace at `netns_path` (None: this process's own), as
+/// `bpf_get_netns_cookie` reports it (`SO_NETNS_COOKIE`, Linux ≥ 5.14).
+///
+/// # Errors
+/// When the namespace cannot be entered or the kernel lacks the socket option.
+pub fn netns_cookie(netns_path: Option<&Path>) -> std::io::Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let path = netns_path.map(Path::to_path_buf);
+    std::thread::spawn(move || -> std::io::Result<u64> {
+        if let Some(path) = path {
+            let f = std::fs::File::open(&path)?;
+            // SAFETY: a netns fd; affects only this short-lived thread.
+            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        // Any address: a pod's loopback may still be down.
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        let mut cookie: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        // SAFETY: valid fd and out-pointers of the right size.
+        let rc = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_NETNS_COOKIE,
+                std::ptr::from_mut(&mut cookie).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(cookie)
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("netns cookie thread panicked"))?
+}
+
 /// Where cgroup v2 is mounted (the first `cgroup2` entry of /proc/self/mounts).
 ///
 /// # Errors
@@ -138,6 +178,15 @@ pub fn cgroup2_root() -> std::io::Result<std::path::PathBuf> {
 /// from them is the node itself), link-local ones included.
 #[must_use]
 pub fn host_ipv4s() -> Vec<std::net::Ipv4Addr> {
+    let mut out: Vec<std::net::Ipv4Addr> = host_ipv4_interfaces().into_iter().map(|(_, ip)| ip).collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// (interface, address) for every IPv4 address in this network namespace.
+#[must_use]
+pub fn host_ipv4_interfaces() -> Vec<(String, std::net::Ipv4Addr)> {
     let mut out = Vec::new();
     let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `ifap` with a list we free below.
@@ -154,13 +203,29 @@ pub fn host_ipv4s() -> Vec<std::net::Ipv4Addr> {
             if family == libc::AF_INET {
                 // SAFETY: AF_INET addresses are `sockaddr_in`.
                 let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
-                out.push(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+                // SAFETY: getifaddrs gives a NUL-terminated interface name.
+                let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }
+                    .to_string_lossy()
+                    .into_owned();
+                out.push((name, std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
             }
         }
         cur = ifa.ifa_next;
     }
     // SAFETY: the list came from getifaddrs.
     unsafe { libc::freeifaddrs(ifap) };
+    out
+}
+
+/// The node's own devices for NodePort: interfaces with a routable IPv4 address that are
+/// not loopback and not pod veths.
+#[must_use]
+pub fn node_devices() -> Vec<String> {
+    let mut out: Vec<String> = host_ipv4_interfaces()
+        .into_iter()
+        .filter(|(name, ip)| !ip.is_loopback() && !ip.is_link_local() && !name.starts_with("lxc"))
+        .map(|(name, _)| name)
+        .collect();
     out.sort();
     out.dedup();
     out

@@ -32,6 +32,8 @@ pub struct NodeConfig {
     pub service_cidr: Cidr,
     /// cgroup v2 directory the socket load balancer attaches to; `None`: socket LB off.
     pub socket_lb_cgroup: Option<PathBuf>,
+    /// Devices NodePort traffic arrives on (XDP `node_ingress`).
+    pub node_devices: Vec<String>,
 }
 
 /// One wired pod interface, as persisted.
@@ -54,6 +56,9 @@ pub struct EndpointRecord {
     pub created_unix: i64,
     /// "ready", or why the datapath is not attached.
     pub state: String,
+    /// Cookie of the pod's network namespace (the socket load balancer serves it).
+    #[serde(default)]
+    pub netns_cookie: u64,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -125,6 +130,16 @@ impl Node {
                 .attach_socket_lb(cg)
                 .with_context(|| format!("attaching the socket load balancer to cgroup {}", cg.display()))?,
             None => datapath.detach_socket_lb(),
+        }
+        // The node's own sockets use the socket load balancer too.
+        match netdev::netns_cookie(None) {
+            Ok(c) => datapath.serve_netns(c)?,
+            Err(e) => tracing::warn!(error = %e, "no netns cookie for the node; its sockets are not load-balanced"),
+        }
+        for dev in &cfg.node_devices {
+            datapath
+                .attach_node_device(dev)
+                .with_context(|| format!("attaching NodePort XDP to node device {dev}"))?;
         }
         let state = StateDir::new(cfg.state_dir.clone(), Some(cfg.data_dir.join("last-good-manifests")));
         let mut node = Self {
@@ -291,6 +306,9 @@ impl Node {
         };
         self.datapath.upsert_endpoint(rec.ipv4, info)?;
         self.datapath.attach(&rec.host_ifname)?;
+        if rec.netns_cookie != 0 {
+            self.datapath.serve_netns(rec.netns_cookie)?;
+        }
         Ok(info)
     }
 
@@ -369,7 +387,14 @@ impl Node {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as i64),
             state: "ready".into(),
+            netns_cookie: 0,
         };
+        match netdev::netns_cookie(Some(Path::new(&rec.netns))) {
+            Ok(c) => rec.netns_cookie = c,
+            Err(e) => {
+                tracing::warn!(netns = %rec.netns, error = %e, "no netns cookie; the pod's sockets are not load-balanced")
+            }
+        }
         // Identity and policy for the pod go in before its programs are attached, so its
         // first packet already meets its policy.
         let previous = self.endpoints.insert(new.owner.clone(), rec.clone());
@@ -408,6 +433,9 @@ impl Node {
         if let Some(rec) = &rec {
             self.datapath.remove_endpoint(rec.ipv4);
             self.datapath.detach(&rec.host_ifname);
+            if rec.netns_cookie != 0 && !self.endpoints.values().any(|e| e.netns_cookie == rec.netns_cookie) {
+                self.datapath.forget_netns(rec.netns_cookie);
+            }
             tracing::info!(endpoint = rec.id, ip = %rec.ipv4, "endpoint deleted");
             if let Err(e) = self.sync_policy() {
                 tracing::error!("applying policy after deleting an endpoint: {e:#}");

@@ -297,6 +297,12 @@ impl Node {
             .args(["--pod-cidr", &self.pod_cidr])
             .args(["--node-name", &self.id])
             .args(&self.opts.agent_args)
+            // In the root netns the devices are the machine's own: no NodePort XDP there.
+            .args(if self.node_ns.is_none() {
+                &["--node-device", "none"][..]
+            } else {
+                &[][..]
+            })
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -213,3 +213,62 @@ fn network_policy_applies_to_the_backend_after_translation() {
         .moatctl(&["-o", "json", "observe", "--verdict", "dropped", "--last", "50"]);
     assert!(f.contains("web-from-client"), "drop names the policy: {f}");
 }
+
+fn node_port_service(name: &str, ip: Ipv4Addr, node_port: u16, app: &str) -> String {
+    format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  type: NodePort\n  clusterIP: {ip}\n  selector: {{app: {app}}}\n  ports:\n  - {{name: http, port: 80, targetPort: http, nodePort: {node_port}}}\n  - {{name: dns, port: 53, targetPort: dns, protocol: UDP, nodePort: {node_port}}}\n---\n")
+}
+
+/// ```text
+///   ext netns (client) ── uplink ──► node: XDP node_ingress (DNAT to a backend, Maglev)
+///                                     └─► stack ─► lxc ─► backend pod
+///   reply: backend ─► from_container (source back to node_ip:nodePort) ─► uplink ─► client
+/// ```
+#[test]
+fn node_port_from_outside_the_node() {
+    let s =
+        setup(&(node_port_service("web", vip(8), 30080, "web") + &node_port_service("none", vip(9), 30081, "nobody")));
+    let ext = s.node.ext_ns.as_ref().expect("ext netns").path();
+    let mut hits = BTreeMap::new();
+    for _ in 0..40 {
+        let who = tcp_read(&ext, s.node.node_ip, 30080).unwrap_or_else(|e| {
+            panic!(
+                "NodePort TCP: {e}\n{}\n{}",
+                s.node.moatctl(&["services"]),
+                s.node.moatctl(&["status"])
+            )
+        });
+        *hits.entry(who).or_insert(0) += 1;
+    }
+    assert!(
+        hits.len() >= 2,
+        "connections from many source ports spread over backends: {hits:?}"
+    );
+    let (who, from) = udp_ask(&ext, s.node.node_ip, 30080).expect("NodePort UDP");
+    assert!(who.starts_with('w'), "{who}");
+    assert_eq!(
+        from,
+        std::net::SocketAddr::from((s.node.node_ip, 30080)),
+        "the reply comes from the NodePort"
+    );
+
+    // No endpoints: the node answers at once (RST), nothing is black-holed.
+    let t = Instant::now();
+    let err = tcp_read(&ext, s.node.node_ip, 30081).expect_err("no backend");
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "refused quickly: {err} after {:?}",
+        t.elapsed()
+    );
+    assert!(err.to_lowercase().contains("refused"), "{err}");
+
+    let svcs = s.node.moatctl(&["services"]);
+    assert!(
+        svcs.contains(&format!("{}:30080 TCP", s.node.node_ip)) && svcs.contains("NodePort"),
+        "{svcs}"
+    );
+    let st = s.node.moatctl(&["status"]);
+    assert!(
+        st.contains("nodeport_translated") && st.contains("nodeport_reversed"),
+        "{st}"
+    );
+}
