@@ -272,3 +272,86 @@ fn node_port_from_outside_the_node() {
         "{st}"
     );
 }
+
+/// A service whose endpoints come from an EndpointSlice: `ready` ones take new
+/// connections, a `terminating` one keeps its open connection but gets no new one, and
+/// `internalTrafficPolicy: Local` keeps traffic on this node's endpoints.
+#[test]
+fn endpoint_slices_terminating_and_internal_traffic_policy() {
+    use moat_netns_tests::net::HeldConnection;
+    let s = setup("");
+    let ext = s.node.ext_ns.as_ref().expect("ext netns").path();
+    let _remote = NameServer::start(&ext, 8080, "remote");
+    let (w1, w2) = (s.web[0].ip, s.web[1].ip);
+    let slice = |w2_conditions: &str, itp: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: api, namespace: shop}}\nspec:\n  clusterIP: {vip}\n  internalTrafficPolicy: {itp}\n  ports: [{{name: http, port: 80}}]\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: api-1\n  namespace: shop\n  labels: {{kubernetes.io/service-name: api}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n\
+             - {{addresses: [{w1}], nodeName: {node}}}\n- {{addresses: [{w2}], nodeName: {node}{w2_conditions}}}\n- {{addresses: [{remote}], nodeName: elsewhere}}\n",
+            vip = vip(10),
+            node = s.node.id,
+            remote = s.node.ext_ip,
+        )
+    };
+    s.node.apply_manifests(&[("api.yaml", Some(&slice("", "Cluster")))]);
+    let hits = spread(&s, vip(10), 60);
+    assert_eq!(hits.keys().collect::<Vec<_>>(), ["remote", "w1", "w2"], "ready endpoints on and off the node: {hits:?}");
+
+    // Open a connection that lands on w2 (an echo server answers there too).
+    let _echo = moat_netns_tests::net::EchoServer::start(&s.web[1].path(), 9090);
+    let held = HeldConnection::open(&s.client.path(), w2, 9090);
+    assert_eq!(held.roundtrip(b"before").unwrap(), b"before");
+
+    // w2 terminates: no new connections, the open one keeps working.
+    s.node.apply_manifests(&[(
+        "api.yaml",
+        Some(&slice(", conditions: {ready: false, serving: true, terminating: true}", "Cluster")),
+    )]);
+    let hits = spread(&s, vip(10), 40);
+    assert!(!hits.contains_key("w2"), "a terminating endpoint gets no new connections: {hits:?}");
+    assert_eq!(held.roundtrip(b"after").unwrap(), b"after", "its existing connection stays");
+    let svcs = s.node.moatctl(&["services"]);
+    assert!(svcs.contains("terminating"), "{svcs}");
+
+    // internalTrafficPolicy Local: only endpoints on this node.
+    s.node.apply_manifests(&[("api.yaml", Some(&slice("", "Local")))]);
+    let hits = spread(&s, vip(10), 40);
+    assert!(!hits.contains_key("remote"), "Local keeps traffic on the node: {hits:?}");
+    assert!(hits.contains_key("w1") && hits.contains_key("w2"), "{hits:?}");
+}
+
+/// Changing one service (backend added, port changed) applies within a second and does
+/// not disturb established connections of another.
+#[test]
+fn service_changes_apply_quickly_without_breaking_other_connections() {
+    use moat_netns_tests::net::{EchoServer, HeldConnection};
+    let echo_svc = |ip: Ipv4Addr, port: u16| {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: echo, namespace: shop}}\nspec:\n  clusterIP: {ip}\n  selector: {{app: web}}\n  ports: [{{port: {port}, targetPort: 9000}}]\n---\n")
+    };
+    let s = setup(&(service("web", vip(11), "") + &echo_svc(vip(12), 90)));
+    let _echo: Vec<_> = s.web.iter().map(|p| EchoServer::start(&p.path(), 9000)).collect();
+    let held = HeldConnection::open(&s.client.path(), vip(12), 90);
+    assert_eq!(held.roundtrip(b"one").unwrap(), b"one");
+
+    // Port change of the echo service, and the web service loses two backends.
+    let t = Instant::now();
+    s.node.apply_manifests(&[
+        ("services.yaml", Some(&(service("web", vip(11), "").replace("app: web", "app: solo") + &echo_svc(vip(12), 91)))),
+        ("pods.yaml", Some(&pods(&[("w1", "solo"), ("w2", "web"), ("w3", "web"), ("client", "client"), ("other", "other")]))),
+    ]);
+    let deadline = t + Duration::from_secs(1);
+    loop {
+        let ok = moat_netns_tests::net::tcp_echo(&s.client.path(), vip(12), 91, b"new port").is_ok()
+            && spread(&s, vip(11), 5).keys().all(|k| k == "w1");
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "changes not in effect within a second");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        moat_netns_tests::net::tcp_echo(&s.client.path(), vip(12), 90, b"old port").is_err(),
+        "the old port is gone"
+    );
+    assert_eq!(held.roundtrip(b"two").unwrap(), b"two", "the established connection is untouched");
+}
