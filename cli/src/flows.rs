@@ -58,6 +58,14 @@ pub fn line(f: &Flow) -> String {
     if f.reevaluated {
         why.push("established flow re-checked after a policy change".into());
     }
+    if !f.service_address.is_empty() {
+        let name = if f.service.is_empty() {
+            String::new()
+        } else {
+            format!("{} ", f.service)
+        };
+        why.push(format!("service {name}{} → backend", f.service_address));
+    }
     if !why.is_empty() {
         s += &format!(" ({})", why.join(", "));
     }
@@ -79,6 +87,7 @@ pub fn to_json(f: &Flow) -> serde_json::Value {
         "source": peer_json(f.source.as_ref()), "destination": peer_json(f.destination.as_ref()),
         "tcpFlags": f.tcp_flags, "hook": f.hook, "direction": f.direction, "cookie": f.cookie,
         "policy": f.policy, "reevaluated": f.reevaluated, "length": f.length,
+        "serviceAddress": f.service_address, "service": f.service,
     })
 }
 

@@ -66,7 +66,7 @@ struct ObserveArgs {
     #[arg(long)]
     namespace: Option<String>,
     /// Only flows with this verdict.
-    #[arg(long, value_parser = ["forwarded", "dropped", "audit"])]
+    #[arg(long, value_parser = ["forwarded", "dropped", "audit", "translated"])]
     verdict: Option<String>,
     /// Only flows from or to this identity.
     #[arg(long)]

@@ -317,6 +317,8 @@ pub mod verdict {
     pub const FORWARDED: u8 = 1;
     pub const DROPPED: u8 = 2;
     pub const AUDIT: u8 = 3;
+    /// A service frontend was translated to a backend (socket LB or NodePort).
+    pub const TRANSLATED: u8 = 4;
 }
 
 /// `FlowEvent::hook`: where the event was produced.
@@ -325,6 +327,10 @@ pub mod hook {
     pub const FROM_CONTAINER: u8 = 1;
     /// tcx egress of a pod's host veth (packets the stack delivers to the pod).
     pub const TO_CONTAINER: u8 = 2;
+    /// The socket load balancer (cgroup connect/sendmsg).
+    pub const SOCKET_LB: u8 = 3;
+    /// XDP on a node device (NodePort).
+    pub const NODE_DEVICE: u8 = 4;
 }
 
 /// One record of `EVENTS`: a dropped packet, an audited flow or an allowed new flow.
@@ -360,8 +366,14 @@ pub struct FlowEvent {
     pub _pad: u8,
     /// Packet length in bytes.
     pub len: u32,
+    /// `TRANSLATED` events: the service frontend the flow was sent to (wire order).
+    pub orig_daddr: u32,
+    pub orig_dport: u16,
+    pub _pad2: u16,
+    /// Socket load balancer events: the client's network namespace cookie (its pod).
+    pub netns_cookie: u64,
 }
-const _: () = assert!(core::mem::size_of::<FlowEvent>() == 48);
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 64);
 
 /// Pinned names of the service load-balancing maps.
 pub const SERVICES_MAP: &str = "moat_svc_v1";

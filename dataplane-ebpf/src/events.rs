@@ -49,6 +49,10 @@ pub fn emit(m: &Meta, verdict: u8, reason: u32) {
         reevaluated: m.reevaluated,
         _pad: 0,
         len: m.len,
+        orig_daddr: 0,
+        orig_dport: 0,
+        _pad2: 0,
+        netns_cookie: 0,
     });
     slot.submit(0);
 }
@@ -73,4 +77,17 @@ pub fn emit_allowed(m: &Meta, per_sec: u32, now: u64) {
     }
     r[1] += 1;
     emit(m, verdict::FORWARDED, 0);
+}
+
+/// A service translation: `ev` names the backend as destination and the frontend in
+/// `orig_*`.
+#[inline(always)]
+pub fn emit_translation(ev: &FlowEvent) {
+    match EVENTS.reserve::<FlowEvent>(0) {
+        Some(mut slot) => {
+            slot.write(*ev);
+            slot.submit(0);
+        }
+        None => count(metric::EVENTS_LOST),
+    }
 }

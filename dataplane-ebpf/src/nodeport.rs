@@ -11,7 +11,9 @@
 //! Remote backends (other nodes) would need SNAT to this node so replies return here;
 //! that path is designed in docs/services.md and arrives with multi-node support.
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use moat_dataplane_common::{metric, svc_flag, MaglevKey, NatKey, NatValue, ServiceKey, MAGLEV_M};
+use moat_dataplane_common::{
+    hook, metric, svc_flag, verdict, FlowEvent, MaglevKey, NatKey, NatValue, ServiceKey, MAGLEV_M,
+};
 
 use crate::maps::{count, BACKENDS, MAGLEV, NAT_FWD, NAT_REV, SERVICES};
 use crate::packet::{EthHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP};
@@ -113,6 +115,7 @@ fn try_node_ingress(ctx: &XdpContext) -> Option<u32> {
     let mut backend_id = unsafe { NAT_FWD.get(&fwd_key) }.map_or(0, |v| v.backend_id);
     // SAFETY: copied out at once.
     let mut be = unsafe { BACKENDS.get(&backend_id) }.copied();
+    let fwd_new = be.is_none();
     if be.is_none() {
         let slot = flow_hash(saddr, sport, proto) % MAGLEV_M;
         // SAFETY: copied out at once.
@@ -182,6 +185,23 @@ fn try_node_ingress(ctx: &XdpContext) -> Option<u32> {
         }
     }
     count(metric::NODEPORT_TRANSLATED);
+    if fwd_new {
+        crate::events::emit_translation(&FlowEvent {
+            // SAFETY: plain helper call.
+            ts: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
+            saddr,
+            daddr: be.addr,
+            sport,
+            dport: be.port,
+            proto,
+            verdict: verdict::TRANSLATED,
+            hook: hook::NODE_DEVICE,
+            ifindex: ctx.ingress_ifindex() as u32,
+            orig_daddr: daddr,
+            orig_dport: dport,
+            ..FlowEvent::default()
+        });
+    }
     Some(xdp_action::XDP_PASS)
 }
 

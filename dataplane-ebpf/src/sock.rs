@@ -10,7 +10,9 @@ use aya_ebpf::{
     programs::SockAddrContext,
     EbpfContext as _,
 };
-use moat_dataplane_common::{backend_state, metric, AffinityKey, AffinityValue, ServiceKey, SockRevKey, SockRevValue};
+use moat_dataplane_common::{
+    backend_state, hook, metric, verdict, AffinityKey, AffinityValue, FlowEvent, ServiceKey, SockRevKey, SockRevValue,
+};
 
 use crate::maps::{count, AFFINITY, BACKENDS, SERVICES, SOCK_LB_NETNS, SOCK_REVNAT};
 
@@ -138,6 +140,18 @@ fn translate(ctx: &SockAddrContext) -> i32 {
         (*sa).user_port = u32::from(be.port);
     }
     count(metric::SOCK_LB_TRANSLATED);
+    crate::events::emit_translation(&FlowEvent {
+        ts: now,
+        daddr: be.addr,
+        dport: be.port,
+        proto: proto as u8,
+        verdict: verdict::TRANSLATED,
+        hook: hook::SOCKET_LB,
+        orig_daddr: addr,
+        orig_dport: port,
+        netns_cookie: netns,
+        ..FlowEvent::default()
+    });
     ALLOW
 }
 

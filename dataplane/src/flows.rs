@@ -150,7 +150,11 @@ fn to_flow(node: &Node, e: &FlowEvent) -> Flow {
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
     let peer = |addr: u32, port: u16, id: u32| {
         let ip = Ipv4Addr::from(u32::from_be(addr));
-        let (namespace, pod) = node.pod_of(ip).unwrap_or_default();
+        // Socket LB events know the client by its network namespace, not its address.
+        let by_netns = (addr == 0 && e.netns_cookie != 0)
+            .then(|| node.pod_of_netns(e.netns_cookie))
+            .flatten();
+        let (namespace, pod) = by_netns.or_else(|| node.pod_of(ip)).unwrap_or_default();
         FlowPeer {
             ip: ip.to_string(),
             port: u32::from(u16::from_be(port)),
@@ -166,6 +170,7 @@ fn to_flow(node: &Node, e: &FlowEvent) -> Flow {
             verdict::FORWARDED => "FORWARDED",
             verdict::DROPPED => "DROPPED",
             verdict::AUDIT => "AUDIT",
+            verdict::TRANSLATED => "TRANSLATED",
             _ => "UNKNOWN",
         }
         .into(),
@@ -189,6 +194,8 @@ fn to_flow(node: &Node, e: &FlowEvent) -> Flow {
         hook: match e.hook {
             hook::FROM_CONTAINER => "from-container",
             hook::TO_CONTAINER => "to-container",
+            hook::SOCKET_LB => "socket-lb",
+            hook::NODE_DEVICE => "node-device",
             _ => "",
         }
         .into(),
@@ -206,5 +213,23 @@ fn to_flow(node: &Node, e: &FlowEvent) -> Flow {
         },
         reevaluated: e.reevaluated != 0,
         length: e.len,
+        service_address: if e.verdict == verdict::TRANSLATED {
+            format!(
+                "{}:{}",
+                Ipv4Addr::from(u32::from_be(e.orig_daddr)),
+                u16::from_be(e.orig_dport)
+            )
+        } else {
+            String::new()
+        },
+        service: if e.verdict == verdict::TRANSLATED {
+            node.service_at(
+                Ipv4Addr::from(u32::from_be(e.orig_daddr)),
+                u16::from_be(e.orig_dport),
+                e.proto,
+            )
+        } else {
+            String::new()
+        },
     }
 }

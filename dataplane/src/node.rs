@@ -226,6 +226,30 @@ impl Node {
             .map(|p| (p.pod.namespace.clone(), p.pod.name.clone()))
     }
 
+    /// ("namespace", "name") of the local pod whose network namespace has this cookie.
+    #[must_use]
+    pub fn pod_of_netns(&self, cookie: u64) -> Option<(String, String)> {
+        self.endpoints
+            .values()
+            .find(|e| e.netns_cookie == cookie)
+            .map(|e| (e.pod_namespace.clone(), e.pod_name.clone()))
+    }
+
+    /// "ns/name:port" of the service with this frontend.
+    #[must_use]
+    pub fn service_at(&self, ip: Ipv4Addr, port: u16, proto: u8) -> String {
+        self.lb
+            .services
+            .iter()
+            .find(|s| {
+                s.frontends
+                    .iter()
+                    .any(|f| f.addr == ip && f.port == port && f.proto == proto)
+            })
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    }
+
     #[must_use]
     pub fn identity_name(&self, id: u32) -> String {
         self.enforcer.identity_name(id)

@@ -28,7 +28,11 @@ fn matches(f: &Flow, r: &ObserveRequest) -> bool {
         && (r.namespace.is_empty() || any(&|p| p.namespace == r.namespace))
         && (r.verdict.is_empty() || f.verdict.eq_ignore_ascii_case(&r.verdict))
         && (r.identity == 0 || any(&|p| p.identity == r.identity))
-        && (r.port == 0 || any(&|p| p.port == r.port))
+        && (r.port == 0
+            || any(&|p| p.port == r.port)
+            || f.service_address
+                .rsplit_once(':')
+                .is_some_and(|(_, p)| p == r.port.to_string()))
 }
 
 fn parse_endpoint(s: &str, field: &str) -> Result<PolicyEndpoint, Status> {
@@ -110,10 +114,10 @@ impl moat_api::Agent for AgentService {
     async fn observe(&self, req: Request<ObserveRequest>) -> Result<Response<Self::ObserveStream>, Status> {
         let r = req.into_inner();
         if !r.verdict.is_empty()
-            && !["forwarded", "dropped", "audit"].contains(&r.verdict.to_ascii_lowercase().as_str())
+            && !["forwarded", "dropped", "audit", "translated"].contains(&r.verdict.to_ascii_lowercase().as_str())
         {
             return Err(Status::invalid_argument(format!(
-                "verdict {:?}: expected forwarded, dropped or audit",
+                "verdict {:?}: expected forwarded, dropped, audit or translated",
                 r.verdict
             )));
         }

@@ -104,6 +104,20 @@ fn cluster_ip_spreads_over_backends_and_follows_changes() {
     assert_eq!(http["backends"].as_array().unwrap().len(), 3);
     let table = s.node.moatctl(&["services"]);
     assert!(table.contains("shop/web:http") && table.contains("shop/w2"), "{table}");
+    // Each translation is a flow event naming client, backend and service.
+    let obs = s
+        .node
+        .moatctl(&["-o", "json", "observe", "--verdict", "translated", "--last", "100"]);
+    let f: Value = serde_json::from_str(obs.lines().last().expect("translation events")).unwrap();
+    assert_eq!(f["source"]["pod"], "client", "{f}");
+    assert!(f["destination"]["pod"].as_str().unwrap().starts_with('w'), "{f}");
+    assert_eq!(f["serviceAddress"], format!("{}:80", vip(1)));
+    assert_eq!(f["service"], "shop/web:http");
+    let line = s.node.moatctl(&["observe", "--verdict", "translated", "--last", "1"]);
+    assert!(
+        line.contains("TRANSLATED") && line.contains("service shop/web:http"),
+        "{line}"
+    );
 
     // w2 leaves the service (relabelled): new connections avoid it within a second.
     s.node.apply_manifests(&[(
@@ -266,6 +280,20 @@ fn node_port_from_outside_the_node() {
         svcs.contains(&format!("{}:30080 TCP", s.node.node_ip)) && svcs.contains("NodePort"),
         "{svcs}"
     );
+    let obs = s
+        .node
+        .moatctl(&["-o", "json", "observe", "--verdict", "translated", "--port", "30080"]);
+    let flows: Vec<Value> = obs.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let tcp = flows
+        .iter()
+        .find(|f| f["protocol"] == "TCP")
+        .expect("a TCP NodePort translation");
+    assert_eq!(tcp["source"]["ip"], s.node.ext_ip.to_string(), "{tcp}");
+    assert_eq!(tcp["hook"], "node-device");
+    assert_eq!(tcp["service"], "shop/web:http");
+    assert!(flows
+        .iter()
+        .any(|f| f["protocol"] == "UDP" && f["service"] == "shop/web:dns"));
     let st = s.node.moatctl(&["status"]);
     assert!(
         st.contains("nodeport_translated") && st.contains("nodeport_reversed"),
@@ -295,7 +323,11 @@ fn endpoint_slices_terminating_and_internal_traffic_policy() {
     };
     s.node.apply_manifests(&[("api.yaml", Some(&slice("", "Cluster")))]);
     let hits = spread(&s, vip(10), 60);
-    assert_eq!(hits.keys().collect::<Vec<_>>(), ["remote", "w1", "w2"], "ready endpoints on and off the node: {hits:?}");
+    assert_eq!(
+        hits.keys().collect::<Vec<_>>(),
+        ["remote", "w1", "w2"],
+        "ready endpoints on and off the node: {hits:?}"
+    );
 
     // Open a connection that lands on w2 (an echo server answers there too).
     let _echo = moat_netns_tests::net::EchoServer::start(&s.web[1].path(), 9090);
@@ -305,18 +337,31 @@ fn endpoint_slices_terminating_and_internal_traffic_policy() {
     // w2 terminates: no new connections, the open one keeps working.
     s.node.apply_manifests(&[(
         "api.yaml",
-        Some(&slice(", conditions: {ready: false, serving: true, terminating: true}", "Cluster")),
+        Some(&slice(
+            ", conditions: {ready: false, serving: true, terminating: true}",
+            "Cluster",
+        )),
     )]);
     let hits = spread(&s, vip(10), 40);
-    assert!(!hits.contains_key("w2"), "a terminating endpoint gets no new connections: {hits:?}");
-    assert_eq!(held.roundtrip(b"after").unwrap(), b"after", "its existing connection stays");
+    assert!(
+        !hits.contains_key("w2"),
+        "a terminating endpoint gets no new connections: {hits:?}"
+    );
+    assert_eq!(
+        held.roundtrip(b"after").unwrap(),
+        b"after",
+        "its existing connection stays"
+    );
     let svcs = s.node.moatctl(&["services"]);
     assert!(svcs.contains("terminating"), "{svcs}");
 
     // internalTrafficPolicy Local: only endpoints on this node.
     s.node.apply_manifests(&[("api.yaml", Some(&slice("", "Local")))]);
     let hits = spread(&s, vip(10), 40);
-    assert!(!hits.contains_key("remote"), "Local keeps traffic on the node: {hits:?}");
+    assert!(
+        !hits.contains_key("remote"),
+        "Local keeps traffic on the node: {hits:?}"
+    );
     assert!(hits.contains_key("w1") && hits.contains_key("w2"), "{hits:?}");
 }
 
@@ -336,8 +381,20 @@ fn service_changes_apply_quickly_without_breaking_other_connections() {
     // Port change of the echo service, and the web service loses two backends.
     let t = Instant::now();
     s.node.apply_manifests(&[
-        ("services.yaml", Some(&(service("web", vip(11), "").replace("app: web", "app: solo") + &echo_svc(vip(12), 91)))),
-        ("pods.yaml", Some(&pods(&[("w1", "solo"), ("w2", "web"), ("w3", "web"), ("client", "client"), ("other", "other")]))),
+        (
+            "services.yaml",
+            Some(&(service("web", vip(11), "").replace("app: web", "app: solo") + &echo_svc(vip(12), 91))),
+        ),
+        (
+            "pods.yaml",
+            Some(&pods(&[
+                ("w1", "solo"),
+                ("w2", "web"),
+                ("w3", "web"),
+                ("client", "client"),
+                ("other", "other"),
+            ])),
+        ),
     ]);
     let deadline = t + Duration::from_secs(1);
     loop {
@@ -353,5 +410,9 @@ fn service_changes_apply_quickly_without_breaking_other_connections() {
         moat_netns_tests::net::tcp_echo(&s.client.path(), vip(12), 90, b"old port").is_err(),
         "the old port is gone"
     );
-    assert_eq!(held.roundtrip(b"two").unwrap(), b"two", "the established connection is untouched");
+    assert_eq!(
+        held.roundtrip(b"two").unwrap(),
+        b"two",
+        "the established connection is untouched"
+    );
 }
