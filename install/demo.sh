@@ -27,6 +27,8 @@ PIN=/sys/fs/bpf/$ID
 SOCK=$RUN/agent.sock
 CIDR=10.99.0.0/24
 PODS=(shop/frontend shop/cart billing/api billing/db)
+WEB=(shop/web-1 shop/web-2 shop/web-3)   # backends of the shop/web service
+OUTSIDE=$ID-outside                      # a client outside the node, on its "eth0" link
 PIDS=()
 AGENT=""
 declare -A IP
@@ -51,7 +53,8 @@ cleanup() {
   set +e
   echo; echo "== cleaning up"
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
-  for p in "${PODS[@]}"; do [ -e /run/netns/$ID-${p/\//-} ] && cni DEL "$p" >/dev/null; ip netns del $ID-${p/\//-} 2>/dev/null; done
+  for p in "${PODS[@]}" "${WEB[@]}"; do [ -e /run/netns/$ID-${p/\//-} ] && cni DEL "$p" >/dev/null; ip netns del $ID-${p/\//-} 2>/dev/null; done
+  ip netns del $OUTSIDE 2>/dev/null
   [ -n "$AGENT" ] && kill "$AGENT" 2>/dev/null && wait "$AGENT" 2>/dev/null
   ip netns del $NODE 2>/dev/null
   rm -rf "$PIN" "$RUN"
@@ -62,14 +65,19 @@ trap 'exit 130' INT TERM
 
 mkdir -p "$RUN/state" "$RUN/www"
 # The standalone node's manifests: the same YAML a cluster would hold.
-for p in "${PODS[@]}"; do
+for p in "${PODS[@]}" "${WEB[@]}"; do
   printf 'apiVersion: v1\nkind: Pod\nmetadata:\n  namespace: %s\n  name: %s\n  labels: {app: %s}\nspec:\n  containers: [{name: httpd, image: busybox, ports: [{name: http, containerPort: 8080}]}]\n---\n' \
-    "${p%/*}" "${p#*/}" "${p#*/}"
+    "${p%/*}" "${p#*/}" "$(echo "${p#*/}" | sed 's/-[0-9]*$//')"
 done >"$RUN/state/pods.yaml"
 printf 'apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: billing}\n' \
   >"$RUN/state/namespaces.yaml"
 ip netns add $NODE
 ip -n $NODE link set lo up
+# The node's own link to the outside world (NodePort traffic arrives here).
+ip netns add $OUTSIDE
+ip link add eth0 netns $NODE type veth peer name eth0 netns $OUTSIDE
+ip -n $NODE addr add 192.168.200.1/24 dev eth0; ip -n $NODE link set eth0 up
+ip -n $OUTSIDE addr add 192.168.200.2/24 dev eth0; ip -n $OUTSIDE link set eth0 up; ip -n $OUTSIDE link set lo up
 echo "== starting moat-agent (standalone node '$NODE', pod CIDR $CIDR)"
 start_agent
 
@@ -144,6 +152,34 @@ echo; echo "\$ moatctl drops"; moatctl drops
 echo; echo "\$ moatctl identities"; moatctl identities
 echo; echo "\$ moatctl policy matrix -f $RUN/state --port 8080/tcp   (offline, from the manifests alone)"
 moatctl policy matrix -f "$RUN/state" --port 8080/tcp | sed 's/^/  /'
+
+echo; echo "== Services: shop/web (ClusterIP 10.96.0.80:80 and NodePort 30080) with 3 backends"
+for p in "${WEB[@]}"; do
+  ip netns add $ID-${p/\//-}
+  cni ADD "$p" >/dev/null
+  mkdir -p "$RUN/www/${p/\//-}"; echo "hello from $p" >"$RUN/www/${p/\//-}/index.html"
+  nsenter --net=/run/netns/$ID-${p/\//-} busybox httpd -f -p 8080 -h "$RUN/www/${p/\//-}" >/dev/null 2>&1 &
+  PIDS+=($!)
+done
+cat >"$RUN/state/services.yaml" <<'YAML'
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.80
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: http, nodePort: 30080}
+YAML
+sed 's/^/  /' "$RUN/state/services.yaml"
+for _ in $(seq 50); do moatctl services | grep -q 'web-3' && break; sleep 0.1; done
+echo; echo "  12 requests from shop/frontend to http://10.96.0.80/ (socket load balancer, once per connection):"
+for _ in $(seq 12); do inpod shop/frontend curl -s --max-time 2 http://10.96.0.80/; done | sort | uniq -c | sed 's/^/  /'
+echo; echo "  12 requests from outside the node to http://192.168.200.1:30080/ (XDP on the node's eth0):"
+for _ in $(seq 12); do nsenter --net=/run/netns/$OUTSIDE curl -s --max-time 2 http://192.168.200.1:30080/; done | sort | uniq -c | sed 's/^/  /'
+echo; echo "\$ moatctl services"; moatctl services
+echo; echo "\$ moatctl observe --verdict translated --last 4"; moatctl observe --verdict translated --last 4
 
 echo; echo "\$ moatctl status   (datapath counters come from the eBPF programs)"; moatctl status
 

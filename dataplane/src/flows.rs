@@ -154,7 +154,13 @@ fn to_flow(node: &Node, e: &FlowEvent) -> Flow {
         let by_netns = (addr == 0 && e.netns_cookie != 0)
             .then(|| node.pod_of_netns(e.netns_cookie))
             .flatten();
-        let (namespace, pod) = by_netns.or_else(|| node.pod_of(ip)).unwrap_or_default();
+        let (namespace, pod) = by_netns.clone().or_else(|| node.pod_of(ip)).unwrap_or_default();
+        // Translation events carry no identities: name them from the ipcache.
+        let id = match (id, by_netns) {
+            (0, Some((ns, name))) => node.identity_of_pod(&ns, &name),
+            (0, None) if addr != 0 => node.enforcer.compiled.identity_of(ip),
+            _ => id,
+        };
         FlowPeer {
             ip: ip.to_string(),
             port: u32::from(u16::from_be(port)),

@@ -235,6 +235,12 @@ impl Node {
             .map(|e| (e.pod_namespace.clone(), e.pod_name.clone()))
     }
 
+    /// The identity of a local pod, 0 when unknown.
+    #[must_use]
+    pub fn identity_of_pod(&self, namespace: &str, name: &str) -> u32 {
+        self.enforcer.world.pod(namespace, name).map_or(0, |p| p.identity)
+    }
+
     /// "ns/name:port" of the service with this frontend.
     #[must_use]
     pub fn service_at(&self, ip: Ipv4Addr, port: u16, proto: u8) -> String {
