@@ -11,6 +11,12 @@
 #     allowed flow, denied flow, vs an established flow with no policy loaded.
 #  5. Policy compile time and map updates: 10,000 policies over 1,000 pods, then one
 #     changed policy (incremental map updates vs full entry count).
+#  6. Services: connection rate (connect, request, close) and RR latency to a ClusterIP
+#     with 1, 1,000 and 10,000 services loaded — Moat's socket load balancer vs iptables
+#     rules built the way kube-proxy's iptables mode builds them (KUBE-SERVICES →
+#     KUBE-SVC → KUBE-SEP chains), the target being the last service.
+#  7. Service update latency: a service without endpoints gets one; time until the first
+#     connection succeeds — Moat (manifest change) vs iptables-restore of the same rules.
 #
 # Everything lives in namespaces this script creates and removes.
 set -euo pipefail
@@ -183,3 +189,103 @@ echo "== 4. per-packet cost of from_container (BPF_PROG_TEST_RUN)"
 echo
 echo "== 5. policy compile: 10,000 policies over 1,000 pods, then one changed policy"
 "$B/moat-policy-compile" | sed 's/^/  /'
+
+# ---------------------------------------------------------------- 6. services at scale
+SVC_PORT=7100
+vip_of() { echo "10.112.$(($1 / 250)).$(($1 % 250 + 1))"; }
+gen_services() { # N file [selector-of-the-last]
+  local n=$1 last_sel=${3:-server}
+  {
+    for i in $(seq 1 "$n"); do
+      sel=server; [ "$i" -eq "$n" ] && sel=$last_sel
+      printf 'apiVersion: v1\nkind: Service\nmetadata: {name: svc-%d, namespace: bench}\nspec:\n  clusterIP: %s\n  selector: {app: %s}\n  ports: [{port: %d, targetPort: %d}]\n---\n' \
+        "$i" "$(vip_of "$i")" "$sel" $SVC_PORT $SVC_PORT
+    done
+  } >"$2"
+}
+gen_iptables() { # N file [no-endpoint-for-the-last]
+  local n=$1 empty=${3:-}
+  {
+    echo '*nat'
+    echo ':PREROUTING ACCEPT [0:0]'; echo ':INPUT ACCEPT [0:0]'; echo ':OUTPUT ACCEPT [0:0]'; echo ':POSTROUTING ACCEPT [0:0]'
+    echo ':KUBE-SERVICES - [0:0]'; echo ':KUBE-MARK-MASQ - [0:0]'; echo ':KUBE-POSTROUTING - [0:0]'
+    for i in $(seq 1 "$n"); do printf ':KUBE-SVC-%016d - [0:0]\n:KUBE-SEP-%016d - [0:0]\n' "$i" "$i"; done
+    echo '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES'
+    echo '-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES'
+    echo '-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING'
+    echo '-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000'
+    echo '-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN'
+    echo '-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0'
+    echo '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE'
+    for i in $(seq 1 "$n"); do
+      [ -n "$empty" ] && [ "$i" -eq "$n" ] && continue
+      printf -- '-A KUBE-SERVICES -d %s/32 -p tcp -m comment --comment "bench/svc-%d cluster IP" -m tcp --dport %d -j KUBE-SVC-%016d\n' "$(vip_of "$i")" "$i" $SVC_PORT "$i"
+      printf -- '-A KUBE-SVC-%016d -m comment --comment "bench/svc-%d -> %s:%d" -j KUBE-SEP-%016d\n' "$i" "$i" "$PB" $SVC_PORT "$i"
+      printf -- '-A KUBE-SEP-%016d -s %s/32 -m comment --comment "bench/svc-%d" -j KUBE-MARK-MASQ\n' "$i" "$PB" "$i"
+      printf -- '-A KUBE-SEP-%016d -p tcp -m comment --comment "bench/svc-%d" -m tcp -j DNAT --to-destination %s:%d\n' "$i" "$i" "$PB" $SVC_PORT
+    done
+    echo 'COMMIT'
+    echo '*filter'
+    echo ':INPUT ACCEPT [0:0]'; echo ':FORWARD ACCEPT [0:0]'; echo ':OUTPUT ACCEPT [0:0]'; echo ':KUBE-SERVICES - [0:0]'
+    echo '-A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES'
+    echo '-A OUTPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES'
+    if [ -n "$empty" ]; then
+      printf -- '-A KUBE-SERVICES -d %s/32 -p tcp -m comment --comment "bench/svc-%d has no endpoints" -m tcp --dport %d -j REJECT --reject-with icmp-port-unreachable\n' "$(vip_of "$n")" "$n" $SVC_PORT
+    fi
+    echo 'COMMIT'
+  } >"$2"
+}
+pods_manifest() {
+  printf 'apiVersion: v1\nkind: Namespace\nmetadata: {name: bench}\n---\n'
+  printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: bench, labels: {app: client}}\nspec: {containers: [{name: c}]}\n---\n'
+  printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: bench, labels: {app: server}}\nspec: {containers: [{name: c}]}\n---\n'
+}
+service_count() { "$B/moatctl" --socket "$SOCK" -o json services | json '.__len__()'; }
+wait_services() { # N
+  for _ in $(seq 600); do [ "$(service_count)" = "$1" ] && return 0; sleep 0.1; done
+  echo "agent did not apply $1 services" >&2; return 1
+}
+rm -f "$RUN/state/policies.yaml"
+pods_manifest >"$RUN/state/pods.yaml"
+CONN_SECONDS=${CONN_SECONDS:-3}
+echo
+echo "== 6. connections to a ClusterIP with N services loaded (target: the last service; ${CONN_SECONDS}s each)"
+printf '  %-8s %-10s %12s %14s %12s\n' "services" "" "conn/s" "RR mean (us)" "RR p99 (us)"
+declare -A M_RATE I_RATE
+for n in 1 1000 10000; do
+  gen_services "$n" "$RUN/state/services.yaml"; wait_services "$n"
+  t=$(vip_of "$n")
+  r=$(nsenter --net=/run/netns/$ID-ma "$B/moat-connrate" rate "$t" $SVC_PORT "$CONN_SECONDS" | json '["conns_per_sec"]')
+  rr=$(nsenter --net=/run/netns/$ID-ma "$B/moat-rr" client "$t" $SVC_PORT "$RR_COUNT")
+  M_RATE[$n]=$r
+  printf '  %-8s %-10s %12s %14s %12s\n' "$n" moat "$r" "$(echo "$rr" | json '["mean_us"]')" "$(echo "$rr" | json '["p99_us"]')"
+  gen_iptables "$n" "$RUN/ipt.rules"; ip netns exec $ID-plain iptables-restore <"$RUN/ipt.rules"
+  r=$(nsenter --net=/run/netns/$ID-pa "$B/moat-connrate" rate "$t" $SVC_PORT "$CONN_SECONDS" | json '["conns_per_sec"]')
+  rr=$(nsenter --net=/run/netns/$ID-pa "$B/moat-rr" client "$t" $SVC_PORT "$RR_COUNT")
+  I_RATE[$n]=$r
+  printf '  %-8s %-10s %12s %14s %12s\n' "$n" iptables "$r" "$(echo "$rr" | json '["mean_us"]')" "$(echo "$rr" | json '["p99_us"]')"
+done
+printf '  moat at 10,000 / moat at 1: %s (goal >= 0.95);  moat / iptables at 10,000: %s (goal >= 3)\n' \
+  "$(ratio "${M_RATE[10000]}" "${M_RATE[1]}")" "$(ratio "${M_RATE[10000]}" "${I_RATE[10000]}")"
+
+# ---------------------------------------------------------------- 7. update latency
+echo
+echo "== 7. service update latency with 1,000 services: a service without endpoints gets one"
+gen_services 1000 "$RUN/state/services.yaml" nobody; wait_services 1000
+sleep 1
+t=$(vip_of 1000)
+nsenter --net=/run/netns/$ID-ma "$B/moat-connrate" wait "$t" $SVC_PORT 10000 >"$RUN/wait-moat" &
+WAITER=$!; sleep 0.05
+gen_services 1000 "$RUN/state/services.yaml"
+wait $WAITER || true
+gen_iptables 1000 "$RUN/ipt.rules" empty; ip netns exec $ID-plain iptables-restore <"$RUN/ipt.rules"
+gen_iptables 1000 "$RUN/ipt-new.rules"
+nsenter --net=/run/netns/$ID-pa "$B/moat-connrate" wait "$t" $SVC_PORT 10000 >"$RUN/wait-ipt" &
+WAITER=$!; sleep 0.05
+ip netns exec $ID-plain iptables-restore <"$RUN/ipt-new.rules"
+wait $WAITER || true
+# The waiters start 50 ms before the change; subtract that head start.
+mw=$(python3 -c "import json; print(round(json.load(open('$RUN/wait-moat'))['ms'] - 50, 1))")
+iw=$(python3 -c "import json; print(round(json.load(open('$RUN/wait-ipt'))['ms'] - 50, 1))")
+printf '  moat (manifest change → socket LB maps): %s ms;  iptables-restore of the same rules: %s ms;  ratio %s\n' \
+  "$mw" "$iw" "$(ratio "$mw" "$iw")"
