@@ -57,14 +57,14 @@ pub fn emit(m: &Meta, verdict: u8, reason: u32) {
     slot.submit(0);
 }
 
-/// Events for allowed new flows, at most `per_sec` per second on each CPU.
+/// One event of the per-CPU budget of `per_sec` per second (allowed flows, translations).
 #[inline(always)]
-pub fn emit_allowed(m: &Meta, per_sec: u32, now: u64) {
+fn take_token(per_sec: u32, now: u64) -> bool {
     if per_sec == 0 {
-        return;
+        return false;
     }
     let Some(rate) = EVENT_RATE.get_ptr_mut(0) else {
-        return;
+        return false;
     };
     // SAFETY: per-CPU slot, no concurrent writer on this CPU.
     let r = unsafe { &mut *rate };
@@ -73,16 +73,27 @@ pub fn emit_allowed(m: &Meta, per_sec: u32, now: u64) {
         r[1] = 0;
     }
     if r[1] >= u64::from(per_sec) {
-        return;
+        return false;
     }
     r[1] += 1;
-    emit(m, verdict::FORWARDED, 0);
+    true
+}
+
+/// Events for allowed new flows, at most `per_sec` per second on each CPU.
+#[inline(always)]
+pub fn emit_allowed(m: &Meta, per_sec: u32, now: u64) {
+    if take_token(per_sec, now) {
+        emit(m, verdict::FORWARDED, 0);
+    }
 }
 
 /// A service translation: `ev` names the backend as destination and the frontend in
-/// `orig_*`.
+/// `orig_*`. Rate-limited like allowed-flow events (one per new connection otherwise).
 #[inline(always)]
 pub fn emit_translation(ev: &FlowEvent) {
+    if !take_token(crate::maps::config().flow_events_per_sec, ev.ts) {
+        return;
+    }
     match EVENTS.reserve::<FlowEvent>(0) {
         Some(mut slot) => {
             slot.write(*ev);

@@ -238,10 +238,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(rb) = events {
         tokio::spawn(flows::run(rb, node.clone(), flows.clone()));
     }
-    // The state source is polled: changes apply within a fraction of a second.
+    // The state source is polled (a change is read once stable for one poll): changes
+    // apply within a few hundred milliseconds.
     let watched = node.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
         loop {
             tick.tick().await;
             let node = watched.clone();
