@@ -416,3 +416,53 @@ fn service_changes_apply_quickly_without_breaking_other_connections() {
         "the established connection is untouched"
     );
 }
+
+/// externalIPs and LoadBalancer ingress IPs are served like NodePorts (XDP), and
+/// `externalTrafficPolicy: Local` sends outside clients only to this node's endpoints.
+#[test]
+fn external_ips_load_balancer_ips_and_external_traffic_policy_local() {
+    let s = setup("");
+    let ext = s.node.ext_ns.as_ref().expect("ext netns");
+    let (eip, lbip) = (Ipv4Addr::new(192, 0, 2, 10), Ipv4Addr::new(203, 0, 113, 10));
+    for ip in [eip, lbip] {
+        moat_netns_tests::ip(
+            Some(&ext.name),
+            &["route", "add", &format!("{ip}/32"), "via", &s.node.node_ip.to_string()],
+        );
+    }
+    let manifest = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: edge, namespace: shop}}\nspec:\n  type: LoadBalancer\n  clusterIP: {vip}\n  externalIPs: [{eip}]\n  externalTrafficPolicy: Local\n  ports: [{{name: http, port: 80, nodePort: 30090}}]\nstatus:\n  loadBalancer:\n    ingress: [{{ip: {lbip}}}]\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: edge-1\n  namespace: shop\n  labels: {{kubernetes.io/service-name: edge}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n\
+         - {{addresses: [{w1}], nodeName: {node}}}\n- {{addresses: [{remote}], nodeName: elsewhere}}\n",
+        vip = vip(13),
+        w1 = s.web[0].ip,
+        node = s.node.id,
+        remote = Ipv4Addr::new(10, 203, 0, 1),
+    );
+    s.node.apply_manifests(&[("edge.yaml", Some(&manifest))]);
+    for (ip, port) in [(eip, 80), (lbip, 80), (s.node.node_ip, 30090)] {
+        for _ in 0..10 {
+            assert_eq!(
+                tcp_read(&ext.path(), ip, port).unwrap_or_else(|e| panic!("{ip}:{port}: {e}")),
+                "w1",
+                "external traffic stays on the local endpoint ({ip}:{port})"
+            );
+        }
+    }
+    // Inside the cluster (ClusterIP, internalTrafficPolicy Cluster) both endpoints count.
+    let svcs: Value = serde_json::from_str(&s.node.moatctl(&["-o", "json", "services"])).unwrap();
+    let edge = svcs.as_array().unwrap().iter().find(|v| v["name"] == "edge").unwrap();
+    let eligible = |scope: &str| -> Vec<u64> {
+        edge["frontends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["scope"] == scope)
+            .map(|f| f["eligible"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(eligible("ClusterIP"), vec![2]);
+    assert_eq!(eligible("ExternalIP"), vec![1]);
+    assert_eq!(eligible("LoadBalancer"), vec![1]);
+    assert_eq!(eligible("NodePort"), vec![1]);
+}
