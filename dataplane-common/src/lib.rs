@@ -84,6 +84,9 @@ pub mod metric {
     pub const NODEPORT_REVERSED: u32 = 13;
     /// External frontend without a backend: left to the stack, which answers RST/ICMP.
     pub const NODEPORT_NO_BACKEND: u32 = 14;
+    /// Packets to a service address translated per packet in `from_container` (the
+    /// socket load balancer is off or was bypassed).
+    pub const TC_LB_TRANSLATED: u32 = 15;
     /// Number of slots in the counter array.
     pub const SLOTS: u32 = 256;
 }
@@ -113,6 +116,7 @@ pub fn metric_name(slot: u32) -> Option<&'static str> {
         metric::NODEPORT_TRANSLATED => "nodeport_translated",
         metric::NODEPORT_REVERSED => "nodeport_reversed",
         metric::NODEPORT_NO_BACKEND => "nodeport_no_backend_rejected",
+        metric::TC_LB_TRANSLATED => "tc_lb_translated",
         _ => return None,
     })
 }

@@ -256,3 +256,134 @@ pub fn reverse(ctx: &aya_ebpf::programs::TcContext, m: &crate::events::Meta) -> 
     count(metric::NODEPORT_REVERSED);
     Ok(Some(v.ifindex))
 }
+
+/// In `from_container`: a packet to a service frontend (the socket load balancer did not
+/// translate its socket) gets a backend — the flow's own if it has one, else a random
+/// eligible one — and its destination rewritten; the reply is translated back by
+/// `reverse`. A frontend without backends is left to the stack (no route or no
+/// listener: the client gets an error, not silence).
+#[inline(always)]
+pub fn service_dnat(ctx: &aya_ebpf::programs::TcContext, m: &mut crate::events::Meta) -> Result<(), u32> {
+    use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR};
+    if m.proto != IPPROTO_TCP && m.proto != IPPROTO_UDP {
+        return Ok(());
+    }
+    let key = ServiceKey {
+        addr: m.daddr,
+        port: m.dport,
+        proto: m.proto,
+        _pad: 0,
+        slot: 0,
+        _pad2: 0,
+    };
+    // SAFETY: copied out at once.
+    let Some(master) = (unsafe { SERVICES.get(&key) }).copied() else {
+        return Ok(());
+    };
+    let fwd_key = NatKey {
+        saddr: m.saddr,
+        daddr: m.daddr,
+        sport: m.sport,
+        dport: m.dport,
+        proto: m.proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: copied out at once.
+    let mut backend_id = unsafe { NAT_FWD.get(&fwd_key) }.map_or(0, |v| v.backend_id);
+    // SAFETY: copied out at once.
+    let mut be = unsafe { BACKENDS.get(&backend_id) }.copied();
+    let fresh = be.is_none();
+    if fresh {
+        if master.count == 0 {
+            count(metric::NODEPORT_NO_BACKEND);
+            return Ok(());
+        }
+        // SAFETY: plain helper call.
+        let slot = (unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() } % u32::from(master.count)) as u16 + 1;
+        // SAFETY: copied out at once.
+        backend_id = match unsafe { SERVICES.get(&ServiceKey { slot, ..key }) } {
+            Some(v) => v.backend_id,
+            None => return Ok(()),
+        };
+        // SAFETY: copied out at once.
+        be = unsafe { BACKENDS.get(&backend_id) }.copied();
+    }
+    let Some(be) = be else { return Ok(()) };
+    if fresh {
+        let _ = NAT_FWD.insert(
+            &fwd_key,
+            &NatValue {
+                addr: be.addr,
+                port: be.port,
+                _pad: 0,
+                backend_id,
+                ifindex: 0,
+            },
+            0,
+        );
+        let _ = NAT_REV.insert(
+            &NatKey {
+                saddr: be.addr,
+                daddr: m.saddr,
+                sport: be.port,
+                dport: m.sport,
+                proto: m.proto,
+                _pad: [0; 3],
+            },
+            &NatValue {
+                addr: m.daddr,
+                port: m.dport,
+                _pad: 0,
+                backend_id,
+                ifindex: 0,
+            },
+            0,
+        );
+    }
+    let ihl: u8 = ctx.load(ETH_HLEN).map_err(|_| metric::DROP_INVALID)?;
+    if ihl != 0x45 {
+        return Ok(());
+    }
+    let l4 = ETH_HLEN + 20;
+    let csum_off = if m.proto == IPPROTO_TCP { l4 + 16 } else { l4 + 6 };
+    let mangled0 = if m.proto == IPPROTO_UDP {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        0
+    };
+    ctx.l4_csum_replace(
+        csum_off,
+        u64::from(m.daddr),
+        u64::from(be.addr),
+        u64::from(BPF_F_PSEUDO_HDR) | mangled0 | 4,
+    )
+    .map_err(|_| metric::DROP_WRITE_ERROR)?;
+    ctx.l4_csum_replace(csum_off, u64::from(m.dport), u64::from(be.port), mangled0 | 2)
+        .map_err(|_| metric::DROP_WRITE_ERROR)?;
+    ctx.l3_csum_replace(ETH_HLEN + 10, u64::from(m.daddr), u64::from(be.addr), 4)
+        .map_err(|_| metric::DROP_WRITE_ERROR)?;
+    ctx.store(ETH_HLEN + 16, &be.addr, 0)
+        .map_err(|_| metric::DROP_WRITE_ERROR)?;
+    ctx.store(l4 + 2, &be.port, 0).map_err(|_| metric::DROP_WRITE_ERROR)?;
+    if fresh {
+        crate::events::emit_translation(&FlowEvent {
+            // SAFETY: plain helper call.
+            ts: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
+            saddr: m.saddr,
+            daddr: be.addr,
+            sport: m.sport,
+            dport: be.port,
+            proto: m.proto,
+            verdict: verdict::TRANSLATED,
+            hook: hook::FROM_CONTAINER,
+            ifindex: m.ifindex,
+            orig_daddr: m.daddr,
+            orig_dport: m.dport,
+            ..FlowEvent::default()
+        });
+    }
+    m.daddr = be.addr;
+    m.dport = be.port;
+    count(metric::TC_LB_TRANSLATED);
+    Ok(())
+}

@@ -80,13 +80,17 @@ fn try_from_container(ctx: &TcContext, m: &mut Meta) -> Result<i32, u32> {
         _ => return Err(metric::DROP_INVALID_SIP),
     }
 
+    // A service address the socket load balancer did not translate (it is off, or the
+    // socket bypassed it): per-packet DNAT to a backend, before policy sees the flow.
+    crate::nodeport::service_dnat(ctx, m)?;
+
     // SAFETY: the map value is only read; copied out before any map update.
     let dst = unsafe { ENDPOINTS.get(&m.daddr) }.map(|d| (d.ifindex, d.pod_mac, d.host_mac));
     track(m, true, dst.is_some(), IDENTITY_INIT)?;
-    // A reply to a NodePort client: the frontend becomes the source again, and the
-    // packet leaves through the device the request came in on.
-    if dst.is_none() {
-        if let Some(ifindex) = crate::nodeport::reverse(ctx, m)? {
+    // A reply of a translated flow: the frontend becomes the source again. A NodePort
+    // client's reply leaves through the device the request came in on.
+    if let Some(ifindex) = crate::nodeport::reverse(ctx, m)? {
+        if ifindex != 0 && dst.is_none() {
             count(metric::FWD_STACK);
             // SAFETY: plain helper call; no neighbour parameters (the kernel resolves).
             return Ok(unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) } as i32);

@@ -113,8 +113,8 @@ struct RunArgs {
     /// ClusterIPs for Services that do not name one.
     #[arg(long, default_value = "10.96.0.0/16")]
     service_cidr: String,
-    /// Socket load balancing (translate service addresses at connect/sendmsg). Turning it
-    /// off removes service translation (per-packet DNAT is not implemented yet).
+    /// Socket load balancing (translate service addresses once per connect/sendmsg). Off:
+    /// services are translated per packet in the pod programs instead.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     socket_lb: bool,
     /// cgroup v2 directory the socket load balancer attaches to (default: the cgroup2 mount).

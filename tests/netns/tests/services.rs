@@ -466,3 +466,50 @@ fn external_ips_load_balancer_ips_and_external_traffic_policy_local() {
     assert_eq!(eligible("LoadBalancer"), vec![1]);
     assert_eq!(eligible("NodePort"), vec![1]);
 }
+
+/// With the socket load balancer switched off, services still work: `from_container`
+/// translates per packet (DNAT) and replies are translated back.
+#[test]
+fn per_packet_dnat_when_the_socket_load_balancer_is_off() {
+    require_root();
+    let node = Node::start_with(NodeOpts {
+        manifests: vec![
+            ("pods.yaml", pods(&[("w1", "web"), ("w2", "web"), ("client", "client")])),
+            (
+                "services.yaml",
+                service("web", vip(14), "") + &service("empty", vip(15), "").replace("app: web", "app: nobody"),
+            ),
+        ],
+        agent_args: vec!["--socket-lb=false"],
+        ..NodeOpts::default()
+    });
+    let client = node.add_pod("shop", "client");
+    let mut servers = Vec::new();
+    for name in ["w1", "w2"] {
+        let p = node.add_pod("shop", name);
+        servers.push(NameServer::start(&p.path(), 8080, name));
+        servers.push(NameServer::start(&p.path(), 5353, name));
+    }
+    let mut hits = BTreeMap::new();
+    for _ in 0..30 {
+        let who = tcp_read(&client.path(), vip(14), 80).unwrap_or_else(|e| panic!("TCP via per-packet DNAT: {e}"));
+        *hits.entry(who).or_insert(0) += 1;
+    }
+    assert_eq!(hits.len(), 2, "both backends: {hits:?}");
+    let (who, from) = udp_ask(&client.path(), vip(14), 53).expect("UDP via per-packet DNAT");
+    assert!(who.starts_with('w'));
+    assert_eq!(
+        from,
+        std::net::SocketAddr::from((vip(14), 53)),
+        "the reply comes from the service address"
+    );
+    let st = node.moatctl(&["status"]);
+    assert!(
+        st.contains("tc_lb_translated") && !st.contains("sock_lb_translated"),
+        "{st}"
+    );
+    // No backend: an error comes back quickly instead of silence.
+    let t = Instant::now();
+    assert!(tcp_read(&client.path(), vip(15), 80).is_err());
+    assert!(t.elapsed() < Duration::from_millis(1500), "took {:?}", t.elapsed());
+}
