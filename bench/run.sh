@@ -191,7 +191,13 @@ echo "== 5. policy compile: 10,000 policies over 1,000 pods, then one changed po
 "$B/moat-policy-compile" | sed 's/^/  /'
 
 # ---------------------------------------------------------------- 6. services at scale
-SVC_PORT=7100
+# A single-threaded server answers connections one by one (the client is sequential):
+# no thread per connection, so the figures show the datapath.
+SVC_PORT=7200
+for srv in $ID-mb $ID-pb; do
+  nsenter --net=/run/netns/$srv "$B/moat-connrate" serve $SVC_PORT & PIDS+=($!)
+done
+sleep 0.3
 vip_of() { echo "10.112.$(($1 / 250)).$(($1 % 250 + 1))"; }
 gen_services() { # N file [selector-of-the-last]
   local n=$1 last_sel=${3:-server}

@@ -1,6 +1,9 @@
 //! `moat-connrate`: connection rate to a service (connect, one request, close), and the
 //! time until a service starts answering.
 //!
+//! `moat-connrate serve PORT` answers connections one after the other in a single thread
+//! (echo until the peer closes): the client is sequential too, so no thread is spawned
+//! per connection and the numbers show the datapath, not the scheduler.
 //! `moat-connrate rate IP PORT SECONDS` prints `{"conns_per_sec": …, "errors": …}`;
 //! connections are closed with RST (SO_LINGER 0) so the client does not run out of
 //! ports in TIME_WAIT. `moat-connrate wait IP PORT TIMEOUT_MS` retries connect+request
@@ -16,8 +19,11 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("rate") => rate(addr(2), args[4].parse().expect("SECONDS")),
         Some("wait") => wait(addr(2), args[4].parse().expect("TIMEOUT_MS")),
+        Some("serve") => serve(args[2].parse().expect("PORT")),
         _ => {
-            eprintln!("usage: moat-connrate rate IP PORT SECONDS | moat-connrate wait IP PORT TIMEOUT_MS");
+            eprintln!(
+                "usage: moat-connrate serve PORT | moat-connrate rate IP PORT SECONDS | moat-connrate wait IP PORT TIMEOUT_MS"
+            );
             std::process::exit(2);
         }
     }
@@ -75,4 +81,18 @@ fn wait(to: SocketAddr, timeout_ms: u64) {
     }
     println!("{{\"ms\":null}}");
     std::process::exit(1);
+}
+
+fn serve(port: u16) {
+    let l = std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind");
+    for s in l.incoming().flatten() {
+        let mut s = s;
+        let _ = s.set_nodelay(true);
+        let mut b = [0u8; 64];
+        while let Ok(n) = s.read(&mut b) {
+            if n == 0 || s.write_all(&b[..n]).is_err() {
+                break;
+            }
+        }
+    }
 }
