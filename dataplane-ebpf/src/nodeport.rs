@@ -63,6 +63,50 @@ fn flow_hash(saddr: u32, sport: u16, proto: u8) -> u32 {
     h ^ (h >> 16)
 }
 
+/// The backend a translated flow already has (`NAT_FWD`), if it still exists.
+#[inline(always)]
+fn flow_backend(fwd: &NatKey) -> (u32, Option<moat_dataplane_common::Backend4>) {
+    // SAFETY: copied out at once.
+    let id = unsafe { NAT_FWD.get(fwd) }.map_or(0, |v| v.backend_id);
+    // SAFETY: copied out at once.
+    (id, unsafe { BACKENDS.get(&id) }.copied())
+}
+
+/// Remembers a new translated flow: its backend (forward) and, for the reply, the
+/// frontend to restore and the device to send it out of (0: route normally).
+#[inline(always)]
+fn record_nat(fwd: &NatKey, be: &moat_dataplane_common::Backend4, backend_id: u32, ifindex: u32) {
+    let _ = NAT_FWD.insert(
+        fwd,
+        &NatValue {
+            addr: be.addr,
+            port: be.port,
+            _pad: 0,
+            backend_id,
+            ifindex: 0,
+        },
+        0,
+    );
+    let _ = NAT_REV.insert(
+        &NatKey {
+            saddr: be.addr,
+            daddr: fwd.saddr,
+            sport: be.port,
+            dport: fwd.sport,
+            proto: fwd.proto,
+            _pad: [0; 3],
+        },
+        &NatValue {
+            addr: fwd.daddr,
+            port: fwd.dport,
+            _pad: 0,
+            backend_id,
+            ifindex,
+        },
+        0,
+    );
+}
+
 #[inline(always)]
 fn try_node_ingress(ctx: &XdpContext) -> Option<u32> {
     let eth: *mut EthHdr = ptr(ctx, 0)?;
@@ -111,10 +155,7 @@ fn try_node_ingress(ctx: &XdpContext) -> Option<u32> {
         _pad: [0; 3],
     };
     // An established flow keeps its backend while that backend exists.
-    // SAFETY: copied out at once.
-    let mut backend_id = unsafe { NAT_FWD.get(&fwd_key) }.map_or(0, |v| v.backend_id);
-    // SAFETY: copied out at once.
-    let mut be = unsafe { BACKENDS.get(&backend_id) }.copied();
+    let (mut backend_id, mut be) = flow_backend(&fwd_key);
     let fwd_new = be.is_none();
     if be.is_none() {
         let slot = flow_hash(saddr, sport, proto) % MAGLEV_M;
@@ -131,35 +172,7 @@ fn try_node_ingress(ctx: &XdpContext) -> Option<u32> {
     }
     // (An established flow keeps a terminating backend; Maglev slots only hold active ones.)
     let be = be?;
-    let _ = NAT_FWD.insert(
-        &fwd_key,
-        &NatValue {
-            addr: be.addr,
-            port: be.port,
-            _pad: 0,
-            backend_id,
-            ifindex: 0,
-        },
-        0,
-    );
-    let _ = NAT_REV.insert(
-        &NatKey {
-            saddr: be.addr,
-            daddr: saddr,
-            sport: be.port,
-            dport: sport,
-            proto,
-            _pad: [0; 3],
-        },
-        &NatValue {
-            addr: daddr,
-            port: dport,
-            _pad: 0,
-            backend_id,
-            ifindex: ctx.ingress_ifindex() as u32,
-        },
-        0,
-    );
+    record_nat(&fwd_key, &be, backend_id, ctx.ingress_ifindex() as u32);
     // Rewrite destination address and port, fixing the IP and L4 checksums.
     // SAFETY: bounds checked above; the packet is not moved in XDP.
     unsafe {
@@ -288,10 +301,7 @@ pub fn service_dnat(ctx: &aya_ebpf::programs::TcContext, m: &mut crate::events::
         proto: m.proto,
         _pad: [0; 3],
     };
-    // SAFETY: copied out at once.
-    let mut backend_id = unsafe { NAT_FWD.get(&fwd_key) }.map_or(0, |v| v.backend_id);
-    // SAFETY: copied out at once.
-    let mut be = unsafe { BACKENDS.get(&backend_id) }.copied();
+    let (mut backend_id, mut be) = flow_backend(&fwd_key);
     let fresh = be.is_none();
     if fresh {
         if master.count == 0 {
@@ -310,35 +320,7 @@ pub fn service_dnat(ctx: &aya_ebpf::programs::TcContext, m: &mut crate::events::
     }
     let Some(be) = be else { return Ok(()) };
     if fresh {
-        let _ = NAT_FWD.insert(
-            &fwd_key,
-            &NatValue {
-                addr: be.addr,
-                port: be.port,
-                _pad: 0,
-                backend_id,
-                ifindex: 0,
-            },
-            0,
-        );
-        let _ = NAT_REV.insert(
-            &NatKey {
-                saddr: be.addr,
-                daddr: m.saddr,
-                sport: be.port,
-                dport: m.sport,
-                proto: m.proto,
-                _pad: [0; 3],
-            },
-            &NatValue {
-                addr: m.daddr,
-                port: m.dport,
-                _pad: 0,
-                backend_id,
-                ifindex: 0,
-            },
-            0,
-        );
+        record_nat(&fwd_key, &be, backend_id, 0);
     }
     let ihl: u8 = ctx.load(ETH_HLEN).map_err(|_| metric::DROP_INVALID)?;
     if ihl != 0x45 {

@@ -39,7 +39,13 @@ pub struct LoadBalancer {
     applied_maglev: BTreeMap<u32, Vec<u32>>,
     /// What the last sync resolved (for `moatctl services`).
     pub services: Vec<LbService>,
+    /// The inputs of the last successful sync: an unchanged input needs no work (the
+    /// agent re-syncs periodically for identities; 10,000 services need not follow).
+    last_input: Option<SyncInput>,
 }
+
+/// (state generation, ready endpoints (id, address), node addresses).
+type SyncInput = (u64, Vec<(u32, Ipv4Addr)>, Vec<Ipv4Addr>);
 
 fn fnv(s: &str) -> u32 {
     s.bytes()
@@ -82,6 +88,7 @@ impl LoadBalancer {
             applied_backends,
             applied_maglev: BTreeMap::new(),
             services: Vec::new(),
+            last_input: None,
         })
     }
 
@@ -161,9 +168,19 @@ impl LoadBalancer {
         dp: &mut Datapath,
         endpoints: impl Iterator<Item = &'a EndpointRecord>,
         objects: impl Iterator<Item = &'a Object>,
+        state_generation: u64,
         node_name: &str,
         node_ips: Vec<Ipv4Addr>,
     ) -> anyhow::Result<usize> {
+        let endpoints: Vec<&EndpointRecord> = endpoints.filter(|e| e.state == "ready").collect();
+        let input_key = (
+            state_generation,
+            endpoints.iter().map(|e| (e.id, e.ipv4)).collect::<Vec<_>>(),
+            node_ips.clone(),
+        );
+        if self.last_input.as_ref() == Some(&input_key) {
+            return Ok(0);
+        }
         let objects: Vec<&Object> = objects.collect();
         if self.allocate(&objects) {
             let tmp = self.file.with_extension("json.tmp");
@@ -190,7 +207,7 @@ impl LoadBalancer {
             }
         }
         let mut local = BTreeSet::new();
-        for ep in endpoints.filter(|e| e.state == "ready") {
+        for ep in &endpoints {
             let key = (ep.pod_namespace.clone(), ep.pod_name.clone());
             let manifest = pods.get(&key);
             local.insert(key.clone());
@@ -355,6 +372,7 @@ impl LoadBalancer {
         }
         self.applied_maglev = want_maglev;
         self.applied_services = want_services;
+        self.last_input = Some(input_key);
         self.applied_backends = want_backends;
         if updates > 0 {
             tracing::info!(updates, services = self.services.len(), "services applied");

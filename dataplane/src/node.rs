@@ -188,6 +188,7 @@ impl Node {
                 &mut self.datapath,
                 self.endpoints.values(),
                 self.state.objects(),
+                self.state.generation,
                 &self.cfg.node_name,
                 node_ips,
             )
