@@ -104,7 +104,7 @@ impl StateDir {
         let Some(dir) = self.dir.clone() else {
             return false;
         };
-        let fp = fingerprint(&dir);
+        let fp = fingerprint(&dir, &self.fingerprint);
         if fp == self.fingerprint && self.generation > 0 {
             self.pending = None;
             return false;
@@ -174,20 +174,29 @@ impl StateDir {
     }
 }
 
-fn fingerprint(dir: &Path) -> Fingerprint {
+/// Stats every file; hashes a file's content only when its mtime or length changed, or
+/// when it was modified within the last second (an edit of the same length within one
+/// mtime tick). Steady-state polls of a large directory are then only `stat`s.
+fn fingerprint(dir: &Path, previous: &Fingerprint) -> Fingerprint {
+    let now = SystemTime::now();
     std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| {
             let meta = e.metadata().ok()?;
-            let hash = std::fs::read(e.path()).ok().map_or(0, |b| {
-                // FNV-1a over the bytes: cheap, and enough to see an edit.
-                b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
-                    (h ^ u64::from(*x)).wrapping_mul(0x0100_0000_01b3)
-                })
-            });
-            Some((e.path(), (meta.modified().ok()?, meta.len(), hash)))
+            let (mtime, len) = (meta.modified().ok()?, meta.len());
+            let recent = now.duration_since(mtime).map_or(true, |d| d < std::time::Duration::from_secs(1));
+            let hash = match previous.get(&e.path()) {
+                Some(&(m, l, h)) if m == mtime && l == len && !recent => h,
+                _ => std::fs::read(e.path()).ok().map_or(0, |b| {
+                    // FNV-1a over the bytes: cheap, and enough to see an edit.
+                    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
+                        (h ^ u64::from(*x)).wrapping_mul(0x0100_0000_01b3)
+                    })
+                }),
+            };
+            Some((e.path(), (mtime, len, hash)))
         })
         .collect()
 }
