@@ -186,7 +186,9 @@ fn fingerprint(dir: &Path, previous: &Fingerprint) -> Fingerprint {
         .filter_map(|e| {
             let meta = e.metadata().ok()?;
             let (mtime, len) = (meta.modified().ok()?, meta.len());
-            let recent = now.duration_since(mtime).map_or(true, |d| d < std::time::Duration::from_secs(1));
+            let recent = now
+                .duration_since(mtime)
+                .map_or(true, |d| d < std::time::Duration::from_secs(1));
             let hash = match previous.get(&e.path()) {
                 Some(&(m, l, h)) if m == mtime && l == len && !recent => h,
                 _ => std::fs::read(e.path()).ok().map_or(0, |b| {
