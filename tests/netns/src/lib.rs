@@ -21,6 +21,12 @@ use serde_json::{json, Value};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// Locks a harness mutex even if a panicking test poisoned it: cleanup in `Drop` must
+/// still run (a second panic there would abort and leave namespaces and pins behind).
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A name unique to this process and call: `mt<pid>x<n>`.
 #[must_use]
 pub fn unique(tag: &str) -> String {
@@ -307,19 +313,16 @@ impl Node {
             .stderr(log)
             .spawn()
             .expect("spawning moat-agent");
-        *self.agent.lock().unwrap() = Some(child);
+        *locked(&self.agent) = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
                 return;
             }
-            if let Some(status) = self
-                .agent
-                .lock()
-                .unwrap()
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            // Take the status before panicking: the guard must not be held (and the
+            // mutex poisoned) while the test unwinds into `Drop`.
+            let exited = locked(&self.agent).as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
                 panic!("moat-agent exited with {status}: {}", self.agent_log());
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -333,7 +336,8 @@ impl Node {
 
     /// Stops the agent we started (SIGTERM to its pid) and waits for it.
     pub fn stop_agent(&self) {
-        if let Some(mut child) = self.agent.lock().unwrap().take() {
+        let child = locked(&self.agent).take();
+        if let Some(mut child) = child {
             // SAFETY: signalling a child we spawned and have not reaped.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -418,7 +422,7 @@ impl Node {
     pub fn add_pod(&self, namespace: &str, name: &str) -> Pod {
         let netns = format!("{}-{namespace}-{name}", self.id);
         sh(Command::new("ip").args(["netns", "add", &netns]));
-        self.pod_netns.lock().unwrap().push(netns.clone());
+        locked(&self.pod_netns).push(netns.clone());
         let container_id = format!("{}-{namespace}-{name}", self.id);
         let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};K8S_POD_UID=uid-{name}");
         let path = netns_path(&netns);
@@ -453,7 +457,7 @@ impl Node {
     /// Deletes a pod netns now (as a runtime does after DEL).
     pub fn remove_pod_netns(&self, pod: &Pod) {
         let _ = Command::new("ip").args(["netns", "del", &pod.netns]).status();
-        self.pod_netns.lock().unwrap().retain(|n| n != &pod.netns);
+        locked(&self.pod_netns).retain(|n| n != &pod.netns);
     }
 
     /// The agent's `--state-dir`.
@@ -548,7 +552,7 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.stop_agent();
-        for ns in self.pod_netns.lock().unwrap().drain(..) {
+        for ns in locked(&self.pod_netns).drain(..) {
             let _ = Command::new("ip").args(["netns", "del", &ns]).status();
         }
         if self.node_ns.is_none() {
