@@ -218,13 +218,54 @@ fn try_node_ingress(ctx: &XdpContext) -> Option<u32> {
     Some(xdp_action::XDP_PASS)
 }
 
+/// Rewrites one address (at `ip_off` in the IPv4 header) and one port (at `l4_off` in
+/// the TCP/UDP header) of an option-less IPv4 packet, fixing the IP and L4 checksums.
+/// Returns false (nothing changed) for a header with options.
+#[inline(always)]
+fn rewrite(
+    ctx: &aya_ebpf::programs::TcContext,
+    proto: u8,
+    ip_off: usize,
+    l4_off: usize,
+    addr: (u32, u32),
+    port: (u16, u16),
+) -> Result<bool, u32> {
+    use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR};
+    let ihl: u8 = ctx.load(ETH_HLEN).map_err(|_| metric::DROP_INVALID)?;
+    if ihl != 0x45 {
+        return Ok(false);
+    }
+    let l4 = ETH_HLEN + 20;
+    let csum_off = if proto == IPPROTO_TCP { l4 + 16 } else { l4 + 6 };
+    // A zero UDP checksum means "none" and must stay zero.
+    let mangled0 = if proto == IPPROTO_UDP {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        0
+    };
+    let err = |_| metric::DROP_WRITE_ERROR;
+    ctx.l4_csum_replace(
+        csum_off,
+        u64::from(addr.0),
+        u64::from(addr.1),
+        u64::from(BPF_F_PSEUDO_HDR) | mangled0 | 4,
+    )
+    .map_err(err)?;
+    ctx.l4_csum_replace(csum_off, u64::from(port.0), u64::from(port.1), mangled0 | 2)
+        .map_err(err)?;
+    ctx.l3_csum_replace(ETH_HLEN + 10, u64::from(addr.0), u64::from(addr.1), 4)
+        .map_err(err)?;
+    ctx.store(ETH_HLEN + ip_off, &addr.1, 0).map_err(err)?;
+    ctx.store(l4 + l4_off, &port.1, 0).map_err(err)?;
+    Ok(true)
+}
+
 /// In `from_container`: a reply of a translated NodePort flow gets the frontend back as
 /// its source address and port. Returns the device the request came in on: the reply
 /// is sent straight out of it (`bpf_redirect_neigh`), because the stack would drop a
 /// forwarded packet whose source is one of its own addresses.
 #[inline(always)]
 pub fn reverse(ctx: &aya_ebpf::programs::TcContext, m: &crate::events::Meta) -> Result<Option<u32>, u32> {
-    use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR};
     if m.proto != IPPROTO_TCP && m.proto != IPPROTO_UDP {
         return Ok(None);
     }
@@ -240,32 +281,10 @@ pub fn reverse(ctx: &aya_ebpf::programs::TcContext, m: &crate::events::Meta) -> 
     let Some(v) = (unsafe { NAT_REV.get(&key) }).copied() else {
         return Ok(None);
     };
-    let ihl: u8 = ctx.load(ETH_HLEN).map_err(|_| metric::DROP_INVALID)?;
-    if ihl != 0x45 {
+    // Source address and port (at IP offset 12, L4 offset 0) become the frontend's.
+    if !rewrite(ctx, m.proto, 12, 0, (m.saddr, v.addr), (m.sport, v.port))? {
         return Ok(None);
     }
-    let l4 = ETH_HLEN + 20;
-    let csum_off = if m.proto == IPPROTO_TCP { l4 + 16 } else { l4 + 6 };
-    let pseudo = u64::from(BPF_F_PSEUDO_HDR)
-        | if m.proto == IPPROTO_UDP {
-            u64::from(BPF_F_MARK_MANGLED_0)
-        } else {
-            0
-        };
-    let mangled0 = if m.proto == IPPROTO_UDP {
-        u64::from(BPF_F_MARK_MANGLED_0)
-    } else {
-        0
-    };
-    ctx.l4_csum_replace(csum_off, u64::from(m.saddr), u64::from(v.addr), pseudo | 4)
-        .map_err(|_| metric::DROP_WRITE_ERROR)?;
-    ctx.l4_csum_replace(csum_off, u64::from(m.sport), u64::from(v.port), mangled0 | 2)
-        .map_err(|_| metric::DROP_WRITE_ERROR)?;
-    ctx.l3_csum_replace(ETH_HLEN + 10, u64::from(m.saddr), u64::from(v.addr), 4)
-        .map_err(|_| metric::DROP_WRITE_ERROR)?;
-    ctx.store(ETH_HLEN + 12, &v.addr, 0)
-        .map_err(|_| metric::DROP_WRITE_ERROR)?;
-    ctx.store(l4, &v.port, 0).map_err(|_| metric::DROP_WRITE_ERROR)?;
     count(metric::NODEPORT_REVERSED);
     Ok(Some(v.ifindex))
 }
@@ -277,7 +296,6 @@ pub fn reverse(ctx: &aya_ebpf::programs::TcContext, m: &crate::events::Meta) -> 
 /// listener: the client gets an error, not silence).
 #[inline(always)]
 pub fn service_dnat(ctx: &aya_ebpf::programs::TcContext, m: &mut crate::events::Meta) -> Result<(), u32> {
-    use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR};
     if m.proto != IPPROTO_TCP && m.proto != IPPROTO_UDP {
         return Ok(());
     }
@@ -322,31 +340,10 @@ pub fn service_dnat(ctx: &aya_ebpf::programs::TcContext, m: &mut crate::events::
     if fresh {
         record_nat(&fwd_key, &be, backend_id, 0);
     }
-    let ihl: u8 = ctx.load(ETH_HLEN).map_err(|_| metric::DROP_INVALID)?;
-    if ihl != 0x45 {
+    // Destination address and port (at IP offset 16, L4 offset 2) become the backend's.
+    if !rewrite(ctx, m.proto, 16, 2, (m.daddr, be.addr), (m.dport, be.port))? {
         return Ok(());
     }
-    let l4 = ETH_HLEN + 20;
-    let csum_off = if m.proto == IPPROTO_TCP { l4 + 16 } else { l4 + 6 };
-    let mangled0 = if m.proto == IPPROTO_UDP {
-        u64::from(BPF_F_MARK_MANGLED_0)
-    } else {
-        0
-    };
-    ctx.l4_csum_replace(
-        csum_off,
-        u64::from(m.daddr),
-        u64::from(be.addr),
-        u64::from(BPF_F_PSEUDO_HDR) | mangled0 | 4,
-    )
-    .map_err(|_| metric::DROP_WRITE_ERROR)?;
-    ctx.l4_csum_replace(csum_off, u64::from(m.dport), u64::from(be.port), mangled0 | 2)
-        .map_err(|_| metric::DROP_WRITE_ERROR)?;
-    ctx.l3_csum_replace(ETH_HLEN + 10, u64::from(m.daddr), u64::from(be.addr), 4)
-        .map_err(|_| metric::DROP_WRITE_ERROR)?;
-    ctx.store(ETH_HLEN + 16, &be.addr, 0)
-        .map_err(|_| metric::DROP_WRITE_ERROR)?;
-    ctx.store(l4 + 2, &be.port, 0).map_err(|_| metric::DROP_WRITE_ERROR)?;
     if fresh {
         crate::events::emit_translation(&FlowEvent {
             // SAFETY: plain helper call.

@@ -283,12 +283,29 @@ fn pod_relabel_changes_identity_and_policy_follows() {
             .unwrap()
     };
     let before = id_of(&node);
-    node.apply_manifests(&[(
-        "base.yaml",
-        Some(&base().replace("{app: web}", "{app: web, tier: frontend}")),
-    )]);
+    let t = Instant::now();
+    std::fs::write(
+        node.state_dir().join("base.yaml"),
+        base().replace("{app: web}", "{app: web, tier: frontend}"),
+    )
+    .unwrap();
+    // The relabel is in force within a second of the edit (short probes: a dropped SYN
+    // would otherwise wait for TCP's 1 s retransmission).
+    let reachable = || {
+        moat_netns_tests::net::reachability(&[web.path()], &[db.ip], &[(6, 5432)], Duration::from_millis(100))[0][0][0]
+    };
+    while !reachable() {
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "relabel not applied within a second"
+        );
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "relabel applied after {:?}",
+        t.elapsed()
+    );
     assert_ne!(id_of(&node), before, "new labels, new identity");
-    assert_eq!(tcp_echo(&web.path(), db.ip, 5432, b"x").unwrap(), b"x");
 
     // Identities survive a restart: same labels, same numbers.
     let snapshot = node.moatctl(&["-o", "json", "identities"]);
