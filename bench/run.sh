@@ -30,6 +30,8 @@ CYCLES=${CYCLES:-100}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
 ROUNDS=${ROUNDS:-3}
 RR_COUNT=${RR_COUNT:-20000}
+SECTIONS=${SECTIONS:-1234567}  # e.g. SECTIONS=67 runs only the service benchmarks
+want() { [[ $SECTIONS == *$1* ]]; }
 
 ID=moatbench$$
 RUN=/tmp/$ID
@@ -58,8 +60,10 @@ nsenter --net=/run/netns/$ID-moat "$B/moat-agent" --state-dir "$RUN/state" --soc
 PIDS+=($!)
 for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.1; done
 
-echo "== 1. CNI ADD+DEL latency ($CYCLES cycles each, one plugin process per call)"
 printf '{"cniVersion":"1.1.0","name":"moat","type":"moat","socket":"%s"}' "$SOCK" >"$RUN/moat.conf"
+
+if want 1; then
+echo "== 1. CNI ADD+DEL latency ($CYCLES cycles each, one plugin process per call)"
 printf '{"cniVersion":"1.0.0","name":"bridge-bench","type":"bridge","bridge":"cni-bench0","isGateway":true,"ipMasq":false,
   "ipam":{"type":"host-local","dataDir":"%s/hl","ranges":[[{"subnet":"10.97.0.0/16"}]]}}' "$RUN" >"$RUN/bridge.conf"
 mkns $ID-bridge
@@ -70,6 +74,7 @@ bp50=$(echo "$bridge_lat" | json '["p50_ms"]'); bp99=$(echo "$bridge_lat" | json
 printf '  %-22s p50 %7.2f ms   p99 %7.2f ms\n' "moat" "$mp50" "$mp99" "bridge+host-local" "$bp50" "$bp99"
 printf '  ratio moat/bridge:     p50 %s   p99 %s   (< 1 means moat is faster)\n' "$(ratio "$mp50" "$bp50")" "$(ratio "$mp99" "$bp99")"
 
+fi
 # ---------------------------------------------------------------- pods
 # Moat pods, through the real plugin.
 cni_add() { # netns-name container-id pod-name (the netns exists already)
@@ -104,6 +109,7 @@ for srv in $ID-mb $ID-pb; do
 done
 sleep 0.5
 
+if want 2; then
 echo
 echo "== 2. pod-to-pod TCP, same node ($ROUNDS rounds, alternating; medians)"
 m_tp=(); p_tp=(); m_rr=(); p_rr=(); m_p99=(); p_p99=()
@@ -126,7 +132,9 @@ printf '  %-28s %10.2f %14.2f %12.2f\n' "moat (eBPF redirect_peer)" "$(python3 -
 printf '  %-28s %10.2f %14.2f %12.2f\n' "plain veth + routes" "$(python3 -c "print($pt/1e9)")" "$pr" "$p9"
 printf '  ratio moat/plain: throughput %s (> 1 is better), RR mean %s, RR p99 %s (< 1 is better)\n' \
   "$(ratio "$mt" "$pt")" "$(ratio "$mr" "$pr")" "$(ratio "$m9" "$p9")"
+fi
 
+if want 3; then
 # ---------------------------------------------------------------- 3. policy at scale
 # 500 identities: the two bench pods plus 498 pods elsewhere (status.podIP); 1,000
 # policies: 500 isolate the server (app=server) with an allow from some other app on some
@@ -181,21 +189,30 @@ printf '  %-28s %10.2f %14.2f %12.2f\n' "1,000 policies loaded" "$(python3 -c "p
 printf '  %-28s %10.2f %14.2f %12.2f\n' "no policy" "$(python3 -c "print($nt/1e9)")" "$nr" "$n9"
 printf '  ratio loaded/none: throughput %s (goal >= 0.97), RR mean %s, RR p99 %s (goal <= 1.03)\n' \
   "$(ratio "$yt" "$nt")" "$(ratio "$yr" "$nr")" "$(ratio "$y9" "$n9")"
+fi
 
+if want 4; then
 echo
 echo "== 4. per-packet cost of from_container (BPF_PROG_TEST_RUN)"
 "$B/moat-agent" bench-datapath --policies 1000 --identities 500 --packets 20000 | sed 's/^/  /'
+fi
 
+if want 5; then
 echo
 echo "== 5. policy compile: 10,000 policies over 1,000 pods, then one changed policy"
 "$B/moat-policy-compile" | sed 's/^/  /'
+fi
 
 # ---------------------------------------------------------------- 6. services at scale
-# A single-threaded server answers connections one by one (the client is sequential):
-# no thread per connection, so the figures show the datapath.
+# The server answers in CONN_CLIENTS worker threads, each serving one connection at a
+# time (no thread per connection, so the figures show the datapath). The rate is taken
+# twice: one sequential client (latency-bound: each connection waits for the last) and
+# CONN_CLIENTS parallel clients (the node's capacity for new connections: what a busy
+# node's CPU can do, where a longer iptables walk costs CPU that the rest needs).
 SVC_PORT=7200
+CONN_CLIENTS=${CONN_CLIENTS:-4}
 for srv in $ID-mb $ID-pb; do
-  nsenter --net=/run/netns/$srv "$B/moat-connrate" serve $SVC_PORT & PIDS+=($!)
+  nsenter --net=/run/netns/$srv "$B/moat-connrate" serve $SVC_PORT "$CONN_CLIENTS" & PIDS+=($!)
 done
 sleep 0.3
 vip_of() { echo "10.112.$(($1 / 250)).$(($1 % 250 + 1))"; }
@@ -251,28 +268,35 @@ wait_services() { # N
   for _ in $(seq 600); do [ "$(service_count)" = "$1" ] && return 0; sleep 0.1; done
   echo "agent did not apply $1 services" >&2; return 1
 }
+if want 6; then
 rm -f "$RUN/state/policies.yaml"
 pods_manifest >"$RUN/state/pods.yaml"
 CONN_SECONDS=${CONN_SECONDS:-3}
 echo
 echo "== 6. connections to a ClusterIP with N services loaded (target: the last service; ${CONN_SECONDS}s each)"
-printf '  %-8s %-10s %12s %14s %12s\n' "services" "" "conn/s" "RR mean (us)" "RR p99 (us)"
-declare -A M_RATE I_RATE
+printf '  %-8s %-9s %14s %16s %13s %12s\n' "services" "" "conn/s 1 client" "conn/s $CONN_CLIENTS clients" "RR mean (us)" "RR p99 (us)"
+declare -A SEQ PAR
+measure() { # kind client-netns target services
+  local seq par rr
+  seq=$(nsenter --net=/run/netns/$2 "$B/moat-connrate" rate "$3" $SVC_PORT "$CONN_SECONDS" | json '["conns_per_sec"]')
+  par=$(nsenter --net=/run/netns/$2 "$B/moat-connrate" rate "$3" $SVC_PORT "$CONN_SECONDS" "$CONN_CLIENTS" | json '["conns_per_sec"]')
+  rr=$(nsenter --net=/run/netns/$2 "$B/moat-rr" client "$3" $SVC_PORT "$RR_COUNT")
+  SEQ[$1$4]=$seq; PAR[$1$4]=$par
+  printf '  %-8s %-9s %14s %16s %13s %12s\n' "$4" "$1" "$seq" "$par" "$(echo "$rr" | json '["mean_us"]')" "$(echo "$rr" | json '["p99_us"]')"
+}
 for n in 1 1000 10000; do
   gen_services "$n" "$RUN/state/services.yaml"; wait_services "$n"
-  t=$(vip_of "$n")
-  r=$(nsenter --net=/run/netns/$ID-ma "$B/moat-connrate" rate "$t" $SVC_PORT "$CONN_SECONDS" | json '["conns_per_sec"]')
-  rr=$(nsenter --net=/run/netns/$ID-ma "$B/moat-rr" client "$t" $SVC_PORT "$RR_COUNT")
-  M_RATE[$n]=$r
-  printf '  %-8s %-10s %12s %14s %12s\n' "$n" moat "$r" "$(echo "$rr" | json '["mean_us"]')" "$(echo "$rr" | json '["p99_us"]')"
+  measure moat $ID-ma "$(vip_of "$n")" "$n"
   gen_iptables "$n" "$RUN/ipt.rules"; ip netns exec $ID-plain iptables-restore <"$RUN/ipt.rules"
-  r=$(nsenter --net=/run/netns/$ID-pa "$B/moat-connrate" rate "$t" $SVC_PORT "$CONN_SECONDS" | json '["conns_per_sec"]')
-  rr=$(nsenter --net=/run/netns/$ID-pa "$B/moat-rr" client "$t" $SVC_PORT "$RR_COUNT")
-  I_RATE[$n]=$r
-  printf '  %-8s %-10s %12s %14s %12s\n' "$n" iptables "$r" "$(echo "$rr" | json '["mean_us"]')" "$(echo "$rr" | json '["p99_us"]')"
+  measure iptables $ID-pa "$(vip_of "$n")" "$n"
 done
-printf '  moat at 10,000 / moat at 1: %s (goal >= 0.95);  moat / iptables at 10,000: %s (goal >= 3)\n' \
-  "$(ratio "${M_RATE[10000]}" "${M_RATE[1]}")" "$(ratio "${M_RATE[10000]}" "${I_RATE[10000]}")"
+printf '  1 client:  moat at 10,000 / moat at 1: %s (goal >= 0.95);  moat / iptables at 10,000: %s (goal >= 3)\n' \
+  "$(ratio "${SEQ[moat10000]}" "${SEQ[moat1]}")" "$(ratio "${SEQ[moat10000]}" "${SEQ[iptables10000]}")"
+printf '  %s clients: moat at 10,000 / moat at 1: %s (goal >= 0.95);  moat / iptables at 10,000: %s (goal >= 3)\n' "$CONN_CLIENTS" \
+  "$(ratio "${PAR[moat10000]}" "${PAR[moat1]}")" "$(ratio "${PAR[moat10000]}" "${PAR[iptables10000]}")"
+fi
+
+if want 7; then
 
 # ---------------------------------------------------------------- 7. update latency
 echo
@@ -298,3 +322,5 @@ mw=$(python3 -c "import json; print(round(json.load(open('$RUN/wait-moat'))['ms'
 iw=$(python3 -c "import json; print(round(json.load(open('$RUN/wait-ipt'))['ms'] - 50, 1))")
 printf '  moat (manifest change → socket LB maps): %s ms;  iptables-restore of the same rules: %s ms;  ratio %s\n' \
   "$mw" "$iw" "$(ratio "$mw" "$iw")"
+
+fi

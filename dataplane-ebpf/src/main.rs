@@ -17,6 +17,8 @@ mod nodeport;
 mod packet;
 mod pod;
 mod policy;
+mod reject;
+mod select;
 mod sock;
 
 #[cfg(not(test))]

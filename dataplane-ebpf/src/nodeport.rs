@@ -1,8 +1,8 @@
 //! NodePort, externalIPs and LoadBalancer IPs for clients outside the node.
 //!
 //! `node_ingress` (XDP on the node's devices) sees a packet for an external frontend,
-//! picks a backend — the one this flow already has (`NAT_FWD`), else the Maglev table
-//! slot of the flow's hash — rewrites destination address and port (checksums fixed
+//! picks a backend — the one this flow already has (`NAT_FWD`), else the client's
+//! session-affinity backend, else the Maglev table slot of the flow's hash — rewrites destination address and port (checksums fixed
 //! incrementally) and passes it to the stack, which routes it to the backend pod like any
 //! other packet (its ingress policy applies in `to_container`). The reply leaves the pod
 //! through `from_container`, where `reverse` puts the frontend back as the source.
@@ -11,12 +11,11 @@
 //! Remote backends (other nodes) would need SNAT to this node so replies return here;
 //! that path is designed in docs/services.md and arrives with multi-node support.
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use moat_dataplane_common::{
-    hook, metric, svc_flag, verdict, FlowEvent, MaglevKey, NatKey, NatValue, ServiceKey, MAGLEV_M,
-};
+use moat_dataplane_common::{hook, metric, svc_flag, verdict, FlowEvent, NatKey, NatValue, ServiceKey};
 
-use crate::maps::{count, BACKENDS, MAGLEV, NAT_FWD, NAT_REV, SERVICES};
+use crate::maps::{count, BACKENDS, NAT_FWD, NAT_REV, SERVICES};
 use crate::packet::{EthHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP};
+use crate::select;
 
 #[xdp]
 pub fn node_ingress(ctx: XdpContext) -> u32 {
@@ -154,25 +153,23 @@ fn try_node_ingress(ctx: &XdpContext) -> Option<u32> {
         proto,
         _pad: [0; 3],
     };
-    // An established flow keeps its backend while that backend exists.
+    // An established flow keeps its backend while that backend exists; a new one gets
+    // its client's affinity backend, else the Maglev choice.
     let (mut backend_id, mut be) = flow_backend(&fwd_key);
     let fwd_new = be.is_none();
-    if be.is_none() {
-        let slot = flow_hash(saddr, sport, proto) % MAGLEV_M;
-        // SAFETY: copied out at once.
-        backend_id = unsafe {
-            MAGLEV.get(&MaglevKey {
-                svc_id: master.svc_id,
-                slot,
-            })
-        }
-        .copied()?;
+    let aff_key = select::client_address(saddr, &master);
+    if fwd_new {
+        backend_id =
+            select::affine(&aff_key, &master).or_else(|| select::maglev(&master, flow_hash(saddr, sport, proto)))?;
         // SAFETY: copied out at once.
         be = unsafe { BACKENDS.get(&backend_id) }.copied();
     }
     // (An established flow keeps a terminating backend; Maglev slots only hold active ones.)
     let be = be?;
     record_nat(&fwd_key, &be, backend_id, ctx.ingress_ifindex() as u32);
+    if fwd_new {
+        select::remember(&aff_key, &master, backend_id);
+    }
     // Rewrite destination address and port, fixing the IP and L4 checksums.
     // SAFETY: bounds checked above; the packet is not moved in XDP.
     unsafe {
@@ -292,12 +289,12 @@ pub fn reverse(ctx: &aya_ebpf::programs::TcContext, m: &crate::events::Meta) -> 
 /// In `from_container`: a packet to a service frontend (the socket load balancer did not
 /// translate its socket) gets a backend — the flow's own if it has one, else a random
 /// eligible one — and its destination rewritten; the reply is translated back by
-/// `reverse`. A frontend without backends is left to the stack (no route or no
-/// listener: the client gets an error, not silence).
+/// `reverse`. A frontend without backends is `Dnat::NoBackend`: the caller rejects the
+/// packet (the client gets an error, not silence).
 #[inline(always)]
-pub fn service_dnat(ctx: &aya_ebpf::programs::TcContext, m: &mut crate::events::Meta) -> Result<(), u32> {
+pub fn service_dnat(ctx: &aya_ebpf::programs::TcContext, m: &mut crate::events::Meta) -> Result<Dnat, u32> {
     if m.proto != IPPROTO_TCP && m.proto != IPPROTO_UDP {
-        return Ok(());
+        return Ok(Dnat::NotService);
     }
     let key = ServiceKey {
         addr: m.daddr,
@@ -309,7 +306,7 @@ pub fn service_dnat(ctx: &aya_ebpf::programs::TcContext, m: &mut crate::events::
     };
     // SAFETY: copied out at once.
     let Some(master) = (unsafe { SERVICES.get(&key) }).copied() else {
-        return Ok(());
+        return Ok(Dnat::NotService);
     };
     let fwd_key = NatKey {
         saddr: m.saddr,
@@ -321,28 +318,27 @@ pub fn service_dnat(ctx: &aya_ebpf::programs::TcContext, m: &mut crate::events::
     };
     let (mut backend_id, mut be) = flow_backend(&fwd_key);
     let fresh = be.is_none();
+    let aff_key = select::client_address(m.saddr, &master);
     if fresh {
-        if master.count == 0 {
-            count(metric::NODEPORT_NO_BACKEND);
-            return Ok(());
-        }
-        // SAFETY: plain helper call.
-        let slot = (unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() } % u32::from(master.count)) as u16 + 1;
-        // SAFETY: copied out at once.
-        backend_id = match unsafe { SERVICES.get(&ServiceKey { slot, ..key }) } {
-            Some(v) => v.backend_id,
-            None => return Ok(()),
+        let Some(id) = select::affine(&aff_key, &master).or_else(|| select::random(&key, &master)) else {
+            count(metric::DROP_NO_SERVICE_BACKEND);
+            return Ok(Dnat::NoBackend);
         };
+        backend_id = id;
         // SAFETY: copied out at once.
         be = unsafe { BACKENDS.get(&backend_id) }.copied();
     }
-    let Some(be) = be else { return Ok(()) };
+    let Some(be) = be else {
+        count(metric::DROP_NO_SERVICE_BACKEND);
+        return Ok(Dnat::NoBackend);
+    };
     if fresh {
         record_nat(&fwd_key, &be, backend_id, 0);
+        select::remember(&aff_key, &master, backend_id);
     }
     // Destination address and port (at IP offset 16, L4 offset 2) become the backend's.
     if !rewrite(ctx, m.proto, 16, 2, (m.daddr, be.addr), (m.dport, be.port))? {
-        return Ok(());
+        return Ok(Dnat::NotService);
     }
     if fresh {
         crate::events::emit_translation(&FlowEvent {
@@ -364,5 +360,15 @@ pub fn service_dnat(ctx: &aya_ebpf::programs::TcContext, m: &mut crate::events::
     m.daddr = be.addr;
     m.dport = be.port;
     count(metric::TC_LB_TRANSLATED);
-    Ok(())
+    Ok(Dnat::Translated)
+}
+
+/// What `service_dnat` did with a packet.
+pub enum Dnat {
+    /// Not addressed to a service frontend (or not translatable): unchanged.
+    NotService,
+    /// The destination is now the flow's backend.
+    Translated,
+    /// A service frontend with no eligible backend.
+    NoBackend,
 }

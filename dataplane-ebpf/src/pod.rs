@@ -19,6 +19,7 @@ use crate::{
     conntrack::track,
     events::{emit, Meta},
     maps::{count, ENDPOINTS},
+    nodeport::Dnat,
     packet::{parse_ipv4, ptr_at, EthHdr, ETH_HLEN, ETH_P_IP, IPV4_CSUM_OFF, IPV4_TTL_OFF},
     policy::{IDENTITY_INIT, IDENTITY_WORLD},
 };
@@ -81,8 +82,12 @@ fn try_from_container(ctx: &TcContext, m: &mut Meta) -> Result<i32, u32> {
     }
 
     // A service address the socket load balancer did not translate (it is off, or the
-    // socket bypassed it): per-packet DNAT to a backend, before policy sees the flow.
-    crate::nodeport::service_dnat(ctx, m)?;
+    // socket bypassed it): per-packet DNAT to a backend, before policy sees the flow. A
+    // service without backends is answered with ICMP port unreachable.
+    if let Dnat::NoBackend = crate::nodeport::service_dnat(ctx, m)? {
+        emit(m, verdict::DROPPED, metric::DROP_NO_SERVICE_BACKEND);
+        return crate::reject::port_unreachable(ctx, m.ifindex);
+    }
 
     // SAFETY: the map value is only read; copied out before any map update.
     let dst = unsafe { ENDPOINTS.get(&m.daddr) }.map(|d| (d.ifindex, d.pod_mac, d.host_mac));

@@ -5,16 +5,15 @@
 //! and the node itself are covered; packets then carry the backend address, and policy
 //! applies to the backend's identity like to any pod-to-pod flow.
 use aya_ebpf::{
-    helpers::generated::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns},
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
     EbpfContext as _,
 };
-use moat_dataplane_common::{
-    backend_state, hook, metric, verdict, AffinityKey, AffinityValue, FlowEvent, ServiceKey, SockRevKey, SockRevValue,
-};
+use moat_dataplane_common::{hook, metric, verdict, FlowEvent, ServiceKey, SockRevKey, SockRevValue};
 
-use crate::maps::{count, AFFINITY, BACKENDS, SERVICES, SOCK_LB_NETNS, SOCK_REVNAT};
+use crate::maps::{count, BACKENDS, SERVICES, SOCK_LB_NETNS, SOCK_REVNAT};
+use crate::select;
 
 const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
@@ -74,52 +73,17 @@ fn translate(ctx: &SockAddrContext) -> i32 {
     }
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    let aff_key = AffinityKey {
-        client: netns,
-        svc_id: master.svc_id,
-        _pad: 0,
+    let aff_key = select::client_netns(netns, &master);
+    let Some(backend_id) = select::affine(&aff_key, &master).or_else(|| select::random(&master_key, &master)) else {
+        count(metric::DROP_NO_SERVICE_BACKEND);
+        return REJECT;
     };
-    let mut backend_id = 0;
-    if master.affinity_timeout != 0 {
-        // SAFETY: copied out at once.
-        if let Some(a) = unsafe { AFFINITY.get(&aff_key) }.copied() {
-            let fresh = now.wrapping_sub(a.last_used) < u64::from(master.affinity_timeout) * 1_000_000_000;
-            // SAFETY: copied out at once.
-            let active = unsafe { BACKENDS.get(&a.backend_id) }.is_some_and(|b| b.state == backend_state::ACTIVE);
-            if fresh && active {
-                backend_id = a.backend_id;
-            }
-        }
-    }
-    if backend_id == 0 {
-        // SAFETY: plain helper call.
-        let slot = (unsafe { bpf_get_prandom_u32() } % u32::from(master.count)) as u16 + 1;
-        let slot_key = ServiceKey { slot, ..master_key };
-        // SAFETY: copied out at once.
-        match unsafe { SERVICES.get(&slot_key) } {
-            Some(v) => backend_id = v.backend_id,
-            None => {
-                count(metric::DROP_NO_SERVICE_BACKEND);
-                return REJECT;
-            }
-        }
-    }
     // SAFETY: copied out at once.
     let Some(be) = (unsafe { BACKENDS.get(&backend_id) }).copied() else {
         count(metric::DROP_NO_SERVICE_BACKEND);
         return REJECT;
     };
-    if master.affinity_timeout != 0 {
-        let _ = AFFINITY.insert(
-            &aff_key,
-            &AffinityValue {
-                last_used: now,
-                backend_id,
-                _pad: 0,
-            },
-            0,
-        );
-    }
+    select::remember(&aff_key, &master, backend_id);
     if proto == IPPROTO_UDP || be.addr != addr || be.port != port {
         // SAFETY: plain helper call on the hook's context.
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };

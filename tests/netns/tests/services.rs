@@ -301,6 +301,39 @@ fn node_port_from_outside_the_node() {
     );
 }
 
+/// `sessionAffinity: ClientIP` on a NodePort: an outside client's connections (new source
+/// port each time, so Maglev alone would spread them) all reach one backend.
+#[test]
+fn session_affinity_on_a_node_port_from_outside() {
+    let sticky = node_port_service("sticky", vip(16), 30082, "web").replace(
+        "  type: NodePort\n",
+        "  type: NodePort\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 30}}\n",
+    );
+    let s = setup(&(node_port_service("spread", vip(17), 30083, "web") + &sticky));
+    let ext = s.node.ext_ns.as_ref().expect("ext netns").path();
+    let hits = |port: u16| {
+        let mut hits = BTreeMap::new();
+        for _ in 0..30 {
+            let who = tcp_read(&ext, s.node.node_ip, port).unwrap_or_else(|e| panic!("NodePort {port}: {e}"));
+            *hits.entry(who).or_insert(0) += 1;
+        }
+        hits
+    };
+    let spread = hits(30083);
+    assert!(
+        spread.len() >= 2,
+        "without affinity the same client spreads: {spread:?}"
+    );
+    let sticky = hits(30082);
+    assert_eq!(sticky.len(), 1, "with affinity one backend: {sticky:?}");
+    // Each service port keeps its own affinity (as in kube-proxy): the UDP port sticks too.
+    let mut udp = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        udp.insert(udp_ask(&ext, s.node.node_ip, 30082).expect("NodePort UDP").0);
+    }
+    assert_eq!(udp.len(), 1, "UDP with affinity: {udp:?}");
+}
+
 /// A service whose endpoints come from an EndpointSlice: `ready` ones take new
 /// connections, a `terminating` one keeps its open connection but gets no new one, and
 /// `internalTrafficPolicy: Local` keeps traffic on this node's endpoints.
@@ -477,7 +510,10 @@ fn per_packet_dnat_when_the_socket_load_balancer_is_off() {
             ("pods.yaml", pods(&[("w1", "web"), ("w2", "web"), ("client", "client")])),
             (
                 "services.yaml",
-                service("web", vip(14), "") + &service("empty", vip(15), "").replace("app: web", "app: nobody"),
+                service("web", vip(14), "")
+                    + &service("empty", vip(15), "").replace("app: web", "app: nobody")
+                    + &node_port_service("sticky", vip(18), 30084, "web")
+                        .replace("  type: NodePort\n", "  type: NodePort\n  sessionAffinity: ClientIP\n"),
             ),
         ],
         agent_args: vec!["--socket-lb=false"],
@@ -508,8 +544,37 @@ fn per_packet_dnat_when_the_socket_load_balancer_is_off() {
         st.contains("tc_lb_translated") && !st.contains("sock_lb_translated"),
         "{st}"
     );
-    // No backend: an error comes back quickly instead of silence.
+    // A pod reaching a NodePort on the node's address, with ClientIP affinity: every
+    // connection lands on the same backend (per-packet path, keyed by the pod's address).
+    let mut sticky = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        sticky.insert(tcp_read(&client.path(), node.node_ip, 30084).unwrap_or_else(|e| panic!("pod → NodePort: {e}")));
+    }
+    assert_eq!(sticky.len(), 1, "affinity on the per-packet path: {sticky:?}");
+
+    // No backend: the pod gets ICMP port unreachable at once (connection refused), as
+    // from kube-proxy's REJECT rule, and the drop is counted with its reason.
     let t = Instant::now();
-    assert!(tcp_read(&client.path(), vip(15), 80).is_err());
-    assert!(t.elapsed() < Duration::from_millis(1500), "took {:?}", t.elapsed());
+    let err = tcp_read(&client.path(), vip(15), 80).expect_err("no backend");
+    assert!(err.to_lowercase().contains("refused"), "{err}");
+    assert!(t.elapsed() < Duration::from_millis(500), "took {:?}", t.elapsed());
+    // A connected UDP socket sees the same error on its next receive.
+    let to = vip(15);
+    let udp = moat_netns_tests::net::in_netns(&client.path(), move || {
+        let s = std::net::UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+        s.connect((to, 53)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        s.send(b"who").unwrap();
+        s.recv(&mut [0u8; 64]).map_err(|e| e.kind())
+    });
+    assert_eq!(
+        udp,
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "UDP to a service without backends"
+    );
+    let drops: Value = serde_json::from_str(&node.moatctl(&["-o", "json", "drops"])).unwrap();
+    assert!(
+        drops["byReason"].as_array().unwrap().iter().any(|d| d["code"] == 158),
+        "counted as no_service_backend: {drops}"
+    );
 }
