@@ -6,6 +6,7 @@
 //! place after the agent exits, so pods keep talking while it restarts.
 mod bench_prog;
 mod datapath;
+mod dir_watch;
 mod enforce;
 mod flows;
 mod install_cni;
@@ -215,7 +216,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         gateway: args.gateway,
         pin_dir: args.pin_dir,
         data_dir: args.data_dir,
-        state_dir: args.state_dir,
+        state_dir: args.state_dir.clone(),
         policy: enforce::Settings {
             mode,
             audit: args.audit,
@@ -238,20 +239,36 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(rb) = events {
         tokio::spawn(flows::run(rb, node.clone(), flows.clone()));
     }
-    // The state source is polled (a change is read once stable for one poll): changes
-    // apply within a few hundred milliseconds.
+    // The state source is watched with inotify (a file closed after writing or moved in
+    // is read at once) and polled every 100 ms (other changes are read once stable for
+    // one poll), so changes apply within a few hundred milliseconds at most.
     let watched = node.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
-        loop {
-            tick.tick().await;
-            let node = watched.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                node.lock().unwrap_or_else(std::sync::PoisonError::into_inner).refresh();
-            })
-            .await;
-        }
-    });
+    let watch = args
+        .state_dir
+        .as_deref()
+        .and_then(|d| match dir_watch::DirWatch::new(d) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!("no inotify on {} ({e}); polling only", d.display());
+                None
+            }
+        });
+    std::thread::Builder::new()
+        .name("state-watch".into())
+        .spawn(move || loop {
+            let settled = match &watch {
+                Some(w) => w.wait(std::time::Duration::from_millis(100)),
+                None => {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    std::collections::BTreeSet::new()
+                }
+            };
+            watched
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .refresh(&settled);
+        })
+        .context("starting the state watcher")?;
 
     let listener = bind(&args.socket)?;
     tracing::info!(socket = %args.socket.display(), "serving the agent API");

@@ -198,8 +198,10 @@ impl Node {
 
     /// Re-reads the state source if it changed, and re-applies policy. Also run
     /// periodically so identities past their grace period are released.
-    pub fn refresh(&mut self) {
-        let changed = self.state.refresh();
+    /// Re-reads the state source (`settled`: files whose change is known to be complete)
+    /// and applies what changed; also re-syncs every few seconds.
+    pub fn refresh(&mut self, settled: &std::collections::BTreeSet<std::path::PathBuf>) {
+        let changed = self.state.refresh_with(settled);
         if !changed && self.last_sync.elapsed() < std::time::Duration::from_secs(5) {
             return;
         }

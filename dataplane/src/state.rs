@@ -101,6 +101,13 @@ impl StateDir {
     /// Re-reads the directory if any file changed. Returns whether the objects in force
     /// or the reported errors changed.
     pub fn refresh(&mut self) -> bool {
+        self.refresh_with(&BTreeSet::new())
+    }
+
+    /// `refresh`, knowing that the changes of the `settled` files are complete (closed
+    /// after writing, moved in or out, deleted: see `dir_watch`): when every changed file
+    /// is one of them, the directory is read at once instead of after one stable poll.
+    pub fn refresh_with(&mut self, settled: &BTreeSet<PathBuf>) -> bool {
         let Some(dir) = self.dir.clone() else {
             return false;
         };
@@ -109,8 +116,15 @@ impl StateDir {
             self.pending = None;
             return false;
         }
-        // Read at start, or once the change has been stable for one poll.
-        if self.generation > 0 && self.pending.as_ref() != Some(&fp) {
+        // Read at start, when every change is complete, or once the change has been
+        // stable for one poll.
+        let changed_files = fp
+            .iter()
+            .filter(|(f, v)| self.fingerprint.get(*f) != Some(v))
+            .map(|(f, _)| f)
+            .chain(self.fingerprint.keys().filter(|f| !fp.contains_key(*f)));
+        let complete = !settled.is_empty() && changed_files.into_iter().all(|f| settled.contains(f));
+        if self.generation > 0 && !complete && self.pending.as_ref() != Some(&fp) {
             self.pending = Some(fp);
             return false;
         }
@@ -256,5 +270,18 @@ mod tests {
         assert!(s.refresh());
         assert!(policy_ports(&s).is_empty(), "a deleted policy is removed");
         assert!(s.errors().is_empty());
+
+        // A file known to be complete (moved in) is read at once; one that is not (another
+        // file changed too) waits for a stable poll.
+        std::fs::write(&f, GOOD).unwrap();
+        assert!(s.refresh_with(&BTreeSet::from([f.clone()])));
+        assert_eq!(policy_ports(&s), good);
+        std::fs::write(&f, BAD_FIELD).unwrap();
+        std::fs::write(dir.0.join("q.yaml"), "").unwrap();
+        assert!(
+            !s.refresh_with(&BTreeSet::from([f.clone()])),
+            "q.yaml may be half-written"
+        );
+        assert!(s.refresh_with(&BTreeSet::from([f.clone()])));
     }
 }
