@@ -165,6 +165,31 @@ fn session_affinity_sticks_to_one_backend() {
     assert_eq!(hits.len(), 1, "one client, one backend: {hits:?}");
 }
 
+/// An IPv6 socket connecting to the v4-mapped service address (`::ffff:VIP`, as
+/// dual-stack runtimes do) passes the v6 socket hooks, not the v4 ones: the per-packet
+/// path in `from_container` translates it, and the reply shows the service address.
+#[test]
+fn a_socket_that_bypasses_the_hooks_is_translated_per_packet() {
+    use std::io::Read as _;
+    let s = setup(&service("web", vip(19), ""));
+    let to = std::net::SocketAddr::from((vip(19).to_ipv6_mapped(), 80));
+    let mut names = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let (who, peer) = moat_netns_tests::net::in_netns(&s.client.path(), move || {
+            let mut c = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2)).expect("v4-mapped connect");
+            let peer = c.peer_addr().unwrap();
+            let mut who = String::new();
+            c.read_to_string(&mut who).unwrap();
+            (who, peer)
+        });
+        assert_eq!(peer, to, "the application sees the service address");
+        names.insert(who);
+    }
+    assert!(names.len() >= 2, "spread per packet: {names:?}");
+    let st = s.node.moatctl(&["status"]);
+    assert!(st.contains("tc_lb_translated"), "{st}");
+}
+
 #[test]
 fn a_service_without_endpoints_refuses_at_once() {
     let s = setup(&(service("web", vip(4), "") + &service("empty", vip(5), "").replace("app: web", "app: nobody")));
