@@ -87,6 +87,9 @@ pub mod metric {
     /// Packets to a service address translated per packet in `from_container` (the
     /// socket load balancer is off or was bypassed).
     pub const TC_LB_TRANSLATED: u32 = 15;
+    /// ICMP errors (unreachable, time exceeded, parameter problem) about a tracked flow,
+    /// passed as part of it.
+    pub const CT_RELATED: u32 = 16;
     /// Number of slots in the counter array.
     pub const SLOTS: u32 = 256;
 }
@@ -117,6 +120,7 @@ pub fn metric_name(slot: u32) -> Option<&'static str> {
         metric::NODEPORT_REVERSED => "nodeport_reversed",
         metric::NODEPORT_NO_BACKEND => "nodeport_no_backend_rejected",
         metric::TC_LB_TRANSLATED => "tc_lb_translated",
+        metric::CT_RELATED => "ct_related",
         _ => return None,
     })
 }

@@ -10,7 +10,7 @@ use moat_dataplane_common::{ct_flag, ct_timeout, metric, verdict, Config, CtEntr
 
 use crate::events::{emit, emit_allowed, Meta};
 use crate::maps::{config, count, CT};
-use crate::packet::{IPPROTO_TCP, TCP_FIN, TCP_RST};
+use crate::packet::{IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use crate::policy::{decide, identity_of, IDENTITY_WORLD};
 
 #[inline(always)]
@@ -31,10 +31,17 @@ fn expired(e: &CtEntry, proto: u8, now: u64) -> bool {
     now.wrapping_sub(e.last_seen) > timeout
 }
 
-/// Records a packet of a tracked flow: last seen, counts, TCP closing state.
+/// Records a packet of a tracked flow: last seen, counts, TCP closing state. A new SYN
+/// on a closed tuple (the client reused its port after RST or FIN) starts the
+/// connection's states over, so the new connection does not inherit the short closing
+/// timeout.
 #[inline(always)]
-fn touch(e: &mut CtEntry, now: u64, fin_rst: u8, reply: bool) {
+fn touch(e: &mut CtEntry, now: u64, tcp_flags: u8, reply: bool) {
     e.last_seen = now;
+    if !reply && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        e.flags &= !(ct_flag::RST | ct_flag::FIN_ORIG | ct_flag::FIN_REPLY | ct_flag::SEEN_REPLY);
+    }
+    let fin_rst = tcp_flags & (TCP_FIN | TCP_RST);
     if reply {
         e.packets_reply += 1;
         e.flags |= ct_flag::SEEN_REPLY;
@@ -71,11 +78,68 @@ fn recheck(cfg: &Config, e: &mut CtEntry, orig: &CtKey, m: &mut Meta, local_src:
         let _ = CT.remove(orig);
         return Err(metric::DROP_POLICY_DENIED);
     }
+    if d.allowed {
+        e.flags &= !ct_flag::AUDIT;
+    } else if e.flags & ct_flag::AUDIT == 0 {
+        // Audit mode: a flow the new policy would cut is reported once, like a new one.
+        e.flags |= ct_flag::AUDIT;
+        count(metric::FLOW_AUDIT);
+        let flow = Meta {
+            saddr: orig.saddr,
+            daddr: orig.daddr,
+            sport: orig.sport,
+            dport: orig.dport,
+            src_identity: src,
+            dst_identity: dst,
+            ..*m
+        };
+        emit(&flow, verdict::AUDIT, metric::DROP_POLICY_DENIED);
+    }
     e.src_identity = src;
     e.dst_identity = dst;
     e.cookie = d.cookie;
     e.policy_rev = cfg.policy_rev;
     Ok(())
+}
+
+/// An ICMP error about a tracked flow belongs to that flow (as Linux conntrack's
+/// RELATED): "port unreachable" for a UDP request, "fragmentation needed" for path MTU
+/// discovery, "time exceeded" for traceroute pass wherever the flow itself passes,
+/// without a policy rule for ICMP. The quoted packet is one the receiver of the error
+/// sent: if it went in the flow's original direction the error travels as a reply.
+#[inline(always)]
+fn related(m: &mut Meta, now: u64) -> bool {
+    let q = m.quoted;
+    let quoted = CtKey {
+        saddr: q.saddr,
+        daddr: q.daddr,
+        sport: q.sport,
+        dport: q.dport,
+        proto: q.proto,
+        _pad: [0; 3],
+    };
+    let reversed = CtKey {
+        saddr: q.daddr,
+        daddr: q.saddr,
+        sport: q.dport,
+        dport: q.sport,
+        ..quoted
+    };
+    // SAFETY: copied out at once.
+    if let Some(e) = unsafe { CT.get(&quoted) }.copied() {
+        if !expired(&e, q.proto, now) {
+            (m.src_identity, m.dst_identity, m.cookie) = (e.dst_identity, e.src_identity, e.cookie);
+            return true;
+        }
+    }
+    // SAFETY: copied out at once.
+    if let Some(e) = unsafe { CT.get(&reversed) }.copied() {
+        if !expired(&e, q.proto, now) {
+            (m.src_identity, m.dst_identity, m.cookie) = (e.src_identity, e.dst_identity, e.cookie);
+            return true;
+        }
+    }
+    false
 }
 
 /// Conntrack and policy for one packet. `egress`/`ingress` say which policies a new
@@ -95,6 +159,11 @@ pub fn track(m: &mut Meta, egress: bool, ingress: bool, src_fallback: u32) -> Re
         _pad: [0; 3],
     };
     let fin_rst = m.tcp_flags & (TCP_FIN | TCP_RST);
+
+    if m.quoted.proto != 0 && related(m, now) {
+        count(metric::CT_RELATED);
+        return Ok(());
+    }
 
     if let Some(p) = CT.get_ptr_mut(&key) {
         // SAFETY: the entry stays valid while this program runs (RCU).
@@ -116,7 +185,7 @@ pub fn track(m: &mut Meta, egress: bool, ingress: bool, src_fallback: u32) -> Re
             }
             m.src_identity = e.src_identity;
             m.dst_identity = e.dst_identity;
-            touch(e, now, fin_rst, false);
+            touch(e, now, m.tcp_flags, false);
             count(metric::CT_ESTABLISHED);
             return Ok(());
         }
@@ -141,7 +210,7 @@ pub fn track(m: &mut Meta, egress: bool, ingress: bool, src_fallback: u32) -> Re
             // A reply travels against the flow: its source is the flow's destination.
             m.src_identity = e.dst_identity;
             m.dst_identity = e.src_identity;
-            touch(e, now, fin_rst, true);
+            touch(e, now, m.tcp_flags, true);
             count(metric::CT_REPLY);
             return Ok(());
         }

@@ -21,6 +21,8 @@ pub struct Meta {
     pub cookie: u32,
     pub ifindex: u32,
     pub len: u32,
+    /// An ICMP error's quoted tuple (`proto` 0: not an error).
+    pub quoted: crate::packet::Quoted,
 }
 
 #[inline(always)]

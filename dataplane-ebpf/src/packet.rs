@@ -16,6 +16,8 @@ pub const IPPROTO_SCTP: u8 = 132;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_RST: u8 = 0x04;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
 
 #[repr(C)]
 pub struct EthHdr {
@@ -60,6 +62,18 @@ pub struct Flow {
     pub proto: u8,
     pub tcp_flags: u8,
     pub ttl: u8,
+    /// For an ICMP error: the tuple of the packet it quotes (`proto` 0: none).
+    pub quoted: Quoted,
+}
+
+/// The tuple an ICMP error quotes (the offending packet as its sender sent it).
+#[derive(Clone, Copy, Default)]
+pub struct Quoted {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
 }
 
 /// Parses the IPv4 header at `ETH_HLEN` and the first bytes of L4. Non-first fragments
@@ -120,10 +134,34 @@ pub fn parse_ipv4(ctx: &TcContext) -> Result<Flow, u32> {
             match u16::from_be(type_code) >> 8 {
                 8 => flow.sport = id, // echo request
                 0 => flow.dport = id, // echo reply
+                // destination unreachable, time exceeded, parameter problem
+                3 | 11 | 12 => flow.quoted = quoted(ctx, l4 + 8).unwrap_or_default(),
                 _ => {}
             }
         }
         _ => {}
     }
     Ok(flow)
+}
+
+/// The quoted header of an ICMP error at `off`: an option-less IPv4 header and the ports
+/// of a TCP/UDP/SCTP packet (errors quoting anything else relate to nothing we track).
+#[inline(always)]
+fn quoted(ctx: &TcContext, off: usize) -> Option<Quoted> {
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, off).ok()?;
+    // SAFETY: bounds checked by `ptr_at`.
+    let (ver_ihl, proto, saddr, daddr) = unsafe { ((*ip).ver_ihl, (*ip).protocol, (*ip).saddr, (*ip).daddr) };
+    if ver_ihl != 0x45 || !matches!(proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP) {
+        return None;
+    }
+    let ports: *const [u16; 2] = ptr_at(ctx, off + 20).ok()?;
+    // SAFETY: bounds checked by `ptr_at`.
+    let (sport, dport) = unsafe { ((*ports)[0], (*ports)[1]) };
+    Some(Quoted {
+        saddr,
+        daddr,
+        sport,
+        dport,
+        proto,
+    })
 }

@@ -56,6 +56,7 @@ fn fill_meta(ctx: &TcContext, m: &mut Meta) -> Result<u8, u32> {
     m.dport = flow.dport;
     m.proto = flow.proto;
     m.tcp_flags = flow.tcp_flags;
+    m.quoted = flow.quoted;
     Ok(flow.ttl)
 }
 

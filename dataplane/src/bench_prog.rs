@@ -7,7 +7,7 @@
 //! denied flow (policy lookups, drop event). Each figure is the kernel-reported run time
 //! averaged over `--packets` single runs, so every case pays the same harness overhead.
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -53,6 +53,7 @@ fn time(dp: &mut Datapath, packets: impl Iterator<Item = Vec<u8>>, want: u32) ->
 pub fn run(policies: u32, identities: u32, packets: u32) -> anyhow::Result<()> {
     const TC_ACT_SHOT: u32 = 2;
     const TC_ACT_REDIRECT: u32 = 7;
+    crate::netdev::ensure_bpffs(Path::new("/sys/fs/bpf"))?;
     let pin = PinDir(PathBuf::from(format!(
         "/sys/fs/bpf/moat-bench-prog-{}",
         std::process::id()

@@ -601,6 +601,17 @@ mod prog_test_run {
     const LO: u32 = 1;
 
     struct PinDir(PathBuf);
+    impl PinDir {
+        /// A unique pin directory under `/sys/fs/bpf`, mounting bpffs first on a bare host.
+        fn new(name: &str) -> Self {
+            // Once: tests run in parallel and would stack mounts.
+            static BPFFS: std::sync::Once = std::sync::Once::new();
+            BPFFS.call_once(|| {
+                crate::netdev::ensure_bpffs(Path::new("/sys/fs/bpf")).expect("mount bpffs at /sys/fs/bpf");
+            });
+            PinDir(PathBuf::from(format!("/sys/fs/bpf/{name}-{}", std::process::id())))
+        }
+    }
     impl Drop for PinDir {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
@@ -637,7 +648,7 @@ mod prog_test_run {
     fn from_container_verdicts() {
         // SAFETY: trivial libc call.
         assert!(unsafe { libc::geteuid() } == 0, "BPF_PROG_TEST_RUN fixtures need root");
-        let pin = PinDir(PathBuf::from(format!("/sys/fs/bpf/moat-unit-{}", std::process::id())));
+        let pin = PinDir::new("moat-unit");
         let mut dp = Datapath::load(&pin.0).expect("load datapath");
         let (a, b, stranger) = (
             "10.1.0.1".parse().unwrap(),
@@ -720,6 +731,47 @@ mod prog_test_run {
         assert_eq!(got, TC_ACT_OK);
     }
 
+    /// A client that reuses its port after a RST starts a new connection: the conntrack
+    /// entry's closing state (short timeout) is cleared by the new SYN.
+    #[test]
+    fn a_new_syn_on_a_reset_tuple_starts_over() {
+        use crate::packets::ipv4_tcp;
+        use moat_dataplane_common::ct_flag;
+        // SAFETY: trivial libc call.
+        assert!(unsafe { libc::geteuid() } == 0, "BPF_PROG_TEST_RUN fixtures need root");
+        let pin = PinDir::new("moat-unit-rst");
+        let mut dp = Datapath::load(&pin.0).expect("load datapath");
+        let (a, b): (Ipv4Addr, Ipv4Addr) = ("10.3.0.1".parse().unwrap(), "10.3.0.2".parse().unwrap());
+        let ep = |ifindex, id| EndpointInfo {
+            ifindex,
+            endpoint_id: id,
+            pod_mac: [0x0a, 1, 2, 3, 4, 5],
+            host_mac: [0x0e, 1, 2, 3, 4, 5],
+            flags: 0,
+        };
+        dp.upsert_endpoint(a, ep(LO, 1)).unwrap();
+        dp.upsert_endpoint(b, ep(77, 2)).unwrap();
+        let flags = |dp: &Datapath| {
+            dp.ct_entries()
+                .iter()
+                .find(|(k, _)| k.saddr == ip_key(a) && k.dport == 80u16.to_be())
+                .map(|(_, e)| e.flags)
+                .expect("tracked")
+        };
+        let closing = ct_flag::RST | ct_flag::FIN_ORIG | ct_flag::FIN_REPLY;
+        const SYN: u8 = 0x02;
+        const RST: u8 = 0x04;
+        const ACK: u8 = 0x10;
+        for (what, tcp_flags) in [("SYN", SYN), ("ACK", ACK), ("RST", RST | ACK)] {
+            let (got, _) = run(&mut dp, "from_container", &ipv4_tcp(a, b, 40000, 80, tcp_flags));
+            assert_eq!(got, TC_ACT_REDIRECT, "{what}");
+        }
+        assert_ne!(flags(&dp) & ct_flag::RST, 0, "the RST is recorded");
+        let (got, _) = run(&mut dp, "from_container", &ipv4_tcp(a, b, 40000, 80, SYN));
+        assert_eq!(got, TC_ACT_REDIRECT);
+        assert_eq!(flags(&dp) & closing, 0, "a new SYN clears the closing state");
+    }
+
     fn udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
         ipv4_udp(src, dst, 64, sport, dport)
     }
@@ -729,10 +781,7 @@ mod prog_test_run {
         use moat_dataplane_common::{direction, ACTION_ALLOW, ACTION_DENY, PREFIX_FULL, PREFIX_SUBJECT_DIR};
         // SAFETY: trivial libc call.
         assert!(unsafe { libc::geteuid() } == 0, "BPF_PROG_TEST_RUN fixtures need root");
-        let pin = PinDir(PathBuf::from(format!(
-            "/sys/fs/bpf/moat-unit-pol-{}",
-            std::process::id()
-        )));
+        let pin = PinDir::new("moat-unit-pol");
         let mut dp = Datapath::load(&pin.0).expect("load datapath");
         let (a, b): (Ipv4Addr, Ipv4Addr) = ("10.2.0.1".parse().unwrap(), "10.2.0.2".parse().unwrap());
         let ep = |ifindex, id| EndpointInfo {

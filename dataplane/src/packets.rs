@@ -31,3 +31,23 @@ pub fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, sport: u16, dport: u16) -
     p[36..38].copy_from_slice(&dport.to_be_bytes());
     p
 }
+
+/// Ethernet + IPv4 + a 20-byte TCP header with `flags` (no payload; the TCP checksum is
+/// not filled in: the programs never verify it).
+#[cfg(test)]
+#[must_use]
+pub fn ipv4_tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut p = ipv4_udp(src, dst, 64, sport, dport);
+    p.truncate(14 + 20);
+    p.resize(14 + 20 + 20, 0);
+    p[14 + 2..14 + 4].copy_from_slice(&40u16.to_be_bytes());
+    p[14 + 9] = 6;
+    p[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+    let c = ipv4_checksum(&p[14..34]);
+    p[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+    p[34..36].copy_from_slice(&sport.to_be_bytes());
+    p[36..38].copy_from_slice(&dport.to_be_bytes());
+    p[34 + 12] = 5 << 4;
+    p[34 + 13] = flags;
+    p
+}

@@ -75,6 +75,22 @@ fn replies_pass_under_deny_all_ingress_on_the_client() {
     // web's replies-only traffic: its own connections out get their answers back.
     assert_eq!(tcp_echo(&web.path(), admin.ip, 8080, b"tcp").unwrap(), b"tcp");
     assert_eq!(udp_echo(&web.path(), admin.ip, 8080, b"udp").unwrap(), b"udp");
+    // An ICMP error about web's own flow is part of that flow: a UDP request to a
+    // closed port is refused at once (ICMP port unreachable gets in), not timed out.
+    let to = admin.ip;
+    let refused = moat_netns_tests::net::in_netns(&web.path(), move || {
+        let s = std::net::UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+        s.connect((to, 9999)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_millis(500))).unwrap();
+        s.send(b"anyone?").unwrap();
+        s.recv(&mut [0u8; 16]).map_err(|e| e.kind())
+    });
+    assert_eq!(
+        refused,
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "ICMP error of web's flow"
+    );
+    assert!(node.moatctl(&["status"]).contains("ct_related"));
     // ...while nothing new gets in.
     assert!(
         tcp_echo(&admin.path(), web.ip, 8080, b"in").is_err(),
@@ -321,6 +337,8 @@ fn audit_mode_reports_without_dropping() {
     let web = node.add_pod("shop", "web");
     let db = node.add_pod("shop", "db");
     let _srv = EchoServer::start(&db.path(), 5432);
+    let held = HeldConnection::open(&web.path(), db.ip, 5432);
+    assert_eq!(held.roundtrip(b"before").unwrap(), b"before");
     node.apply_manifests(&[("p.yaml", Some(&policy("shop", "deny-all", DENY_ALL_INGRESS)))]);
     assert_eq!(
         tcp_echo(&web.path(), db.ip, 5432, b"x").unwrap(),
@@ -329,6 +347,11 @@ fn audit_mode_reports_without_dropping() {
     );
     let f = wait_flow(&node, &["--verdict", "audit"], |f| f["destination"]["pod"] == "db");
     assert!(f["policy"].as_str().unwrap().contains("shop/deny-all"), "{f}");
+    // The connection opened before the policy would be cut in enforcing mode: audit
+    // mode reports it (re-evaluated) and keeps it open.
+    assert_eq!(held.roundtrip(b"after").unwrap(), b"after", "audit keeps the open flow");
+    let f = wait_flow(&node, &["--verdict", "audit"], |f| f["reevaluated"] == true);
+    assert_eq!(f["destination"]["port"], 5432, "{f}");
     assert!(observe(&node, &["--verdict", "dropped"]).is_empty());
 }
 
