@@ -14,7 +14,7 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use moat_dataplane_common::{hook, metric, svc_flag, verdict, FlowEvent, NatKey, NatValue, ServiceKey};
 
 use crate::maps::{count, BACKENDS, NAT_FWD, NAT_REV, SERVICES};
-use crate::packet::{EthHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP};
+use crate::packet::{EthHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 use crate::select;
 
 #[xdp]
@@ -257,14 +257,23 @@ fn rewrite(
     Ok(true)
 }
 
+/// `reverse`: the packet is not the reply of a translated flow.
+pub const NOT_REVERSED: u32 = u32::MAX;
+
 /// In `from_container`: a reply of a translated NodePort flow gets the frontend back as
 /// its source address and port. Returns the device the request came in on: the reply
 /// is sent straight out of it (`bpf_redirect_neigh`), because the stack would drop a
-/// forwarded packet whose source is one of its own addresses.
+/// forwarded packet whose source is one of its own addresses. `NOT_REVERSED` when the
+/// packet is not such a reply (a plain integer: an `Option` leaves its payload undefined
+/// on the `None` path, and LLVM then fills it from whatever register is at hand — once a
+/// map pointer, which the verifier refuses to shift).
 #[inline(always)]
-pub fn reverse(ctx: &aya_ebpf::programs::TcContext, m: &crate::events::Meta) -> Result<Option<u32>, u32> {
+pub fn reverse(ctx: &aya_ebpf::programs::TcContext, m: &crate::events::Meta) -> Result<u32, u32> {
+    if m.proto == IPPROTO_ICMP {
+        return reverse_icmp_error(ctx, m);
+    }
     if m.proto != IPPROTO_TCP && m.proto != IPPROTO_UDP {
-        return Ok(None);
+        return Ok(NOT_REVERSED);
     }
     let key = NatKey {
         saddr: m.saddr,
@@ -276,14 +285,73 @@ pub fn reverse(ctx: &aya_ebpf::programs::TcContext, m: &crate::events::Meta) -> 
     };
     // SAFETY: copied out at once.
     let Some(v) = (unsafe { NAT_REV.get(&key) }).copied() else {
-        return Ok(None);
+        return Ok(NOT_REVERSED);
     };
     // Source address and port (at IP offset 12, L4 offset 0) become the frontend's.
     if !rewrite(ctx, m.proto, 12, 0, (m.saddr, v.addr), (m.sport, v.port))? {
-        return Ok(None);
+        return Ok(NOT_REVERSED);
     }
     count(metric::NODEPORT_REVERSED);
-    Ok(Some(v.ifindex))
+    Ok(v.ifindex)
+}
+
+/// In `from_container`: an ICMP error a backend sends about a translated flow (UDP port
+/// unreachable, fragmentation needed). The client sent its packet to the frontend, so
+/// its socket only recognises an error that comes from the frontend and quotes the
+/// frontend: the outer source and the quoted destination address and port are put back,
+/// with the outer IP, quoted IP and ICMP checksums. The quoted L4 checksum is left as
+/// is: receivers of ICMP errors do not check it (Linux NAT does the same for TCP).
+#[inline(always)]
+fn reverse_icmp_error(ctx: &aya_ebpf::programs::TcContext, m: &crate::events::Meta) -> Result<u32, u32> {
+    let q = m.quoted;
+    if q.proto != IPPROTO_TCP && q.proto != IPPROTO_UDP {
+        return Ok(NOT_REVERSED);
+    }
+    // The quoted packet went client → backend; its reply tuple keys `NAT_REV`.
+    let key = NatKey {
+        saddr: q.daddr,
+        daddr: q.saddr,
+        sport: q.dport,
+        dport: q.sport,
+        proto: q.proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: copied out at once.
+    let Some(v) = (unsafe { NAT_REV.get(&key) }).copied() else {
+        return Ok(NOT_REVERSED);
+    };
+    // `parse_ipv4` found the quoted header right after an ICMP header; offsets below
+    // assume an option-less outer header.
+    let ihl: u8 = ctx.load(ETH_HLEN).map_err(|_| metric::DROP_INVALID)?;
+    if ihl != 0x45 {
+        return Ok(NOT_REVERSED);
+    }
+    const ICMP_CSUM: usize = ETH_HLEN + 20 + 2;
+    const INNER: usize = ETH_HLEN + 20 + 8;
+    let err = |_| metric::DROP_WRITE_ERROR;
+    // Quoted destination address: the quoted IP checksum changes with it, and the ICMP
+    // checksum (over the whole message) with both.
+    let inner_csum_old: u16 = ctx.load(INNER + 10).map_err(|_| metric::DROP_INVALID)?;
+    ctx.l3_csum_replace(INNER + 10, u64::from(q.daddr), u64::from(v.addr), 4)
+        .map_err(err)?;
+    let inner_csum_new: u16 = ctx.load(INNER + 10).map_err(|_| metric::DROP_INVALID)?;
+    ctx.store(INNER + 16, &v.addr, 0).map_err(err)?;
+    ctx.l4_csum_replace(ICMP_CSUM, u64::from(q.daddr), u64::from(v.addr), 4)
+        .map_err(err)?;
+    ctx.l4_csum_replace(ICMP_CSUM, u64::from(inner_csum_old), u64::from(inner_csum_new), 2)
+        .map_err(err)?;
+    // Quoted destination port.
+    ctx.store(INNER + 20 + 2, &v.port, 0).map_err(err)?;
+    ctx.l4_csum_replace(ICMP_CSUM, u64::from(q.dport), u64::from(v.port), 2)
+        .map_err(err)?;
+    // The error's own source, when the backend itself sent it.
+    if m.saddr == q.daddr {
+        ctx.l3_csum_replace(ETH_HLEN + 10, u64::from(m.saddr), u64::from(v.addr), 4)
+            .map_err(err)?;
+        ctx.store(ETH_HLEN + 12, &v.addr, 0).map_err(err)?;
+    }
+    count(metric::NODEPORT_REVERSED);
+    Ok(v.ifindex)
 }
 
 /// In `from_container`: a packet to a service frontend (the socket load balancer did not

@@ -95,7 +95,8 @@ fn try_from_container(ctx: &TcContext, m: &mut Meta) -> Result<i32, u32> {
     track(m, true, dst.is_some(), IDENTITY_INIT)?;
     // A reply of a translated flow: the frontend becomes the source again. A NodePort
     // client's reply leaves through the device the request came in on.
-    if let Some(ifindex) = crate::nodeport::reverse(ctx, m)? {
+    let ifindex = crate::nodeport::reverse(ctx, m)?;
+    if ifindex != crate::nodeport::NOT_REVERSED {
         if ifindex != 0 && dst.is_none() {
             count(metric::FWD_STACK);
             // SAFETY: plain helper call; no neighbour parameters (the kernel resolves).

@@ -205,9 +205,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             )?,
         })
     } else {
-        tracing::warn!(
-            "--socket-lb=false: services are not translated (per-packet service DNAT is not implemented yet)"
-        );
+        tracing::info!("--socket-lb=false: services are translated per packet in from_container");
         None
     };
     let cfg = node::NodeConfig {

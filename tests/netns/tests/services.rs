@@ -264,8 +264,15 @@ fn node_port_service(name: &str, ip: Ipv4Addr, node_port: u16, app: &str) -> Str
 /// ```
 #[test]
 fn node_port_from_outside_the_node() {
-    let s =
-        setup(&(node_port_service("web", vip(8), 30080, "web") + &node_port_service("none", vip(9), 30081, "nobody")));
+    let closed = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: closed, namespace: shop}}\nspec:\n  type: NodePort\n  clusterIP: {}\n  selector: {{app: web}}\n  ports:\n  - {{port: 53, targetPort: 5454, protocol: UDP, nodePort: 30085}}\n---\n",
+        vip(21)
+    );
+    let s = setup(
+        &(node_port_service("web", vip(8), 30080, "web")
+            + &node_port_service("none", vip(9), 30081, "nobody")
+            + &closed),
+    );
     let ext = s.node.ext_ns.as_ref().expect("ext netns").path();
     let mut hits = BTreeMap::new();
     for _ in 0..40 {
@@ -299,6 +306,13 @@ fn node_port_from_outside_the_node() {
         t.elapsed()
     );
     assert!(err.to_lowercase().contains("refused"), "{err}");
+    // A backend with nothing on the target port: its "port unreachable" leaves the node
+    // as the NodePort's, so the outside client's connected socket sees it.
+    assert_eq!(
+        connected_udp(&ext, s.node.node_ip, 30085),
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "a backend's port unreachable reaches the outside client"
+    );
 
     let svcs = s.node.moatctl(&["services"]);
     assert!(
@@ -538,7 +552,11 @@ fn per_packet_dnat_when_the_socket_load_balancer_is_off() {
                 service("web", vip(14), "")
                     + &service("empty", vip(15), "").replace("app: web", "app: nobody")
                     + &node_port_service("sticky", vip(18), 30084, "web")
-                        .replace("  type: NodePort\n", "  type: NodePort\n  sessionAffinity: ClientIP\n"),
+                        .replace("  type: NodePort\n", "  type: NodePort\n  sessionAffinity: ClientIP\n")
+                    + &format!(
+                        "apiVersion: v1\nkind: Service\nmetadata: {{name: closed, namespace: shop}}\nspec:\n  clusterIP: {}\n  selector: {{app: web}}\n  ports:\n  - {{port: 53, targetPort: 5454, protocol: UDP}}\n---\n",
+                        vip(20)
+                    ),
             ),
         ],
         agent_args: vec!["--socket-lb=false"],
@@ -584,22 +602,33 @@ fn per_packet_dnat_when_the_socket_load_balancer_is_off() {
     assert!(err.to_lowercase().contains("refused"), "{err}");
     assert!(t.elapsed() < Duration::from_millis(500), "took {:?}", t.elapsed());
     // A connected UDP socket sees the same error on its next receive.
-    let to = vip(15);
-    let udp = moat_netns_tests::net::in_netns(&client.path(), move || {
-        let s = std::net::UdpSocket::bind(("0.0.0.0", 0)).unwrap();
-        s.connect((to, 53)).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-        s.send(b"who").unwrap();
-        s.recv(&mut [0u8; 64]).map_err(|e| e.kind())
-    });
     assert_eq!(
-        udp,
+        connected_udp(&client.path(), vip(15), 53),
         Err(std::io::ErrorKind::ConnectionRefused),
         "UDP to a service without backends"
+    );
+    // A backend with nothing on the target port answers "port unreachable" about the
+    // translated packet; the client's socket, connected to the service address, must
+    // get it as coming from the service (reverse-translated inside the ICMP error).
+    assert_eq!(
+        connected_udp(&client.path(), vip(20), 53),
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "a backend's port unreachable reaches the client as the service's"
     );
     let drops: Value = serde_json::from_str(&node.moatctl(&["-o", "json", "drops"])).unwrap();
     assert!(
         drops["byReason"].as_array().unwrap().iter().any(|d| d["code"] == 158),
         "counted as no_service_backend: {drops}"
     );
+}
+
+/// One request on a UDP socket connected to `to:port`; the receive's outcome.
+fn connected_udp(netns: &str, to: Ipv4Addr, port: u16) -> Result<usize, std::io::ErrorKind> {
+    moat_netns_tests::net::in_netns(netns, move || {
+        let s = std::net::UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+        s.connect((to, port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        s.send(b"who").unwrap();
+        s.recv(&mut [0u8; 64]).map_err(|e| e.kind())
+    })
 }
