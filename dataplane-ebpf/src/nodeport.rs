@@ -275,16 +275,7 @@ pub fn reverse(ctx: &aya_ebpf::programs::TcContext, m: &crate::events::Meta) -> 
     if m.proto != IPPROTO_TCP && m.proto != IPPROTO_UDP {
         return Ok(NOT_REVERSED);
     }
-    let key = NatKey {
-        saddr: m.saddr,
-        daddr: m.daddr,
-        sport: m.sport,
-        dport: m.dport,
-        proto: m.proto,
-        _pad: [0; 3],
-    };
-    // SAFETY: copied out at once.
-    let Some(v) = (unsafe { NAT_REV.get(&key) }).copied() else {
+    let Some(v) = nat_rev(m.saddr, m.daddr, m.sport, m.dport, m.proto) else {
         return Ok(NOT_REVERSED);
     };
     // Source address and port (at IP offset 12, L4 offset 0) become the frontend's.
@@ -293,6 +284,21 @@ pub fn reverse(ctx: &aya_ebpf::programs::TcContext, m: &crate::events::Meta) -> 
     }
     count(metric::NODEPORT_REVERSED);
     Ok(v.ifindex)
+}
+
+/// The frontend (and device) to restore for a reply tuple backend → client.
+#[inline(always)]
+fn nat_rev(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> Option<NatValue> {
+    let key = NatKey {
+        saddr,
+        daddr,
+        sport,
+        dport,
+        proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: copied out at once.
+    unsafe { NAT_REV.get(&key) }.copied()
 }
 
 /// In `from_container`: an ICMP error a backend sends about a translated flow (UDP port
@@ -308,16 +314,7 @@ fn reverse_icmp_error(ctx: &aya_ebpf::programs::TcContext, m: &crate::events::Me
         return Ok(NOT_REVERSED);
     }
     // The quoted packet went client → backend; its reply tuple keys `NAT_REV`.
-    let key = NatKey {
-        saddr: q.daddr,
-        daddr: q.saddr,
-        sport: q.dport,
-        dport: q.sport,
-        proto: q.proto,
-        _pad: [0; 3],
-    };
-    // SAFETY: copied out at once.
-    let Some(v) = (unsafe { NAT_REV.get(&key) }).copied() else {
+    let Some(v) = nat_rev(q.daddr, q.saddr, q.dport, q.sport, q.proto) else {
         return Ok(NOT_REVERSED);
     };
     // `parse_ipv4` found the quoted header right after an ICMP header; offsets below

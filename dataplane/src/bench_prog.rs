@@ -13,11 +13,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use aya::programs::{TestRun as _, TestRunOptions};
 use moat_dataplane_common::{
-    direction, Config, EndpointInfo, PolicyKey, PolicyValue, ACTION_ALLOW, ACTION_DENY, PREFIX_FULL, PREFIX_PEER,
-    PREFIX_SUBJECT_DIR,
+    direction, Config, PolicyKey, PolicyValue, ACTION_ALLOW, ACTION_DENY, PREFIX_FULL, PREFIX_PEER, PREFIX_SUBJECT_DIR,
 };
 
 use crate::datapath::Datapath;
+use crate::packets::endpoint;
 
 struct PinDir(PathBuf);
 impl Drop for PinDir {
@@ -60,16 +60,8 @@ pub fn run(policies: u32, identities: u32, packets: u32) -> anyhow::Result<()> {
     )));
     let mut dp = Datapath::load(&pin.0)?;
     let (a, b): (Ipv4Addr, Ipv4Addr) = ("10.3.0.1".parse()?, "10.3.0.2".parse()?);
-    let ep = |ifindex, id| EndpointInfo {
-        ifindex,
-        endpoint_id: id,
-        pod_mac: [0x0a, 1, 2, 3, 4, 5],
-        host_mac: [0x0e, 1, 2, 3, 4, 5],
-        flags: 0,
-    };
-    // BPF_PROG_TEST_RUN runs on loopback (ifindex 1): the source pod "owns" it.
-    dp.upsert_endpoint(a, ep(1, 1))?;
-    dp.upsert_endpoint(b, ep(77, 2))?;
+    dp.upsert_endpoint(a, endpoint(1, 1))?;
+    dp.upsert_endpoint(b, endpoint(77, 2))?;
     dp.set_config(Config {
         policy_rev: 1,
         ..Config::default()

@@ -618,7 +618,17 @@ mod prog_test_run {
         }
     }
 
-    use crate::packets::{ipv4_checksum, ipv4_udp};
+    use crate::packets::{endpoint, ipv4_checksum, ipv4_udp};
+
+    /// A loaded datapath (pinned under a unique name) with pod `a` sending on loopback
+    /// and pod `b` behind interface 77.
+    fn two_pods(tag: &str, a: Ipv4Addr, b: Ipv4Addr) -> (PinDir, Datapath) {
+        let pin = PinDir::new(tag);
+        let mut dp = Datapath::load(&pin.0).expect("load datapath");
+        dp.upsert_endpoint(a, endpoint(LO, 1)).unwrap();
+        dp.upsert_endpoint(b, endpoint(77, 2)).unwrap();
+        (pin, dp)
+    }
 
     fn packet(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8) -> Vec<u8> {
         ipv4_udp(src, dst, ttl, 0, 0)
@@ -739,18 +749,8 @@ mod prog_test_run {
         use moat_dataplane_common::ct_flag;
         // SAFETY: trivial libc call.
         assert!(unsafe { libc::geteuid() } == 0, "BPF_PROG_TEST_RUN fixtures need root");
-        let pin = PinDir::new("moat-unit-rst");
-        let mut dp = Datapath::load(&pin.0).expect("load datapath");
         let (a, b): (Ipv4Addr, Ipv4Addr) = ("10.3.0.1".parse().unwrap(), "10.3.0.2".parse().unwrap());
-        let ep = |ifindex, id| EndpointInfo {
-            ifindex,
-            endpoint_id: id,
-            pod_mac: [0x0a, 1, 2, 3, 4, 5],
-            host_mac: [0x0e, 1, 2, 3, 4, 5],
-            flags: 0,
-        };
-        dp.upsert_endpoint(a, ep(LO, 1)).unwrap();
-        dp.upsert_endpoint(b, ep(77, 2)).unwrap();
+        let (_pin, mut dp) = two_pods("moat-unit-rst", a, b);
         let flags = |dp: &Datapath| {
             dp.ct_entries()
                 .iter()
@@ -781,18 +781,8 @@ mod prog_test_run {
         use moat_dataplane_common::{direction, ACTION_ALLOW, ACTION_DENY, PREFIX_FULL, PREFIX_SUBJECT_DIR};
         // SAFETY: trivial libc call.
         assert!(unsafe { libc::geteuid() } == 0, "BPF_PROG_TEST_RUN fixtures need root");
-        let pin = PinDir::new("moat-unit-pol");
-        let mut dp = Datapath::load(&pin.0).expect("load datapath");
         let (a, b): (Ipv4Addr, Ipv4Addr) = ("10.2.0.1".parse().unwrap(), "10.2.0.2".parse().unwrap());
-        let ep = |ifindex, id| EndpointInfo {
-            ifindex,
-            endpoint_id: id,
-            pod_mac: [0x0a, 1, 2, 3, 4, 5],
-            host_mac: [0x0e, 1, 2, 3, 4, 5],
-            flags: 0,
-        };
-        dp.upsert_endpoint(a, ep(LO, 1)).unwrap();
-        dp.upsert_endpoint(b, ep(77, 2)).unwrap();
+        let (_pin, mut dp) = two_pods("moat-unit-pol", a, b);
         dp.upsert_ipcache(a, 32, 300).unwrap();
         dp.upsert_ipcache(b, 32, 301).unwrap();
         // b is isolated for ingress (cookie 20) and allows UDP/80 from a (cookie 21).
@@ -865,7 +855,7 @@ mod prog_test_run {
         let late: Ipv4Addr = "10.2.0.3".parse().unwrap();
         let (got, _) = run(&mut dp, "from_container", &udp(a, late, 6000, 80));
         assert_eq!(got, TC_ACT_OK, "not a local pod yet: handed to the stack");
-        dp.upsert_endpoint(late, ep(78, 3)).unwrap();
+        dp.upsert_endpoint(late, endpoint(78, 3)).unwrap();
         dp.upsert_ipcache(late, 32, 302).unwrap();
         dp.upsert_policy(
             PREFIX_SUBJECT_DIR,

@@ -1,6 +1,21 @@
 //! Test packets for `BPF_PROG_TEST_RUN` (fixtures and `bench-datapath`).
 use std::net::Ipv4Addr;
 
+use moat_dataplane_common::EndpointInfo;
+
+/// A test pod behind host interface `ifindex` (`BPF_PROG_TEST_RUN` runs on loopback,
+/// ifindex 1: the pod sending the test packets "owns" it).
+#[must_use]
+pub fn endpoint(ifindex: u32, endpoint_id: u32) -> EndpointInfo {
+    EndpointInfo {
+        ifindex,
+        endpoint_id,
+        pod_mac: [0x0a, 1, 2, 3, 4, 5],
+        host_mac: [0x0e, 1, 2, 3, 4, 5],
+        flags: 0,
+    }
+}
+
 /// The Internet checksum of `h` (0 when `h` already holds a valid checksum).
 #[must_use]
 pub fn ipv4_checksum(h: &[u8]) -> u16 {
