@@ -513,8 +513,12 @@ pub const NAT_REV_MAP: &str = "moat_natrev_v1";
 
 /// Maglev table size per external service (prime; see `moat_services::maglev`).
 pub const MAGLEV_M: u32 = 32_749;
-/// Maglev entries: 16 external service ports' tables.
-pub const MAX_MAGLEV_ENTRIES: u32 = MAGLEV_M * 16;
+/// External service ports that get a Maglev table; the ones beyond fall back to random
+/// selection (still load balanced, just not consistent across nodes).
+pub const MAGLEV_TABLES: u32 = 128;
+/// Maglev entries. The map is not preallocated: a table costs memory (~2.5 MB) only
+/// while its service exists.
+pub const MAX_MAGLEV_ENTRIES: u32 = MAGLEV_M * MAGLEV_TABLES;
 /// NodePort flows being translated (forward and reverse).
 pub const MAX_NAT_ENTRIES: u32 = 262_144;
 

@@ -68,7 +68,7 @@ pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned
 
 /// (service, slot) → backend: Maglev tables of external frontends.
 #[map(name = "moat_maglev_v1")]
-pub static MAGLEV: HashMap<MaglevKey, u32> = HashMap::pinned(MAX_MAGLEV_ENTRIES, 0);
+pub static MAGLEV: HashMap<MaglevKey, u32> = HashMap::pinned(MAX_MAGLEV_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 /// NodePort flows: client tuple → backend (keeps established flows on their backend).
 #[map(name = "moat_natfwd_v1")]

@@ -141,10 +141,6 @@ fn try_node_ingress(ctx: &XdpContext) -> Option<u32> {
     if master.flags & svc_flag::EXTERNAL == 0 {
         return None;
     }
-    if master.count == 0 {
-        count(metric::NODEPORT_NO_BACKEND);
-        return None;
-    }
     let fwd_key = NatKey {
         saddr,
         daddr,
@@ -158,13 +154,21 @@ fn try_node_ingress(ctx: &XdpContext) -> Option<u32> {
     let (mut backend_id, mut be) = flow_backend(&fwd_key);
     let fwd_new = be.is_none();
     let aff_key = select::client_address(saddr, &master);
+    if fwd_new && master.count == 0 {
+        // Checked only for new flows: a flow whose backend is terminating keeps it even
+        // after the last ready backend is gone.
+        count(metric::NODEPORT_NO_BACKEND);
+        return None;
+    }
     if fwd_new {
-        backend_id =
-            select::affine(&aff_key, &master).or_else(|| select::maglev(&master, flow_hash(saddr, sport, proto)))?;
+        // Random when the service got no Maglev table (more than `MAGLEV_TABLES`).
+        backend_id = select::affine(&aff_key, &master)
+            .or_else(|| select::maglev(&master, flow_hash(saddr, sport, proto)))
+            .or_else(|| select::random(&key, &master))?;
         // SAFETY: copied out at once.
         be = unsafe { BACKENDS.get(&backend_id) }.copied();
     }
-    // (An established flow keeps a terminating backend; Maglev slots only hold active ones.)
+    // (An established flow keeps a terminating backend; Maglev slots hold the eligible ones.)
     let be = be?;
     record_nat(&fwd_key, &be, backend_id, ctx.ingress_ifindex() as u32);
     if fwd_new {

@@ -10,7 +10,9 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use moat_dataplane_common::{backend_state, svc_flag, Backend4, MaglevKey, ServiceKey, ServiceValue, MAGLEV_M};
+use moat_dataplane_common::{
+    backend_state, svc_flag, Backend4, MaglevKey, ServiceKey, ServiceValue, MAGLEV_M, MAGLEV_TABLES,
+};
 use moat_policy_compiler::k8s::service::{ServiceType, NODE_PORT_RANGE};
 use moat_policy_compiler::k8s::Object;
 use moat_services::{resolve, BackendState, Input, LbService, PodEndpoint};
@@ -25,13 +27,24 @@ use crate::node::EndpointRecord;
 struct Allocations {
     cluster_ips: BTreeMap<String, Ipv4Addr>,
     node_ports: BTreeMap<String, u16>,
+    /// Service port ("ns/name:port") → id. Affinity entries and Maglev tables are keyed
+    /// by it, so an id must not move to another service across a restart.
+    #[serde(default)]
+    service_ids: BTreeMap<String, u32>,
+    /// Ids are never reused: a flow or affinity entry that outlives its service or
+    /// backend must miss, not land on whoever got the id next.
+    #[serde(default)]
+    next_service_id: u32,
+    #[serde(default)]
+    next_backend_id: u32,
 }
 
 pub struct LoadBalancer {
     service_cidr: Cidr,
     file: PathBuf,
     alloc: Allocations,
-    svc_ids: BTreeMap<String, u32>,
+    /// `alloc` changed since it was last written.
+    dirty: bool,
     backend_ids: BTreeMap<(Ipv4Addr, u16, u8), u32>,
     applied_services: BTreeMap<ServiceKey, ServiceValue>,
     applied_backends: BTreeMap<u32, Backend4>,
@@ -56,6 +69,18 @@ fn wire(ip: Ipv4Addr) -> u32 {
     u32::from(ip).to_be()
 }
 
+/// The `SERVICES` key of a frontend's master entry.
+fn master_key(fe: &moat_services::Frontend) -> ServiceKey {
+    ServiceKey {
+        addr: wire(fe.addr),
+        port: fe.port.to_be(),
+        proto: fe.proto,
+        _pad: 0,
+        slot: 0,
+        _pad2: 0,
+    }
+}
+
 impl LoadBalancer {
     /// # Errors
     /// When the persisted allocations cannot be read.
@@ -78,11 +103,15 @@ impl LoadBalancer {
                 )
             })
             .collect();
+        let mut alloc = alloc;
+        // Ids in the maps are taken even if the file predates them.
+        let in_maps = applied_backends.keys().max().map_or(1, |m| m + 1);
+        alloc.next_backend_id = alloc.next_backend_id.max(in_maps);
         Ok(Self {
             service_cidr,
             file,
             alloc,
-            svc_ids: BTreeMap::new(),
+            dirty: false,
             backend_ids,
             applied_services,
             applied_backends,
@@ -96,13 +125,25 @@ impl LoadBalancer {
         let mut changed = false;
         let mut live_ips = BTreeSet::new();
         let mut live_ports = BTreeSet::new();
+        // Addresses and ports manifests name themselves are never handed out.
+        let services = || {
+            objects.iter().filter_map(|o| match o {
+                Object::Service(s) => Some(s),
+                _ => None,
+            })
+        };
+        let explicit_ips: BTreeSet<Ipv4Addr> = services().filter_map(|s| s.cluster_ip).collect();
+        let explicit_ports: BTreeSet<u16> = services()
+            .flat_map(|s| s.ports.iter().filter_map(|p| p.node_port))
+            .collect();
         for o in objects {
             let Object::Service(s) = o else { continue };
             let key = format!("{}/{}", s.namespace, s.name);
             if s.cluster_ip.is_none() && !s.headless && s.kind != ServiceType::ExternalName {
                 live_ips.insert(key.clone());
                 if !self.alloc.cluster_ips.contains_key(&key) {
-                    let used: BTreeSet<Ipv4Addr> = self.alloc.cluster_ips.values().copied().collect();
+                    let used: BTreeSet<Ipv4Addr> =
+                        self.alloc.cluster_ips.values().chain(&explicit_ips).copied().collect();
                     // Skip the network address and the first host (often a DNS service).
                     let size = self.service_cidr.size().saturating_sub(3).max(1);
                     let start = fnv(&key) % size;
@@ -120,7 +161,8 @@ impl LoadBalancer {
                     let pkey = format!("{key}/{}", p.name);
                     live_ports.insert(pkey.clone());
                     if !self.alloc.node_ports.contains_key(&pkey) {
-                        let used: BTreeSet<u16> = self.alloc.node_ports.values().copied().collect();
+                        let used: BTreeSet<u16> =
+                            self.alloc.node_ports.values().chain(&explicit_ports).copied().collect();
                         let span = u32::from(NODE_PORT_RANGE.end() - NODE_PORT_RANGE.start()) + 1;
                         let start = fnv(&pkey) % span;
                         if let Some(port) = (0..span)
@@ -141,11 +183,13 @@ impl LoadBalancer {
     }
 
     fn id_for_service(&mut self, key: &str) -> u32 {
-        if let Some(&id) = self.svc_ids.get(key) {
+        if let Some(&id) = self.alloc.service_ids.get(key) {
             return id;
         }
-        let id = self.svc_ids.values().max().map_or(1, |m| m + 1);
-        self.svc_ids.insert(key.to_string(), id);
+        let id = self.alloc.next_service_id.max(1);
+        self.alloc.next_service_id = id + 1;
+        self.alloc.service_ids.insert(key.to_string(), id);
+        self.dirty = true;
         id
     }
 
@@ -153,9 +197,23 @@ impl LoadBalancer {
         if let Some(&id) = self.backend_ids.get(&key) {
             return id;
         }
-        let id = self.backend_ids.values().max().map_or(1, |m| m + 1);
+        let id = self.alloc.next_backend_id.max(1);
+        self.alloc.next_backend_id = id + 1;
         self.backend_ids.insert(key, id);
+        self.dirty = true;
         id
+    }
+
+    fn save(&mut self) -> anyhow::Result<()> {
+        if !self.dirty {
+            return Ok(());
+        }
+        let tmp = self.file.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&self.alloc)?)
+            .and_then(|()| std::fs::rename(&tmp, &self.file))
+            .with_context(|| format!("writing {}", self.file.display()))?;
+        self.dirty = false;
+        Ok(())
     }
 
     /// Resolves services and applies the difference to the maps: backends first, then
@@ -183,10 +241,7 @@ impl LoadBalancer {
         }
         let objects: Vec<&Object> = objects.collect();
         if self.allocate(&objects) {
-            let tmp = self.file.with_extension("json.tmp");
-            std::fs::write(&tmp, serde_json::to_vec_pretty(&self.alloc)?)
-                .and_then(|()| std::fs::rename(&tmp, &self.file))
-                .with_context(|| format!("writing {}", self.file.display()))?;
+            self.dirty = true;
         }
         let mut input = Input {
             node_name: node_name.to_string(),
@@ -236,6 +291,13 @@ impl LoadBalancer {
             }
         }
         self.services = resolve(&input);
+        let incumbent = |lb: &LbService, fe: &moat_services::Frontend| {
+            let id = self.alloc.service_ids.get(&lb.to_string());
+            id.is_some() && self.applied_services.get(&master_key(fe)).map(|v| v.svc_id) == id.copied()
+        };
+        for conflict in moat_services::drop_conflicting_frontends(&mut self.services, incumbent) {
+            tracing::error!("{conflict}");
+        }
 
         let mut want_backends = BTreeMap::new();
         let mut want_services = BTreeMap::new();
@@ -259,14 +321,7 @@ impl LoadBalancer {
             }
             for fe in &lb.frontends {
                 let eligible = lb.eligible(fe.scope);
-                let key = ServiceKey {
-                    addr: wire(fe.addr),
-                    port: fe.port.to_be(),
-                    proto: fe.proto,
-                    _pad: 0,
-                    slot: 0,
-                    _pad2: 0,
-                };
+                let key = master_key(fe);
                 want_services.insert(
                     key,
                     ServiceValue {
@@ -298,12 +353,30 @@ impl LoadBalancer {
         // Maglev tables for services with an external frontend, over the backends
         // external traffic may reach.
         const _: () = assert!(MAGLEV_M as usize == moat_services::maglev::DEFAULT_M);
+        // At most `MAGLEV_TABLES`: services that have one keep it, the rest fall back to
+        // random selection in the datapath (never a failed sync that freezes every other
+        // service's updates).
         let mut want_maglev: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        let mut external: Vec<(u32, &LbService)> = Vec::new();
         for lb in &services {
+            if lb.frontends.iter().any(|f| f.scope.external()) {
+                external.push((self.id_for_service(&lb.to_string()), lb));
+            }
+        }
+        external.sort_by_key(|(id, _)| !self.applied_maglev.contains_key(id));
+        let capacity = MAGLEV_TABLES as usize;
+        if external.len() > capacity {
+            let without: Vec<String> = external[capacity..].iter().map(|(_, lb)| lb.to_string()).collect();
+            tracing::warn!(
+                tables = capacity,
+                ?without,
+                "more external service ports than Maglev tables: these select backends at random"
+            );
+        }
+        for (svc_id, lb) in external.into_iter().take(capacity) {
             let Some(fe) = lb.frontends.iter().find(|f| f.scope.external()) else {
                 continue;
             };
-            let svc_id = self.id_for_service(&lb.to_string());
             let eligible = lb.eligible(fe.scope);
             let names: Vec<Vec<u8>> = eligible
                 .iter()
@@ -317,8 +390,14 @@ impl LoadBalancer {
             want_maglev.insert(svc_id, table.iter().map(|&i| ids[i as usize]).collect());
         }
 
-        // Forget ids of backends nobody uses any more.
+        // Forget ids nobody uses any more (they are not handed out again).
         self.backend_ids.retain(|_, id| want_backends.contains_key(id));
+        let live: BTreeSet<String> = services.iter().map(ToString::to_string).collect();
+        let before = self.alloc.service_ids.len();
+        self.alloc.service_ids.retain(|k, _| live.contains(k));
+        self.dirty |= before != self.alloc.service_ids.len();
+        // Ids are written down before any map entry uses them.
+        self.save()?;
 
         let mut updates = 0;
         for (id, b) in &want_backends {

@@ -8,4 +8,6 @@
 pub mod maglev;
 pub mod resolve;
 
-pub use resolve::{resolve, Backend, BackendState, Frontend, Input, LbService, PodEndpoint, Scope};
+pub use resolve::{
+    drop_conflicting_frontends, resolve, Backend, BackendState, Frontend, Input, LbService, PodEndpoint, Scope,
+};

@@ -100,7 +100,10 @@ pub struct LbService {
 
 impl LbService {
     /// Backends new connections through a frontend of `scope` may go to: active ones,
-    /// and only local ones when the scope's traffic policy is `Local`.
+    /// and only local ones when the scope's traffic policy is `Local`. When none is
+    /// active, the terminating ones that still serve take new connections rather than
+    /// the service refusing them (a one-replica rollout; kube-proxy and Cilium do the
+    /// same, KEP-1669).
     #[must_use]
     pub fn eligible(&self, scope: Scope) -> Vec<&Backend> {
         let local_only = if scope.external() {
@@ -108,10 +111,18 @@ impl LbService {
         } else {
             self.internal_local
         };
-        self.backends
-            .iter()
-            .filter(|b| b.state == BackendState::Active && (!local_only || b.local))
-            .collect()
+        let in_state = |state| {
+            self.backends
+                .iter()
+                .filter(|b| b.state == state && (!local_only || b.local))
+                .collect::<Vec<_>>()
+        };
+        let active = in_state(BackendState::Active);
+        if active.is_empty() {
+            in_state(BackendState::Terminating)
+        } else {
+            active
+        }
     }
 }
 
@@ -123,6 +134,53 @@ impl fmt::Display for LbService {
         }
         Ok(())
     }
+}
+
+/// Two services claiming one frontend (an explicit `clusterIP` or `nodePort` already in
+/// use): the one `incumbent` says holds it now keeps it (else the first in `services`),
+/// the other loses that frontend, and each conflict is reported naming both services
+/// and the field. Without this the newcomer would silently take the other's traffic.
+pub fn drop_conflicting_frontends(
+    services: &mut [LbService],
+    incumbent: impl Fn(&LbService, &Frontend) -> bool,
+) -> Vec<String> {
+    let mut owner: BTreeMap<(Ipv4Addr, u16, u8), String> = BTreeMap::new();
+    for lb in services.iter() {
+        for fe in lb.frontends.iter().filter(|fe| incumbent(lb, fe)) {
+            owner
+                .entry((fe.addr, fe.port, fe.proto))
+                .or_insert_with(|| lb.to_string());
+        }
+    }
+    let mut conflicts = Vec::new();
+    for lb in services.iter_mut() {
+        let name = lb.to_string();
+        lb.frontends.retain(|fe| {
+            let claimed = owner
+                .entry((fe.addr, fe.port, fe.proto))
+                .or_insert_with(|| name.clone());
+            if *claimed == name {
+                return true;
+            }
+            let field = match fe.scope {
+                Scope::ClusterIp => "spec.clusterIP",
+                Scope::NodePort => "spec.ports[].nodePort",
+                Scope::ExternalIp => "spec.externalIPs",
+                Scope::LoadBalancer => "status.loadBalancer.ingress",
+            };
+            let proto = match fe.proto {
+                6 => "TCP",
+                17 => "UDP",
+                _ => "SCTP",
+            };
+            conflicts.push(format!(
+                "Service {name}: {field} {}:{}/{proto} already belongs to {claimed}; this frontend is ignored",
+                fe.addr, fe.port
+            ));
+            false
+        });
+    }
+    conflicts
 }
 
 fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
@@ -366,6 +424,38 @@ mod tests {
     }
 
     #[test]
+    fn a_frontend_claimed_twice_stays_with_the_first_service() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: shop}\nspec:\n  clusterIP: 10.96.0.30\n  selector: {app: web}\n  ports: [{name: http, port: 80}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: b, namespace: shop}\nspec:\n  clusterIP: 10.96.0.30\n  selector: {app: db}\n  ports: [{name: http, port: 80}, {name: alt, port: 81}]\n";
+        let (services, slices) = objects(text);
+        let mut lbs = resolve(&Input {
+            services,
+            slices,
+            ..Input::default()
+        });
+        let conflicts = drop_conflicting_frontends(&mut lbs.clone(), |lb, _| lb.name == "b");
+        assert_eq!(
+            conflicts,
+            vec!["Service shop/a:http: spec.clusterIP 10.96.0.30:80/TCP already belongs to shop/b:http; this frontend is ignored"],
+            "the service holding the frontend keeps it"
+        );
+        let conflicts = drop_conflicting_frontends(&mut lbs, |_, _| false);
+        assert_eq!(
+            conflicts,
+            vec!["Service shop/b:http: spec.clusterIP 10.96.0.30:80/TCP already belongs to shop/a:http; this frontend is ignored"]
+        );
+        let fronts: Vec<(String, usize)> = lbs.iter().map(|l| (l.to_string(), l.frontends.len())).collect();
+        assert_eq!(
+            fronts,
+            vec![
+                ("shop/a:http".into(), 1),
+                ("shop/b:http".into(), 0),
+                ("shop/b:alt".into(), 1)
+            ],
+            "only the clashing port loses its frontend"
+        );
+    }
+
+    #[test]
     fn slices_terminating_and_traffic_policies() {
         let text = "apiVersion: v1\nkind: Service\nmetadata: {name: api, namespace: shop}\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.20\n  externalTrafficPolicy: Local\n  internalTrafficPolicy: Cluster\n  ports: [{name: http, port: 80, nodePort: 30081}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: api-1, namespace: shop, labels: {kubernetes.io/service-name: api}}\naddressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints:\n- {addresses: [10.0.1.1], nodeName: me}\n- {addresses: [10.0.1.2], nodeName: other}\n- {addresses: [10.0.1.3], nodeName: me, conditions: {ready: false, serving: true, terminating: true}}\n- {addresses: [10.0.1.4], nodeName: me, conditions: {ready: false, serving: false}}\n";
         let (services, slices) = objects(text);
@@ -403,6 +493,24 @@ mod tests {
             .map(|b| b.addr.octets()[3])
             .collect();
         assert_eq!(outside, vec![1], "external Local: local active backends only");
+
+        // The active endpoints go away: the terminating one that still serves takes new
+        // connections instead of the service refusing them.
+        let only_terminating = LbService {
+            backends: lb
+                .backends
+                .iter()
+                .filter(|b| b.state == BackendState::Terminating)
+                .cloned()
+                .collect(),
+            ..lb.clone()
+        };
+        let fallback: Vec<u8> = only_terminating
+            .eligible(Scope::ClusterIp)
+            .iter()
+            .map(|b| b.addr.octets()[3])
+            .collect();
+        assert_eq!(fallback, vec![3], "no active backend: serving terminating ones");
     }
 
     #[test]

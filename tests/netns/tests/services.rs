@@ -489,6 +489,58 @@ fn service_changes_apply_quickly_without_breaking_other_connections() {
     );
 }
 
+/// Many external service ports (more than the 16 Maglev tables the map once held) all
+/// work and do not hold up later changes; a service naming a ClusterIP another service
+/// already has does not take that service's traffic.
+#[test]
+fn many_node_ports_and_a_clashing_cluster_ip() {
+    let s = setup(&service("web", vip(1), ""));
+    assert_eq!(spread(&s, vip(1), 30).len(), 3);
+    let mut more = String::new();
+    for i in 0..20u8 {
+        more += &node_port_service(&format!("np{i}"), vip(30 + i), 30100 + u16::from(i), "web");
+    }
+    // Sorts before "web", so order alone would hand it the address.
+    more += &service("clash", vip(1), "").replace("app: web", "app: other");
+    s.node.apply_manifests(&[("more.yaml", Some(&more))]);
+    let ext = s.node.ext_ns.as_ref().expect("ext netns").path();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tcp_read(&ext, s.node.node_ip, 30119).is_err() {
+        assert!(Instant::now() < deadline, "the 20th NodePort never worked");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for port in [30100, 30110, 30119] {
+        let who = tcp_read(&ext, s.node.node_ip, port).unwrap_or_else(|e| panic!("NodePort {port}: {e}"));
+        assert!(who.starts_with('w'), "{who}");
+    }
+    let hits = spread(&s, vip(1), 30);
+    assert_eq!(
+        hits.keys().collect::<Vec<_>>(),
+        ["w1", "w2", "w3"],
+        "web keeps its ClusterIP: {hits:?}"
+    );
+    assert!(
+        s.node.agent_log().contains("spec.clusterIP")
+            && s.node.agent_log().contains("already belongs to shop/web:http"),
+        "the conflict is reported naming both services and the field"
+    );
+    // A later change still applies (the Maglev tables did not stall the sync).
+    s.node.apply_manifests(&[(
+        "pods.yaml",
+        Some(&pods(&[
+            ("w1", "web"),
+            ("w2", "old"),
+            ("w3", "web"),
+            ("client", "client"),
+            ("other", "other"),
+        ])),
+    )]);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while spread(&s, vip(1), 20).contains_key("w2") {
+        assert!(Instant::now() < deadline, "a backend change did not apply");
+    }
+}
+
 /// externalIPs and LoadBalancer ingress IPs are served like NodePorts (XDP), and
 /// `externalTrafficPolicy: Local` sends outside clients only to this node's endpoints.
 #[test]
