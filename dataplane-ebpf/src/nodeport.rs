@@ -14,7 +14,7 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use moat_dataplane_common::{hook, metric, svc_flag, verdict, FlowEvent, NatKey, NatValue, ServiceKey};
 
 use crate::maps::{count, BACKENDS, NAT_FWD, NAT_REV, SERVICES};
-use crate::packet::{EthHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+use crate::packet::{EthHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_SYN};
 use crate::select;
 
 #[xdp]
@@ -375,6 +375,18 @@ pub fn service_dnat(ctx: &aya_ebpf::programs::TcContext, m: &mut crate::events::
     };
     // SAFETY: copied out at once.
     let Some(master) = (unsafe { SERVICES.get(&key) }).copied() else {
+        if m.proto == IPPROTO_TCP && m.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            // A new direct connection may reuse the tuple an earlier translated one had
+            // with this backend: its replies must not get the old frontend as source.
+            let _ = NAT_REV.remove(&NatKey {
+                saddr: m.daddr,
+                daddr: m.saddr,
+                sport: m.dport,
+                dport: m.sport,
+                proto: m.proto,
+                _pad: [0; 3],
+            });
+        }
         return Ok(Dnat::NotService);
     };
     let fwd_key = NatKey {

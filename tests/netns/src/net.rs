@@ -423,6 +423,65 @@ pub fn tcp_read(netns_path: &str, to: Ipv4Addr, port: u16) -> Result<String, Str
     })
 }
 
+/// Like `tcp_read`, from a chosen local port (`SO_REUSEADDR`, so the port can be used
+/// again right after an earlier connection from it).
+///
+/// # Errors
+/// Connect or read error, as text.
+pub fn tcp_read_from(netns_path: &str, local_port: u16, to: Ipv4Addr, port: u16) -> Result<String, String> {
+    use std::os::fd::FromRawFd as _;
+    in_netns(netns_path, move || {
+        let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(ip).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: plain socket calls on a descriptor owned by `s` from here on.
+        let mut s = unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error().to_string());
+            }
+            let s = TcpStream::from_raw_fd(fd);
+            let one: libc::c_int = 1;
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                std::ptr::from_ref(&one).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+            // A blocking connect gives up after SO_SNDTIMEO.
+            let timeout = libc::timeval { tv_sec: 2, tv_usec: 0 };
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDTIMEO,
+                std::ptr::from_ref(&timeout).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            );
+            let local = sockaddr(Ipv4Addr::UNSPECIFIED, local_port);
+            if libc::bind(fd, std::ptr::from_ref(&local).cast(), len) != 0 {
+                return Err(format!("bind :{local_port}: {}", std::io::Error::last_os_error()));
+            }
+            let remote = sockaddr(to, port);
+            if libc::connect(fd, std::ptr::from_ref(&remote).cast(), len) != 0 {
+                return Err(std::io::Error::last_os_error().to_string());
+            }
+            s
+        };
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+        Ok(out)
+    })
+}
+
 /// Sends one UDP datagram from inside a netns (unconnected socket) and returns the reply
 /// and the address it came from.
 ///

@@ -616,8 +616,10 @@ fn per_packet_dnat_when_the_socket_load_balancer_is_off() {
     });
     let client = node.add_pod("shop", "client");
     let mut servers = Vec::new();
+    let mut ips = BTreeMap::new();
     for name in ["w1", "w2"] {
         let p = node.add_pod("shop", name);
+        ips.insert(name, p.ip);
         servers.push(NameServer::start(&p.path(), 8080, name));
         servers.push(NameServer::start(&p.path(), 5353, name));
     }
@@ -646,6 +648,17 @@ fn per_packet_dnat_when_the_socket_load_balancer_is_off() {
         sticky.insert(tcp_read(&client.path(), node.node_ip, 30084).unwrap_or_else(|e| panic!("pod → NodePort: {e}")));
     }
     assert_eq!(sticky.len(), 1, "affinity on the per-packet path: {sticky:?}");
+
+    // A client port used for a translated connection, then for a direct connection to
+    // the backend that served it: the backend's replies to the direct one must not be
+    // rewritten to come from the service (the new SYN retires the old reverse entry).
+    let who = moat_netns_tests::net::tcp_read_from(&client.path(), 41999, vip(14), 80).expect("via the service");
+    let backend = ips[who.as_str()];
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        moat_netns_tests::net::tcp_read_from(&client.path(), 41999, backend, 8080).expect("direct, same client port"),
+        who
+    );
 
     // No backend: the pod gets ICMP port unreachable at once (connection refused), as
     // from kube-proxy's REJECT rule, and the drop is counted with its reason.
