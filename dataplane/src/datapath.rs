@@ -17,9 +17,9 @@ use aya::programs::{CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier
 use aya::sys::SyscallError;
 use aya::{Ebpf, EbpfLoader};
 use moat_dataplane_common::{
-    metric, metric_name, Backend4, Config, CtEntry, CtKey, EndpointInfo, IpcacheInfo, MaglevKey, PolicyKey,
-    PolicyValue, ServiceKey, ServiceValue, BACKENDS_MAP, CONFIG_MAP, CT_MAP, ENDPOINTS_MAP, EVENTS_MAP, IPCACHE_MAP,
-    MAGLEV_MAP, METRICS_MAP, POLICY_MAP, SERVICES_MAP, SOCK_LB_NETNS_MAP,
+    metric, metric_name, AffinityKey, AffinityValue, Backend4, Config, CtEntry, CtKey, EndpointInfo, IpcacheInfo,
+    MaglevKey, PolicyKey, PolicyValue, ServiceKey, ServiceValue, AFFINITY_MAP, BACKENDS_MAP, CONFIG_MAP, CT_MAP,
+    ENDPOINTS_MAP, EVENTS_MAP, IPCACHE_MAP, MAGLEV_MAP, METRICS_MAP, POLICY_MAP, SERVICES_MAP, SOCK_LB_NETNS_MAP,
 };
 
 /// The object built by build.rs from `dataplane-ebpf`.
@@ -84,6 +84,7 @@ pub struct Datapath {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, u32, Backend4>,
     maglev: HashMap<MapData, MaglevKey, u32>,
+    affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     sock_netns: HashMap<MapData, u64, u32>,
     links_dir: PathBuf,
 }
@@ -163,6 +164,7 @@ impl Datapath {
         let services = HashMap::try_from(take_map(&mut ebpf, SERVICES_MAP)?).map_err(map_err(SERVICES_MAP))?;
         let backends = HashMap::try_from(take_map(&mut ebpf, BACKENDS_MAP)?).map_err(map_err(BACKENDS_MAP))?;
         let maglev = HashMap::try_from(take_map(&mut ebpf, MAGLEV_MAP)?).map_err(map_err(MAGLEV_MAP))?;
+        let affinity = HashMap::try_from(take_map(&mut ebpf, AFFINITY_MAP)?).map_err(map_err(AFFINITY_MAP))?;
         let sock_netns =
             HashMap::try_from(take_map(&mut ebpf, SOCK_LB_NETNS_MAP)?).map_err(map_err(SOCK_LB_NETNS_MAP))?;
         Ok(Self {
@@ -177,6 +179,7 @@ impl Datapath {
             services,
             backends,
             maglev,
+            affinity,
             sock_netns,
             links_dir,
         })
@@ -428,6 +431,16 @@ impl Datapath {
     #[must_use]
     pub fn service_entries(&self) -> Vec<(ServiceKey, ServiceValue)> {
         self.services.iter().flatten().collect()
+    }
+
+    /// ClientIP affinity entries (client, service) → the backend it sticks to.
+    #[must_use]
+    pub fn affinity_entries(&self) -> Vec<(AffinityKey, AffinityValue)> {
+        self.affinity.iter().flatten().collect()
+    }
+
+    pub fn delete_affinity(&mut self, key: &AffinityKey) {
+        let _ = self.affinity.remove(key);
     }
 
     /// # Errors

@@ -204,6 +204,43 @@ impl LoadBalancer {
         id
     }
 
+    /// ClientIP affinity entries whose backend is no longer eligible for their service
+    /// and frontend kind go: the datapath only checks that the backend is active, and a
+    /// backend relabelled out of this service may still be active for another one.
+    fn forget_stale_affinity(&self, dp: &mut Datapath, services: &BTreeMap<ServiceKey, ServiceValue>) {
+        // (service id, external) → its eligible backends, from the slot entries.
+        let mut eligible: BTreeMap<(u32, bool), BTreeSet<u32>> = BTreeMap::new();
+        let master_of: BTreeMap<_, _> = services
+            .iter()
+            .filter(|(k, _)| k.slot == 0)
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        for (k, v) in services.iter().filter(|(k, _)| k.slot != 0) {
+            if let Some(m) = master_of.get(&ServiceKey { slot: 0, ..*k }) {
+                let external = m.flags & svc_flag::EXTERNAL != 0;
+                eligible.entry((v.svc_id, external)).or_default().insert(v.backend_id);
+            }
+        }
+        let stale: Vec<_> = dp
+            .affinity_entries()
+            .into_iter()
+            .filter(|(k, v)| {
+                // `_pad` carries the EXTERNAL flag (see `select::key` in the datapath).
+                let external = u32::from(svc_flag::EXTERNAL) & k._pad != 0;
+                !eligible
+                    .get(&(k.svc_id, external))
+                    .is_some_and(|ids| ids.contains(&v.backend_id))
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for k in &stale {
+            dp.delete_affinity(k);
+        }
+        if !stale.is_empty() {
+            tracing::info!(entries = stale.len(), "forgot affinity to backends no longer eligible");
+        }
+    }
+
     fn save(&mut self) -> anyhow::Result<()> {
         if !self.dirty {
             return Ok(());
@@ -448,6 +485,9 @@ impl LoadBalancer {
                 });
                 updates += 1;
             }
+        }
+        if updates > 0 {
+            self.forget_stale_affinity(dp, &want_services);
         }
         self.applied_maglev = want_maglev;
         self.applied_services = want_services;

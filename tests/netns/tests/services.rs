@@ -156,13 +156,35 @@ fn udp_request_response_comes_back_from_the_service_address() {
 
 #[test]
 fn session_affinity_sticks_to_one_backend() {
-    let s = setup(&service(
-        "web",
-        vip(3),
-        "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n",
-    ));
+    // `twin` selects the label a relabelled backend gets: it stays a backend (of twin),
+    // active, on the same port.
+    let twin = service("twin", vip(22), "").replace("app: web", "app: old");
+    let s = setup(
+        &(service(
+            "web",
+            vip(3),
+            "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n",
+        ) + &twin),
+    );
     let hits = spread(&s, vip(3), 20);
     assert_eq!(hits.len(), 1, "one client, one backend: {hits:?}");
+    let sticky = hits.keys().next().unwrap().clone();
+
+    // The sticky backend leaves the service: the client moves on (and sticks again).
+    let relabelled: Vec<(&str, &str)> = [
+        ("w1", "web"),
+        ("w2", "web"),
+        ("w3", "web"),
+        ("client", "client"),
+        ("other", "other"),
+    ]
+    .into_iter()
+    .map(|(n, app)| (n, if n == sticky { "old" } else { app }))
+    .collect();
+    s.node.apply_manifests(&[("pods.yaml", Some(&pods(&relabelled)))]);
+    let hits = spread(&s, vip(3), 10);
+    assert!(!hits.contains_key(&sticky), "affinity to a backend that left: {hits:?}");
+    assert_eq!(hits.len(), 1, "sticks to its new backend: {hits:?}");
 }
 
 /// An IPv6 socket connecting to the v4-mapped service address (`::ffff:VIP`, as
