@@ -421,7 +421,15 @@ const _: () = assert!(core::mem::size_of::<ServiceKey>() == 12);
 pub mod svc_flag {
     /// A frontend reached from outside (NodePort, externalIP, LoadBalancer).
     pub const EXTERNAL: u16 = 1;
+    /// An external frontend whose backends differ for clients inside the cluster
+    /// (`externalTrafficPolicy: Local` limits only outside clients): pods and the node
+    /// use the master at slot `IN_CLUSTER_SLOTS` and the slots after it.
+    pub const IN_CLUSTER_VIEW: u16 = 2;
 }
+
+/// `ServiceKey::slot` of the in-cluster view's master entry (see
+/// `svc_flag::IN_CLUSTER_VIEW`); its backends are at the slots after it.
+pub const IN_CLUSTER_SLOTS: u16 = 0x8000;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -389,6 +389,11 @@ pub fn service_dnat(ctx: &aya_ebpf::programs::TcContext, m: &mut crate::events::
         }
         return Ok(Dnat::NotService);
     };
+    // The client is a pod: inside the cluster.
+    let Some((key, master)) = select::in_cluster(key, master) else {
+        count(metric::DROP_NO_SERVICE_BACKEND);
+        return Ok(Dnat::NoBackend);
+    };
     let fwd_key = NatKey {
         saddr: m.saddr,
         daddr: m.daddr,

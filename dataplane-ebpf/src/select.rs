@@ -16,20 +16,38 @@
 //! (`externalTrafficPolicy: Local`).
 use aya_ebpf::helpers::generated::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use moat_dataplane_common::{
-    backend_state, svc_flag, AffinityKey, AffinityValue, MaglevKey, ServiceKey, ServiceValue, MAGLEV_M,
+    backend_state, svc_flag, AffinityKey, AffinityValue, MaglevKey, ServiceKey, ServiceValue, IN_CLUSTER_SLOTS,
+    MAGLEV_M,
 };
 
 use crate::maps::{AFFINITY, BACKENDS, MAGLEV, SERVICES};
 
+/// The master entry clients inside the cluster (pods, the node) use for the frontend
+/// `master_key`: its own, or the in-cluster view when outside clients see fewer
+/// backends (`externalTrafficPolicy: Local`; inside traffic is not limited by it, as
+/// with kube-proxy and Cilium).
+#[inline(always)]
+pub fn in_cluster(master_key: ServiceKey, master: ServiceValue) -> Option<(ServiceKey, ServiceValue)> {
+    if master.flags & svc_flag::IN_CLUSTER_VIEW == 0 {
+        return Some((master_key, master));
+    }
+    let key = ServiceKey {
+        slot: IN_CLUSTER_SLOTS,
+        ..master_key
+    };
+    // SAFETY: copied out at once.
+    unsafe { SERVICES.get(&key) }.copied().map(|v| (key, v))
+}
+
 /// A random eligible backend of the frontend `master_key` (whose master entry is
-/// `master`).
+/// `master`; the slots follow the master's own slot number).
 #[inline(always)]
 pub fn random(master_key: &ServiceKey, master: &ServiceValue) -> Option<u32> {
     if master.count == 0 {
         return None;
     }
     // SAFETY: plain helper call.
-    let slot = (unsafe { bpf_get_prandom_u32() } % u32::from(master.count)) as u16 + 1;
+    let slot = master_key.slot + (unsafe { bpf_get_prandom_u32() } % u32::from(master.count)) as u16 + 1;
     // SAFETY: copied out at once.
     unsafe { SERVICES.get(&ServiceKey { slot, ..*master_key }) }.map(|v| v.backend_id)
 }

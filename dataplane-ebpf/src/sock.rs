@@ -65,6 +65,11 @@ fn translate(ctx: &SockAddrContext) -> i32 {
     let Some(master) = (unsafe { SERVICES.get(&master_key) }).copied() else {
         return ALLOW; // not a service address
     };
+    // Every client of these hooks is inside the cluster.
+    let Some((master_key, master)) = select::in_cluster(master_key, master) else {
+        count(metric::DROP_NO_SERVICE_BACKEND);
+        return REJECT;
+    };
     if master.count == 0 {
         // No eligible backend: refuse now (the caller gets EPERM) instead of sending
         // packets nowhere.

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use moat_dataplane_common::{
-    backend_state, svc_flag, Backend4, MaglevKey, ServiceKey, ServiceValue, MAGLEV_M, MAGLEV_TABLES,
+    backend_state, svc_flag, Backend4, MaglevKey, ServiceKey, ServiceValue, IN_CLUSTER_SLOTS, MAGLEV_M, MAGLEV_TABLES,
 };
 use moat_policy_compiler::k8s::service::{ServiceType, NODE_PORT_RANGE};
 use moat_policy_compiler::k8s::Object;
@@ -67,6 +67,11 @@ fn fnv(s: &str) -> u32 {
 
 fn wire(ip: Ipv4Addr) -> u32 {
     u32::from(ip).to_be()
+}
+
+/// A master entry (of a frontend, or of its in-cluster view), not a backend slot.
+fn is_master(k: &ServiceKey) -> bool {
+    k.slot & !IN_CLUSTER_SLOTS == 0
 }
 
 /// The `SERVICES` key of a frontend's master entry.
@@ -212,11 +217,15 @@ impl LoadBalancer {
         let mut eligible: BTreeMap<(u32, bool), BTreeSet<u32>> = BTreeMap::new();
         let master_of: BTreeMap<_, _> = services
             .iter()
-            .filter(|(k, _)| k.slot == 0)
+            .filter(|(k, _)| is_master(k))
             .map(|(k, v)| (*k, *v))
             .collect();
-        for (k, v) in services.iter().filter(|(k, _)| k.slot != 0) {
-            if let Some(m) = master_of.get(&ServiceKey { slot: 0, ..*k }) {
+        for (k, v) in services.iter().filter(|(k, _)| !is_master(k)) {
+            let master = ServiceKey {
+                slot: k.slot & IN_CLUSTER_SLOTS,
+                ..*k
+            };
+            if let Some(m) = master_of.get(&master) {
                 let external = m.flags & svc_flag::EXTERNAL != 0;
                 eligible.entry((v.svc_id, external)).or_default().insert(v.backend_id);
             }
@@ -238,6 +247,44 @@ impl LoadBalancer {
         }
         if !stale.is_empty() {
             tracing::info!(entries = stale.len(), "forgot affinity to backends no longer eligible");
+        }
+    }
+
+    /// The master entry `key` and its slots (numbered after the master's own slot).
+    fn want_frontend(
+        &mut self,
+        want: &mut BTreeMap<ServiceKey, ServiceValue>,
+        key: ServiceKey,
+        flags: u16,
+        svc_id: u32,
+        lb: &LbService,
+        eligible: &[&moat_services::Backend],
+    ) {
+        want.insert(
+            key,
+            ServiceValue {
+                backend_id: 0,
+                count: u16::try_from(eligible.len()).unwrap_or(u16::MAX),
+                flags,
+                svc_id,
+                affinity_timeout: lb.affinity_timeout.unwrap_or(0),
+            },
+        );
+        for (i, b) in eligible.iter().enumerate() {
+            let id = self.id_for_backend((b.addr, b.port, lb.proto));
+            want.insert(
+                ServiceKey {
+                    slot: key.slot + u16::try_from(i + 1).unwrap_or(u16::MAX),
+                    ..key
+                },
+                ServiceValue {
+                    backend_id: id,
+                    count: 0,
+                    flags: 0,
+                    svc_id,
+                    affinity_timeout: 0,
+                },
+            );
         }
     }
 
@@ -358,32 +405,23 @@ impl LoadBalancer {
             }
             for fe in &lb.frontends {
                 let eligible = lb.eligible(fe.scope);
+                // Clients inside the cluster are not limited by externalTrafficPolicy:
+                // an external frontend whose outside view is narrower gets a second,
+                // in-cluster view (master at `IN_CLUSTER_SLOTS`, slots after it).
+                let inside = lb.eligible(moat_services::Scope::ClusterIp);
+                let view = fe.scope.external() && inside != eligible;
+                let mut flags = if fe.scope.external() { svc_flag::EXTERNAL } else { 0 };
+                if view {
+                    flags |= svc_flag::IN_CLUSTER_VIEW;
+                }
                 let key = master_key(fe);
-                want_services.insert(
-                    key,
-                    ServiceValue {
-                        backend_id: 0,
-                        count: u16::try_from(eligible.len()).unwrap_or(u16::MAX),
-                        flags: if fe.scope.external() { svc_flag::EXTERNAL } else { 0 },
-                        svc_id,
-                        affinity_timeout: lb.affinity_timeout.unwrap_or(0),
-                    },
-                );
-                for (i, b) in eligible.iter().enumerate() {
-                    let id = self.id_for_backend((b.addr, b.port, lb.proto));
-                    want_services.insert(
-                        ServiceKey {
-                            slot: u16::try_from(i + 1).unwrap_or(u16::MAX),
-                            ..key
-                        },
-                        ServiceValue {
-                            backend_id: id,
-                            count: 0,
-                            flags: 0,
-                            svc_id,
-                            affinity_timeout: 0,
-                        },
-                    );
+                self.want_frontend(&mut want_services, key, flags, svc_id, lb, &eligible);
+                if view {
+                    let key = ServiceKey {
+                        slot: IN_CLUSTER_SLOTS,
+                        ..key
+                    };
+                    self.want_frontend(&mut want_services, key, 0, svc_id, lb, &inside);
                 }
             }
         }
@@ -457,7 +495,7 @@ impl LoadBalancer {
             }
         }
         for masters in [false, true] {
-            for (k, v) in want_services.iter().filter(|(k, _)| (k.slot == 0) == masters) {
+            for (k, v) in want_services.iter().filter(|(k, _)| is_master(k) == masters) {
                 if self.applied_services.get(k) != Some(v) {
                     dp.upsert_service(*k, *v)?;
                     updates += 1;

@@ -611,6 +611,30 @@ fn external_ips_load_balancer_ips_and_external_traffic_policy_local() {
     assert_eq!(eligible("ExternalIP"), vec![1]);
     assert_eq!(eligible("LoadBalancer"), vec![1]);
     assert_eq!(eligible("NodePort"), vec![1]);
+
+    // `Local` limits outside clients only. A service whose one endpoint is on another
+    // node (here: a server in the outside netns) refuses outside clients on this node,
+    // while a pod reaching its external IP or NodePort goes to that endpoint, as with
+    // kube-proxy and Cilium.
+    let _remote = NameServer::start(&ext.path(), 8080, "remote");
+    let eip2 = Ipv4Addr::new(192, 0, 2, 11);
+    let far = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: far, namespace: shop}}\nspec:\n  type: NodePort\n  clusterIP: {vip}\n  externalIPs: [{eip2}]\n  externalTrafficPolicy: Local\n  ports: [{{name: http, port: 80, nodePort: 30091}}]\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: far-1\n  namespace: shop\n  labels: {{kubernetes.io/service-name: far}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n\
+         - {{addresses: [{remote}], nodeName: elsewhere}}\n",
+        vip = vip(23),
+        remote = s.node.ext_ip,
+    );
+    s.node.apply_manifests(&[("far.yaml", Some(&far))]);
+    for (ip, port) in [(eip2, 80), (s.node.node_ip, 30091)] {
+        assert_eq!(
+            tcp_read(&s.client.path(), ip, port).unwrap_or_else(|e| panic!("pod → {ip}:{port}: {e}")),
+            "remote",
+            "in-cluster traffic ignores externalTrafficPolicy"
+        );
+    }
+    let err = tcp_read(&ext.path(), s.node.node_ip, 30091).expect_err("outside client, no local endpoint");
+    assert!(err.to_lowercase().contains("refused"), "{err}");
 }
 
 /// With the socket load balancer switched off, services still work: `from_container`
