@@ -155,5 +155,9 @@ fn try_to_container(ctx: &TcContext, m: &mut Meta) -> Result<i32, u32> {
     fill_meta(ctx, m)?;
     // The source is the node, another node or the outside; the destination is this pod.
     track(m, false, true, IDENTITY_WORLD)?;
+    // The reply of a flow this pod sent to a service and `from_container` translated per
+    // packet, from a backend that is not a local pod (another node, the host network):
+    // the frontend becomes the source again.
+    let _ = crate::nodeport::reverse(ctx, m)?;
     Ok(TC_ACT_OK)
 }

@@ -106,11 +106,11 @@ impl LbService {
     /// same, KEP-1669).
     #[must_use]
     pub fn eligible(&self, scope: Scope) -> Vec<&Backend> {
-        let local_only = if scope.external() {
-            self.external_local
-        } else {
-            self.internal_local
-        };
+        // Outside clients reach only this node's endpoints whatever the policy says: a
+        // remote endpoint would need SNAT to this node for its reply to come back here
+        // (designed in docs/services.md, not built), and without it the connection is
+        // lost. With no local endpoint the frontend refuses instead.
+        let local_only = if scope.external() { true } else { self.internal_local };
         let in_state = |state| {
             self.backends
                 .iter()
@@ -493,6 +493,20 @@ mod tests {
             .map(|b| b.addr.octets()[3])
             .collect();
         assert_eq!(outside, vec![1], "external Local: local active backends only");
+        let cluster = LbService {
+            external_local: false,
+            ..lb.clone()
+        };
+        let outside: Vec<u8> = cluster
+            .eligible(Scope::NodePort)
+            .iter()
+            .map(|b| b.addr.octets()[3])
+            .collect();
+        assert_eq!(
+            outside,
+            vec![1],
+            "external Cluster: still local only until remote SNAT exists"
+        );
 
         // The active endpoints go away: the terminating one that still serves takes new
         // connections instead of the service refusing them.

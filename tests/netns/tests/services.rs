@@ -654,6 +654,10 @@ fn per_packet_dnat_when_the_socket_load_balancer_is_off() {
                     + &format!(
                         "apiVersion: v1\nkind: Service\nmetadata: {{name: closed, namespace: shop}}\nspec:\n  clusterIP: {}\n  selector: {{app: web}}\n  ports:\n  - {{port: 53, targetPort: 5454, protocol: UDP}}\n---\n",
                         vip(20)
+                    )
+                    + &format!(
+                        "apiVersion: v1\nkind: Service\nmetadata: {{name: far, namespace: shop}}\nspec:\n  clusterIP: {}\n  ports: [{{name: http, port: 80}}]\n",
+                        vip(24)
                     ),
             ),
         ],
@@ -669,6 +673,21 @@ fn per_packet_dnat_when_the_socket_load_balancer_is_off() {
         servers.push(NameServer::start(&p.path(), 8080, name));
         servers.push(NameServer::start(&p.path(), 5353, name));
     }
+    // `far`'s only endpoint is off the node (a server in the outside netns): its reply
+    // reaches the client through `to_container`, which must translate it back too.
+    let ext = node.ext_ns.as_ref().expect("ext netns").path();
+    let _remote = NameServer::start(&ext, 8080, "remote");
+    node.apply_manifests(&[(
+        "far-slice.yaml",
+        Some(&format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: far-1\n  namespace: shop\n  labels: {{kubernetes.io/service-name: far}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n- {{addresses: [{}], nodeName: elsewhere}}\n",
+            node.ext_ip
+        )),
+    )]);
+    assert_eq!(
+        tcp_read(&client.path(), vip(24), 80).unwrap_or_else(|e| panic!("per-packet DNAT to a remote endpoint: {e}")),
+        "remote"
+    );
     let mut hits = BTreeMap::new();
     for _ in 0..30 {
         let who = tcp_read(&client.path(), vip(14), 80).unwrap_or_else(|e| panic!("TCP via per-packet DNAT: {e}"));
