@@ -18,8 +18,9 @@ use aya::sys::SyscallError;
 use aya::{Ebpf, EbpfLoader};
 use moat_dataplane_common::{
     metric, metric_name, AffinityKey, AffinityValue, Backend4, Config, CtEntry, CtKey, EndpointInfo, IpcacheInfo,
-    MaglevKey, PolicyKey, PolicyValue, ServiceKey, ServiceValue, AFFINITY_MAP, BACKENDS_MAP, CONFIG_MAP, CT_MAP,
-    ENDPOINTS_MAP, EVENTS_MAP, IPCACHE_MAP, MAGLEV_MAP, METRICS_MAP, POLICY_MAP, SERVICES_MAP, SOCK_LB_NETNS_MAP,
+    MaglevKey, PolicyKey, PolicyValue, ServiceKey, ServiceValue, SockRevKey, SockRevValue, AFFINITY_MAP, BACKENDS_MAP,
+    CONFIG_MAP, CT_MAP, ENDPOINTS_MAP, EVENTS_MAP, IPCACHE_MAP, MAGLEV_MAP, METRICS_MAP, POLICY_MAP, SERVICES_MAP,
+    SOCK_LB_NETNS_MAP, SOCK_REVNAT_MAP,
 };
 
 /// The object built by build.rs from `dataplane-ebpf`.
@@ -85,6 +86,7 @@ pub struct Datapath {
     backends: HashMap<MapData, u32, Backend4>,
     maglev: HashMap<MapData, MaglevKey, u32>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    sock_revnat: HashMap<MapData, SockRevKey, SockRevValue>,
     sock_netns: HashMap<MapData, u64, u32>,
     links_dir: PathBuf,
 }
@@ -165,6 +167,7 @@ impl Datapath {
         let backends = HashMap::try_from(take_map(&mut ebpf, BACKENDS_MAP)?).map_err(map_err(BACKENDS_MAP))?;
         let maglev = HashMap::try_from(take_map(&mut ebpf, MAGLEV_MAP)?).map_err(map_err(MAGLEV_MAP))?;
         let affinity = HashMap::try_from(take_map(&mut ebpf, AFFINITY_MAP)?).map_err(map_err(AFFINITY_MAP))?;
+        let sock_revnat = HashMap::try_from(take_map(&mut ebpf, SOCK_REVNAT_MAP)?).map_err(map_err(SOCK_REVNAT_MAP))?;
         let sock_netns =
             HashMap::try_from(take_map(&mut ebpf, SOCK_LB_NETNS_MAP)?).map_err(map_err(SOCK_LB_NETNS_MAP))?;
         Ok(Self {
@@ -180,6 +183,7 @@ impl Datapath {
             backends,
             maglev,
             affinity,
+            sock_revnat,
             sock_netns,
             links_dir,
         })
@@ -437,6 +441,18 @@ impl Datapath {
     #[must_use]
     pub fn affinity_entries(&self) -> Vec<(AffinityKey, AffinityValue)> {
         self.affinity.iter().flatten().collect()
+    }
+
+    /// Sockets the socket LB translated to one of `backends` (address, port): (socket
+    /// cookie, backend address, port).
+    #[must_use]
+    pub fn translated_sockets(&self, backends: &[(Ipv4Addr, u16)]) -> std::collections::BTreeSet<(u64, Ipv4Addr, u16)> {
+        self.sock_revnat
+            .keys()
+            .flatten()
+            .map(|k| (k.cookie, Ipv4Addr::from(u32::from_be(k.addr)), u16::from_be(k.port)))
+            .filter(|(_, a, p)| backends.contains(&(*a, *p)))
+            .collect()
     }
 
     pub fn delete_affinity(&mut self, key: &AffinityKey) {

@@ -52,6 +52,9 @@ pub struct LoadBalancer {
     applied_maglev: BTreeMap<u32, Vec<u32>>,
     /// What the last sync resolved (for `moatctl services`).
     pub services: Vec<LbService>,
+    /// UDP backends (address, port) the last sync removed: connected sockets the socket
+    /// LB pointed at them are to be closed (`sock_destroy`).
+    pub removed_udp: Vec<(Ipv4Addr, u16)>,
     /// The inputs of the last successful sync: an unchanged input needs no work (the
     /// agent re-syncs periodically for identities; 10,000 services need not follow).
     last_input: Option<SyncInput>,
@@ -122,6 +125,7 @@ impl LoadBalancer {
             applied_backends,
             applied_maglev: BTreeMap::new(),
             services: Vec::new(),
+            removed_udp: Vec::new(),
             last_input: None,
         })
     }
@@ -506,13 +510,18 @@ impl LoadBalancer {
             dp.delete_service(*k);
             updates += 1;
         }
-        for id in self
+        self.removed_udp.clear();
+        for (id, b) in self
             .applied_backends
-            .keys()
-            .filter(|id| !want_backends.contains_key(id))
+            .iter()
+            .filter(|(id, _)| !want_backends.contains_key(id))
         {
             dp.delete_backend(*id);
             updates += 1;
+            if b.proto == 17 {
+                self.removed_udp
+                    .push((Ipv4Addr::from(u32::from_be(b.addr)), u16::from_be(b.port)));
+            }
         }
         for (svc_id, old) in &self.applied_maglev {
             let keep = want_maglev.get(svc_id).map_or(0, Vec::len);

@@ -17,6 +17,7 @@ mod netdev;
 mod node;
 mod packets;
 mod server;
+mod sock_destroy;
 mod state;
 
 use std::net::Ipv4Addr;

@@ -154,6 +154,51 @@ fn udp_request_response_comes_back_from_the_service_address() {
     assert!(names.len() >= 2, "datagrams spread over backends: {names:?}");
 }
 
+/// A connected UDP socket is translated once; when its backend leaves, the agent
+/// closes it (as Cilium does; kube-proxy flushes UDP conntrack) so the application
+/// reconnects to a live backend instead of sending to the old one forever.
+#[test]
+fn a_connected_udp_socket_to_a_removed_backend_is_closed() {
+    let s = setup(&service("web", vip(25), ""));
+    let to = vip(25);
+    let sock = moat_netns_tests::net::in_netns(&s.client.path(), move || {
+        let u = std::net::UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+        u.connect((to, 53)).unwrap();
+        u.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        u
+    });
+    let mut buf = [0u8; 64];
+    sock.send(b"who").unwrap();
+    let n = sock.recv(&mut buf).expect("a reply through the service");
+    let who = String::from_utf8_lossy(&buf[..n]).to_string();
+
+    let relabelled: Vec<(&str, &str)> = [
+        ("w1", "web"),
+        ("w2", "web"),
+        ("w3", "web"),
+        ("client", "client"),
+        ("other", "other"),
+    ]
+    .into_iter()
+    .map(|(n, app)| (n, if n == who { "old" } else { app }))
+    .collect();
+    s.node.apply_manifests(&[("pods.yaml", Some(&pods(&relabelled)))]);
+    let err = sock
+        .send(b"who")
+        .and_then(|_| sock.recv(&mut buf))
+        .expect_err("the socket to the removed backend is closed");
+    assert!(
+        [Some(libc::ECONNABORTED), Some(libc::EDESTADDRREQ)].contains(&err.raw_os_error()),
+        "{err}"
+    );
+    assert!(s
+        .node
+        .agent_log()
+        .contains("closed UDP sockets connected to removed backends"));
+    let (again, _) = udp_ask(&s.client.path(), to, 53).expect("a new socket");
+    assert_ne!(again, who, "a new socket gets a live backend");
+}
+
 #[test]
 fn session_affinity_sticks_to_one_backend() {
     // `twin` selects the label a relabelled backend gets: it stays a backend (of twin),
