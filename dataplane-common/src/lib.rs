@@ -515,7 +515,7 @@ const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
 pub const SOCK_LB_NETNS_MAP: &str = "moat_sknetns_v1";
 
 /// Pinned names of the NodePort maps.
-pub const MAGLEV_MAP: &str = "moat_maglev_v1";
+pub const MAGLEV_MAP: &str = "moat_maglev_v2";
 pub const NAT_FWD_MAP: &str = "moat_natfwd_v1";
 pub const NAT_REV_MAP: &str = "moat_natrev_v1";
 

@@ -67,7 +67,7 @@ pub static SOCK_LB_NETNS: HashMap<u64, u32> = HashMap::pinned(MAX_ENDPOINTS + 1,
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(MAX_AFFINITY, 0);
 
 /// (service, slot) → backend: Maglev tables of external frontends.
-#[map(name = "moat_maglev_v1")]
+#[map(name = "moat_maglev_v2")]
 pub static MAGLEV: HashMap<MaglevKey, u32> = HashMap::pinned(MAX_MAGLEV_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 /// NodePort flows: client tuple → backend (keeps established flows on their backend).

@@ -378,14 +378,26 @@ pub fn service_dnat(ctx: &aya_ebpf::programs::TcContext, m: &mut crate::events::
         if m.proto == IPPROTO_TCP && m.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
             // A new direct connection may reuse the tuple an earlier translated one had
             // with this backend: its replies must not get the old frontend as source.
-            let _ = NAT_REV.remove(&NatKey {
-                saddr: m.daddr,
-                daddr: m.saddr,
-                sport: m.dport,
-                dport: m.sport,
-                proto: m.proto,
-                _pad: [0; 3],
-            });
+            // The old flow's forward entry goes too, so that a later connection through
+            // the frontend on this tuple is treated as new (and gets its reverse entry).
+            if let Some(old) = nat_rev(m.daddr, m.saddr, m.dport, m.sport, m.proto) {
+                let _ = NAT_FWD.remove(&NatKey {
+                    saddr: m.saddr,
+                    daddr: old.addr,
+                    sport: m.sport,
+                    dport: old.port,
+                    proto: m.proto,
+                    _pad: [0; 3],
+                });
+                let _ = NAT_REV.remove(&NatKey {
+                    saddr: m.daddr,
+                    daddr: m.saddr,
+                    sport: m.dport,
+                    dport: m.sport,
+                    proto: m.proto,
+                    _pad: [0; 3],
+                });
+            }
         }
         return Ok(Dnat::NotService);
     };

@@ -109,6 +109,10 @@ impl Datapath {
             path: links_dir.clone(),
             source,
         })?;
+        // Maps renamed when their definition changed: an older agent's pin would
+        // otherwise linger unused (aya reuses a pin by name without comparing sizes,
+        // which is why a changed map gets a new name).
+        let _ = std::fs::remove_file(pin_dir.join("moat_maglev_v1"));
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .load(EBPF_OBJECT)
@@ -453,6 +457,12 @@ impl Datapath {
             .map(|k| (k.cookie, Ipv4Addr::from(u32::from_be(k.addr)), u16::from_be(k.port)))
             .filter(|(_, a, p)| backends.contains(&(*a, *p)))
             .collect()
+    }
+
+    /// Whether the Maglev table of `svc_id` has an entry (its slot 0).
+    #[must_use]
+    pub fn maglev_table_exists(&self, svc_id: u32) -> bool {
+        self.maglev.get(&MaglevKey { svc_id, slot: 0 }, 0).is_ok()
     }
 
     pub fn delete_affinity(&mut self, key: &AffinityKey) {

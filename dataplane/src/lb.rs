@@ -77,6 +77,25 @@ fn is_master(k: &ServiceKey) -> bool {
     k.slot & !IN_CLUSTER_SLOTS == 0
 }
 
+/// A Maglev slot whose map value is not known (restored after a restart, or a failed
+/// write): it differs from every backend id, so the next sync writes it.
+const UNKNOWN_SLOT: u32 = u32::MAX;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    Slot,
+    ViewMaster,
+    Master,
+}
+
+fn entry_kind(k: &ServiceKey) -> Entry {
+    match k.slot {
+        0 => Entry::Master,
+        IN_CLUSTER_SLOTS => Entry::ViewMaster,
+        _ => Entry::Slot,
+    }
+}
+
 /// The `SERVICES` key of a frontend's master entry.
 fn master_key(fe: &moat_services::Frontend) -> ServiceKey {
     ServiceKey {
@@ -112,9 +131,17 @@ impl LoadBalancer {
             })
             .collect();
         let mut alloc = alloc;
-        // Ids in the maps are taken even if the file predates them.
+        // Ids in the maps are taken even if the file predates them (or was lost).
         let in_maps = applied_backends.keys().max().map_or(1, |m| m + 1);
         alloc.next_backend_id = alloc.next_backend_id.max(in_maps);
+        let in_maps = applied_services.values().map(|v| v.svc_id).max().map_or(1, |m| m + 1);
+        alloc.next_service_id = alloc.next_service_id.max(in_maps);
+        // Maglev tables a previous run left (of services deleted since, too): known by
+        // their slot 0; their contents are rewritten or deleted by the first sync.
+        let applied_maglev = (1..alloc.next_service_id)
+            .filter(|&id| dp.maglev_table_exists(id))
+            .map(|id| (id, vec![UNKNOWN_SLOT; MAGLEV_M as usize]))
+            .collect();
         Ok(Self {
             service_cidr,
             file,
@@ -123,7 +150,7 @@ impl LoadBalancer {
             backend_ids,
             applied_services,
             applied_backends,
-            applied_maglev: BTreeMap::new(),
+            applied_maglev,
             services: Vec::new(),
             removed_udp: Vec::new(),
             last_input: None,
@@ -264,6 +291,8 @@ impl LoadBalancer {
         lb: &LbService,
         eligible: &[&moat_services::Backend],
     ) {
+        // Slots are numbered below the in-cluster view's master.
+        let eligible = &eligible[..eligible.len().min(usize::from(IN_CLUSTER_SLOTS) - 1)];
         want.insert(
             key,
             ServiceValue {
@@ -485,21 +514,46 @@ impl LoadBalancer {
                 updates += 1;
             }
         }
+        // Maglev: tables (and slots) no longer wanted go first, as the map has room for
+        // `MAGLEV_TABLES` tables only; the datapath selects at random where a table is
+        // missing. A table that cannot be written stays partial (missing slots select
+        // at random) and is retried at the next sync; it never fails the sync.
+        for (svc_id, old) in &self.applied_maglev {
+            let keep = want_maglev.get(svc_id).map_or(0, Vec::len);
+            for slot in keep..old.len() {
+                dp.delete_maglev(MaglevKey {
+                    svc_id: *svc_id,
+                    slot: u32::try_from(slot).unwrap_or(u32::MAX),
+                });
+                updates += 1;
+            }
+        }
+        let mut maglev_complete = true;
+        let mut written_maglev = BTreeMap::new();
         for (svc_id, table) in &want_maglev {
             let old = self.applied_maglev.get(svc_id);
+            let mut written = table.clone();
             for (slot, id) in table.iter().enumerate() {
                 if old.and_then(|o| o.get(slot)) != Some(id) {
                     let key = MaglevKey {
                         svc_id: *svc_id,
                         slot: u32::try_from(slot).unwrap_or(u32::MAX),
                     };
-                    dp.upsert_maglev(key, *id)?;
+                    if let Err(e) = dp.upsert_maglev(key, *id) {
+                        tracing::warn!(svc_id, error = %e, "writing a Maglev table; it stays partial");
+                        written[slot..].fill(UNKNOWN_SLOT);
+                        maglev_complete = false;
+                        break;
+                    }
                     updates += 1;
                 }
             }
+            written_maglev.insert(*svc_id, written);
         }
-        for masters in [false, true] {
-            for (k, v) in want_services.iter().filter(|(k, _)| is_master(k) == masters) {
+        // Slots first, then the in-cluster views' masters, then the frontends' masters
+        // (which may point to a view): a reader never finds a master without its slots.
+        for phase in [Entry::Slot, Entry::ViewMaster, Entry::Master] {
+            for (k, v) in want_services.iter().filter(|(k, _)| entry_kind(k) == phase) {
                 if self.applied_services.get(k) != Some(v) {
                     dp.upsert_service(*k, *v)?;
                     updates += 1;
@@ -523,22 +577,13 @@ impl LoadBalancer {
                     .push((Ipv4Addr::from(u32::from_be(b.addr)), u16::from_be(b.port)));
             }
         }
-        for (svc_id, old) in &self.applied_maglev {
-            let keep = want_maglev.get(svc_id).map_or(0, Vec::len);
-            for slot in keep..old.len() {
-                dp.delete_maglev(MaglevKey {
-                    svc_id: *svc_id,
-                    slot: u32::try_from(slot).unwrap_or(u32::MAX),
-                });
-                updates += 1;
-            }
-        }
         if updates > 0 {
             self.forget_stale_affinity(dp, &want_services);
         }
-        self.applied_maglev = want_maglev;
+        self.applied_maglev = written_maglev;
         self.applied_services = want_services;
-        self.last_input = Some(input_key);
+        // An incomplete Maglev table is retried by the next periodic sync.
+        self.last_input = maglev_complete.then_some(input_key);
         self.applied_backends = want_backends;
         if updates > 0 {
             tracing::info!(updates, services = self.services.len(), "services applied");

@@ -193,17 +193,18 @@ impl Node {
                 node_ips,
             )
             .context("applying services")?;
-        if !self.lb.removed_udp.is_empty() {
+        let removed_udp = std::mem::take(&mut self.lb.removed_udp);
+        if !removed_udp.is_empty() {
             // Connected UDP sockets translated to a removed backend would keep sending to
             // it: close them so their applications reconnect.
-            let sockets = self.datapath.translated_sockets(&self.lb.removed_udp);
-            let netns: Vec<Option<std::path::PathBuf>> = std::iter::once(None)
-                .chain(
-                    self.endpoints
-                        .values()
-                        .map(|e| Some(std::path::PathBuf::from(&e.netns))),
-                )
+            let sockets = self.datapath.translated_sockets(&removed_udp);
+            let pods: std::collections::BTreeSet<std::path::PathBuf> = self
+                .endpoints
+                .values()
+                .map(|e| std::path::PathBuf::from(&e.netns))
                 .collect();
+            let netns: Vec<Option<std::path::PathBuf>> =
+                std::iter::once(None).chain(pods.into_iter().map(Some)).collect();
             let n = crate::sock_destroy::destroy_connected_udp(&netns, &sockets);
             if n > 0 {
                 tracing::info!(sockets = n, "closed UDP sockets connected to removed backends");

@@ -114,7 +114,7 @@ fn receive(fd: &OwnedFd, mut on_msg: impl FnMut(u16, &[u8])) -> io::Result<()> {
                 _ => on_msg(kind, payload),
             }
             // Messages are 4-byte aligned.
-            rest = &rest[len.div_ceil(4) * 4..];
+            rest = &rest[(len.div_ceil(4) * 4).min(rest.len())..];
         }
     }
 }

@@ -507,7 +507,13 @@ impl Node {
     /// Entries in the pinned endpoint map, via bpftool (what the kernel really holds).
     #[must_use]
     pub fn map_entries(&self) -> usize {
-        let map = self.pin_dir.join("moat_endpts_v1");
+        self.pinned_map_len("moat_endpts_v1")
+    }
+
+    /// Entries in the pinned map `name`, via bpftool.
+    #[must_use]
+    pub fn pinned_map_len(&self, name: &str) -> usize {
+        let map = self.pin_dir.join(name);
         let out = sh(Command::new("bpftool").args(["-j", "map", "dump", "pinned"]).arg(&map));
         serde_json::from_str::<Value>(&out)
             .ok()

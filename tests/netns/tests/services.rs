@@ -407,6 +407,39 @@ fn node_port_from_outside_the_node() {
     );
 }
 
+/// NodePorts keep working across an agent restart, and a service deleted while the
+/// agent was down is gone afterwards, its Maglev tables too (ids are persisted; the
+/// tables a previous run left are found and cleaned up).
+#[test]
+fn node_ports_across_an_agent_restart() {
+    let a = node_port_service("np-a", vip(26), 30120, "web");
+    let b = node_port_service("np-b", vip(27), 30121, "web");
+    let s = setup(&(a.clone() + &b));
+    let ext = s.node.ext_ns.as_ref().expect("ext netns").path();
+    for port in [30120, 30121] {
+        tcp_read(&ext, s.node.node_ip, port).unwrap_or_else(|e| panic!("NodePort {port}: {e}"));
+    }
+    let table = 32_749; // MAGLEV_M in dataplane-common
+                        // Two services × two ports (TCP http, UDP dns) = four tables.
+    assert_eq!(s.node.pinned_map_len("moat_maglev_v2"), 4 * table);
+
+    s.node.stop_agent();
+    std::fs::write(s.node.state_dir().join("services.yaml"), &a).unwrap();
+    s.node.start_agent();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tcp_read(&ext, s.node.node_ip, 30121).is_ok() {
+        assert!(Instant::now() < deadline, "the deleted NodePort still answers");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let who = tcp_read(&ext, s.node.node_ip, 30120).expect("the kept NodePort after the restart");
+    assert!(who.starts_with('w'), "{who}");
+    assert_eq!(
+        s.node.pinned_map_len("moat_maglev_v2"),
+        2 * table,
+        "the deleted service's Maglev tables are gone"
+    );
+}
+
 /// `sessionAffinity: ClientIP` on a NodePort: an outside client's connections (new source
 /// port each time, so Maglev alone would spread them) all reach one backend.
 #[test]
@@ -769,6 +802,11 @@ fn per_packet_dnat_when_the_socket_load_balancer_is_off() {
         moat_netns_tests::net::tcp_read_from(&client.path(), 41999, backend, 8080).expect("direct, same client port"),
         who
     );
+    // And through the service again from that port: a new translated flow.
+    std::thread::sleep(Duration::from_millis(100));
+    let again = moat_netns_tests::net::tcp_read_from(&client.path(), 41999, vip(14), 80)
+        .expect("via the service again, same client port");
+    assert!(again.starts_with('w'), "{again}");
 
     // No backend: the pod gets ICMP port unreachable at once (connection refused), as
     // from kube-proxy's REJECT rule, and the drop is counted with its reason.
