@@ -41,16 +41,7 @@ fn setup(services: &str) -> Setup {
     require_root();
     let node = Node::start_with(NodeOpts {
         manifests: vec![
-            (
-                "pods.yaml",
-                pods(&[
-                    ("w1", "web"),
-                    ("w2", "web"),
-                    ("w3", "web"),
-                    ("client", "client"),
-                    ("other", "other"),
-                ]),
-            ),
+            ("pods.yaml", pods(&SETUP_PODS)),
             ("services.yaml", services.to_string()),
         ],
         ..NodeOpts::default()
@@ -70,6 +61,24 @@ fn setup(services: &str) -> Setup {
         web,
         _servers: servers,
     }
+}
+
+/// The pods `setup` creates, with their `app` label.
+const SETUP_PODS: [(&str, &str); 5] = [
+    ("w1", "web"),
+    ("w2", "web"),
+    ("w3", "web"),
+    ("client", "client"),
+    ("other", "other"),
+];
+
+/// Re-applies the setup's pods with pod `name` labelled `app: {app}` instead.
+fn relabel(s: &Setup, name: &str, app: &str) {
+    let now: Vec<(&str, &str)> = SETUP_PODS
+        .iter()
+        .map(|&(n, a)| (n, if n == name { app } else { a }))
+        .collect();
+    s.node.apply_manifests(&[("pods.yaml", Some(&pods(&now)))]);
 }
 
 fn spread(s: &Setup, to: Ipv4Addr, n: usize) -> BTreeMap<String, usize> {
@@ -120,16 +129,7 @@ fn cluster_ip_spreads_over_backends_and_follows_changes() {
     );
 
     // w2 leaves the service (relabelled): new connections avoid it within a second.
-    s.node.apply_manifests(&[(
-        "pods.yaml",
-        Some(&pods(&[
-            ("w1", "web"),
-            ("w2", "old"),
-            ("w3", "web"),
-            ("client", "client"),
-            ("other", "other"),
-        ])),
-    )]);
+    relabel(&s, "w2", "old");
     let hits = spread(&s, vip(1), 40);
     assert!(
         !hits.contains_key("w2"),
@@ -172,17 +172,7 @@ fn a_connected_udp_socket_to_a_removed_backend_is_closed() {
     let n = sock.recv(&mut buf).expect("a reply through the service");
     let who = String::from_utf8_lossy(&buf[..n]).to_string();
 
-    let relabelled: Vec<(&str, &str)> = [
-        ("w1", "web"),
-        ("w2", "web"),
-        ("w3", "web"),
-        ("client", "client"),
-        ("other", "other"),
-    ]
-    .into_iter()
-    .map(|(n, app)| (n, if n == who { "old" } else { app }))
-    .collect();
-    s.node.apply_manifests(&[("pods.yaml", Some(&pods(&relabelled)))]);
+    relabel(&s, &who, "old");
     let err = sock
         .send(b"who")
         .and_then(|_| sock.recv(&mut buf))
@@ -216,17 +206,7 @@ fn session_affinity_sticks_to_one_backend() {
     let sticky = hits.keys().next().unwrap().clone();
 
     // The sticky backend leaves the service: the client moves on (and sticks again).
-    let relabelled: Vec<(&str, &str)> = [
-        ("w1", "web"),
-        ("w2", "web"),
-        ("w3", "web"),
-        ("client", "client"),
-        ("other", "other"),
-    ]
-    .into_iter()
-    .map(|(n, app)| (n, if n == sticky { "old" } else { app }))
-    .collect();
-    s.node.apply_manifests(&[("pods.yaml", Some(&pods(&relabelled)))]);
+    relabel(&s, &sticky, "old");
     let hits = spread(&s, vip(3), 10);
     assert!(!hits.contains_key(&sticky), "affinity to a backend that left: {hits:?}");
     assert_eq!(hits.len(), 1, "sticks to its new backend: {hits:?}");
@@ -279,16 +259,7 @@ fn a_service_without_endpoints_refuses_at_once() {
 fn hairpin_a_backend_reaches_its_own_service() {
     let s = setup(&service("web", vip(6), "").replace("app: web", "app: solo"));
     // Only w1 is selected once relabelled to app=solo.
-    s.node.apply_manifests(&[(
-        "pods.yaml",
-        Some(&pods(&[
-            ("w1", "solo"),
-            ("w2", "web"),
-            ("w3", "web"),
-            ("client", "client"),
-            ("other", "other"),
-        ])),
-    )]);
+    relabel(&s, "w1", "solo");
     assert_eq!(
         tcp_read(&s.web[0].path(), vip(6), 80).unwrap(),
         "w1",
@@ -625,16 +596,7 @@ fn many_node_ports_and_a_clashing_cluster_ip() {
         "the conflict is reported naming both services and the field"
     );
     // A later change still applies (the Maglev tables did not stall the sync).
-    s.node.apply_manifests(&[(
-        "pods.yaml",
-        Some(&pods(&[
-            ("w1", "web"),
-            ("w2", "old"),
-            ("w3", "web"),
-            ("client", "client"),
-            ("other", "other"),
-        ])),
-    )]);
+    relabel(&s, "w2", "old");
     let deadline = Instant::now() + Duration::from_secs(3);
     while spread(&s, vip(1), 20).contains_key("w2") {
         assert!(Instant::now() < deadline, "a backend change did not apply");
