@@ -43,12 +43,21 @@ mkdir -p "$RUN/state"
 cleanup() {
   set +e
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  # iperf3 servers daemonize (-D): their pids are in pidfiles; a server whose client
+  # never came is still waiting.
+  for f in "$RUN"/iperf-*.pid; do
+    [ -f "$f" ] || continue
+    p=$(tr -d '\0' <"$f")
+    [ "$(cat /proc/"$p"/comm 2>/dev/null)" = iperf3 ] && kill "$p" 2>/dev/null
+  done
   for n in "${NS[@]}"; do ip netns del "$n" 2>/dev/null; done
   rm -rf "$PIN" "$RUN"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 mkns() { ip netns add "$1"; ip -n "$1" link set lo up; NS+=("$1"); }
+# A one-shot iperf3 server in netns $1 (its pidfile lets cleanup end it if unused).
+iperf_server() { nsenter --net=/run/netns/"$1" iperf3 -s -D -1 --pidfile "$RUN/iperf-$1.pid" >/dev/null 2>&1 || true; }
 json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 median() { python3 -c "import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
@@ -104,7 +113,6 @@ plain_pod pa 10.96.0.1 1; plain_pod pb 10.96.0.2 2
 PA=10.96.0.1; PB=10.96.0.2
 
 for srv in $ID-mb $ID-pb; do
-  nsenter --net=/run/netns/$srv iperf3 -s -D -1 >/dev/null 2>&1 || true
   nsenter --net=/run/netns/$srv "$B/moat-rr" server 7100 & PIDS+=($!)
 done
 sleep 0.5
@@ -116,7 +124,7 @@ m_tp=(); p_tp=(); m_rr=(); p_rr=(); m_p99=(); p_p99=()
 for r in $(seq "$ROUNDS"); do
   for kind in moat plain; do
     if [ $kind = moat ]; then c=$ID-ma; s=$ID-mb; ip=$MB; else c=$ID-pa; s=$ID-pb; ip=$PB; fi
-    nsenter --net=/run/netns/$s iperf3 -s -D -1 >/dev/null 2>&1 || true
+    iperf_server "$s"
     sleep 0.3
     bps=$(nsenter --net=/run/netns/$c iperf3 -c "$ip" -t "$SECONDS_PER_RUN" -J | json '["end"]["sum_received"]["bits_per_second"]')
     rr=$(nsenter --net=/run/netns/$c "$B/moat-rr" client "$ip" 7100 "$RR_COUNT")
@@ -171,7 +179,7 @@ for r in $(seq "$ROUNDS"); do
   for kind in none loaded; do
     if [ $kind = loaded ]; then cp "$RUN/policies.yaml" "$RUN/state/"; wait_policies 1000
     else rm -f "$RUN/state/policies.yaml"; wait_policies 0; fi
-    nsenter --net=/run/netns/$ID-mb iperf3 -s -D -1 >/dev/null 2>&1 || true
+    iperf_server "$ID-mb"
     sleep 0.3
     bps=$(nsenter --net=/run/netns/$ID-ma iperf3 -c "$MB" -t "$SECONDS_PER_RUN" -J | json '["end"]["sum_received"]["bits_per_second"]')
     rr=$(nsenter --net=/run/netns/$ID-ma "$B/moat-rr" client "$MB" 7100 "$RR_COUNT")
@@ -268,9 +276,12 @@ wait_services() { # N
   for _ in $(seq 600); do [ "$(service_count)" = "$1" ] && return 0; sleep 0.1; done
   echo "agent did not apply $1 services" >&2; return 1
 }
+# Sections 6 and 7 share these: no policies, pods labelled for the services' selectors.
+if want 6 || want 7; then
+  rm -f "$RUN/state/policies.yaml"
+  pods_manifest >"$RUN/state/pods.yaml"
+fi
 if want 6; then
-rm -f "$RUN/state/policies.yaml"
-pods_manifest >"$RUN/state/pods.yaml"
 CONN_SECONDS=${CONN_SECONDS:-3}
 echo
 echo "== 6. connections to a ClusterIP with N services loaded (target: the last service; ${CONN_SECONDS}s each)"
