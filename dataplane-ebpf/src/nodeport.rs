@@ -87,14 +87,7 @@ fn record_nat(fwd: &NatKey, be: &moat_dataplane_common::Backend4, backend_id: u3
         0,
     );
     let _ = NAT_REV.insert(
-        &NatKey {
-            saddr: be.addr,
-            daddr: fwd.saddr,
-            sport: be.port,
-            dport: fwd.sport,
-            proto: fwd.proto,
-            _pad: [0; 3],
-        },
+        &nat_key(be.addr, fwd.saddr, be.port, fwd.sport, fwd.proto),
         &NatValue {
             addr: fwd.daddr,
             port: fwd.dport,
@@ -141,14 +134,7 @@ fn try_node_ingress(ctx: &XdpContext) -> Option<u32> {
     if master.flags & svc_flag::EXTERNAL == 0 {
         return None;
     }
-    let fwd_key = NatKey {
-        saddr,
-        daddr,
-        sport,
-        dport,
-        proto,
-        _pad: [0; 3],
-    };
+    let fwd_key = nat_key(saddr, daddr, sport, dport, proto);
     // An established flow keeps its backend while that backend exists; a new one gets
     // its client's affinity backend, else the Maglev choice.
     let (mut backend_id, mut be) = flow_backend(&fwd_key);
@@ -293,16 +279,20 @@ pub fn reverse(ctx: &aya_ebpf::programs::TcContext, m: &crate::events::Meta) -> 
 /// The frontend (and device) to restore for a reply tuple backend → client.
 #[inline(always)]
 fn nat_rev(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> Option<NatValue> {
-    let key = NatKey {
+    // SAFETY: copied out at once.
+    unsafe { NAT_REV.get(&nat_key(saddr, daddr, sport, dport, proto)) }.copied()
+}
+
+#[inline(always)]
+fn nat_key(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> NatKey {
+    NatKey {
         saddr,
         daddr,
         sport,
         dport,
         proto,
         _pad: [0; 3],
-    };
-    // SAFETY: copied out at once.
-    unsafe { NAT_REV.get(&key) }.copied()
+    }
 }
 
 /// In `from_container`: an ICMP error a backend sends about a translated flow (UDP port
@@ -381,22 +371,8 @@ pub fn service_dnat(ctx: &aya_ebpf::programs::TcContext, m: &mut crate::events::
             // The old flow's forward entry goes too, so that a later connection through
             // the frontend on this tuple is treated as new (and gets its reverse entry).
             if let Some(old) = nat_rev(m.daddr, m.saddr, m.dport, m.sport, m.proto) {
-                let _ = NAT_FWD.remove(&NatKey {
-                    saddr: m.saddr,
-                    daddr: old.addr,
-                    sport: m.sport,
-                    dport: old.port,
-                    proto: m.proto,
-                    _pad: [0; 3],
-                });
-                let _ = NAT_REV.remove(&NatKey {
-                    saddr: m.daddr,
-                    daddr: m.saddr,
-                    sport: m.dport,
-                    dport: m.sport,
-                    proto: m.proto,
-                    _pad: [0; 3],
-                });
+                let _ = NAT_FWD.remove(&nat_key(m.saddr, old.addr, m.sport, old.port, m.proto));
+                let _ = NAT_REV.remove(&nat_key(m.daddr, m.saddr, m.dport, m.sport, m.proto));
             }
         }
         return Ok(Dnat::NotService);
@@ -406,14 +382,7 @@ pub fn service_dnat(ctx: &aya_ebpf::programs::TcContext, m: &mut crate::events::
         count(metric::DROP_NO_SERVICE_BACKEND);
         return Ok(Dnat::NoBackend);
     };
-    let fwd_key = NatKey {
-        saddr: m.saddr,
-        daddr: m.daddr,
-        sport: m.sport,
-        dport: m.dport,
-        proto: m.proto,
-        _pad: [0; 3],
-    };
+    let fwd_key = nat_key(m.saddr, m.daddr, m.sport, m.dport, m.proto);
     let (mut backend_id, mut be) = flow_backend(&fwd_key);
     let fresh = be.is_none();
     let aff_key = select::client_address(m.saddr, &master);

@@ -423,6 +423,20 @@ pub fn tcp_read(netns_path: &str, to: Ipv4Addr, port: u16) -> Result<String, Str
     })
 }
 
+/// `setsockopt(fd, SOL_SOCKET, name, value)`.
+fn set_option<T>(fd: libc::c_int, name: libc::c_int, value: &T) {
+    // SAFETY: `value` is a valid `T` of the size passed.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            name,
+            std::ptr::from_ref(value).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        );
+    }
+}
+
 /// Like `tcp_read`, from a chosen local port (`SO_REUSEADDR`, so the port can be used
 /// again right after an earlier connection from it).
 ///
@@ -447,23 +461,9 @@ pub fn tcp_read_from(netns_path: &str, local_port: u16, to: Ipv4Addr, port: u16)
                 return Err(std::io::Error::last_os_error().to_string());
             }
             let s = TcpStream::from_raw_fd(fd);
-            let one: libc::c_int = 1;
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_REUSEADDR,
-                std::ptr::from_ref(&one).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
+            set_option(fd, libc::SO_REUSEADDR, &(1 as libc::c_int));
             // A blocking connect gives up after SO_SNDTIMEO.
-            let timeout = libc::timeval { tv_sec: 2, tv_usec: 0 };
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_SNDTIMEO,
-                std::ptr::from_ref(&timeout).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            );
+            set_option(fd, libc::SO_SNDTIMEO, &libc::timeval { tv_sec: 2, tv_usec: 0 });
             let local = sockaddr(Ipv4Addr::UNSPECIFIED, local_port);
             if libc::bind(fd, std::ptr::from_ref(&local).cast(), len) != 0 {
                 return Err(format!("bind :{local_port}: {}", std::io::Error::last_os_error()));

@@ -728,6 +728,22 @@ fn per_packet_dnat_when_the_socket_load_balancer_is_off() {
         tcp_read(&client.path(), vip(24), 80).unwrap_or_else(|e| panic!("per-packet DNAT to a remote endpoint: {e}")),
         "remote"
     );
+    // The same endpoint behind a NodePort with externalTrafficPolicy Local: outside
+    // clients of this node have no endpoint, but a pod is inside the cluster and takes
+    // the in-cluster view on the per-packet path too.
+    node.apply_manifests(&[(
+        "farnp.yaml",
+        Some(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: farnp, namespace: shop}}\nspec:\n  type: NodePort\n  clusterIP: {vip}\n  externalTrafficPolicy: Local\n  ports: [{{name: http, port: 80, nodePort: 30092}}]\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: farnp-1\n  namespace: shop\n  labels: {{kubernetes.io/service-name: farnp}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n- {{addresses: [{remote}], nodeName: elsewhere}}\n",
+            vip = vip(28),
+            remote = node.ext_ip
+        )),
+    )]);
+    assert_eq!(
+        tcp_read(&client.path(), node.node_ip, 30092).unwrap_or_else(|e| panic!("pod → ETP=Local NodePort: {e}")),
+        "remote"
+    );
     let mut hits = BTreeMap::new();
     for _ in 0..30 {
         let who = tcp_read(&client.path(), vip(14), 80).unwrap_or_else(|e| panic!("TCP via per-packet DNAT: {e}"));
