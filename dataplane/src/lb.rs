@@ -72,15 +72,11 @@ fn wire(ip: Ipv4Addr) -> u32 {
     u32::from(ip).to_be()
 }
 
-/// A master entry (of a frontend, or of its in-cluster view), not a backend slot.
-fn is_master(k: &ServiceKey) -> bool {
-    k.slot & !IN_CLUSTER_SLOTS == 0
-}
-
 /// A Maglev slot whose map value is not known (restored after a restart, or a failed
 /// write): it differs from every backend id, so the next sync writes it.
 const UNKNOWN_SLOT: u32 = u32::MAX;
 
+/// What a `SERVICES` entry is, by its slot number.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Entry {
     Slot,
@@ -248,10 +244,10 @@ impl LoadBalancer {
         let mut eligible: BTreeMap<(u32, bool), BTreeSet<u32>> = BTreeMap::new();
         let master_of: BTreeMap<_, _> = services
             .iter()
-            .filter(|(k, _)| is_master(k))
+            .filter(|(k, _)| entry_kind(k) != Entry::Slot)
             .map(|(k, v)| (*k, *v))
             .collect();
-        for (k, v) in services.iter().filter(|(k, _)| !is_master(k)) {
+        for (k, v) in services.iter().filter(|(k, _)| entry_kind(k) == Entry::Slot) {
             let master = ServiceKey {
                 slot: k.slot & IN_CLUSTER_SLOTS,
                 ..*k
@@ -334,7 +330,9 @@ impl LoadBalancer {
     }
 
     /// Resolves services and applies the difference to the maps: backends first, then
-    /// slot entries, then master entries; removals last. Returns the number of updates.
+    /// Maglev tables (unwanted ones deleted before new ones are written), slot entries,
+    /// in-cluster view masters, frontend masters; other removals last. Returns the
+    /// number of updates.
     ///
     /// # Errors
     /// When a map update fails (the next sync retries).
