@@ -202,7 +202,7 @@ fi
 if want 4; then
 echo
 echo "== 4. per-packet cost of from_container (BPF_PROG_TEST_RUN)"
-"$B/moat-agent" bench-datapath --policies 1000 --identities 500 --packets 20000 | sed 's/^/  /'
+"$B/moat-bench-datapath" 1000 500 20000 | sed 's/^/  /'
 fi
 
 if want 5; then

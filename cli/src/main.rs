@@ -140,8 +140,17 @@ fn matrix(dir: &std::path::Path, ports: &[String], enforcement: &str, out: Outpu
             .collect::<anyhow::Result<Vec<_>>>()?
     };
     let m = k8s::read_dir(dir);
-    for e in &m.errors {
-        eprintln!("rejected manifest: {e}");
+    // A matrix computed without a document the user meant to apply is a wrong answer:
+    // report every rejected document and print none.
+    if !m.errors.is_empty() {
+        for e in &m.errors {
+            eprintln!("rejected manifest: {e}");
+        }
+        anyhow::bail!(
+            "{} manifest document(s) in {} rejected; no matrix computed",
+            m.errors.len(),
+            dir.display()
+        );
     }
     let mode = match enforcement {
         "always" => Mode::Always,

@@ -88,7 +88,8 @@ y/a .   .   .
     assert_eq!(v["pods"], serde_json::json!(["x/a", "x/b", "y/a"]));
     assert_eq!(v["probes"][0]["allowed"][0][2], false);
 
-    // A bad document is reported with file, object and field; the rest still counts.
+    // A bad document is reported with file, object and field, and no matrix is printed:
+    // one computed without it would be a wrong answer.
     std::fs::write(
         dir.0.join("bad.yaml"),
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: broken, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{ports: [{protocol: ICMP}]}]\n",
@@ -102,7 +103,13 @@ y/a .   .   .
             && err.contains("spec.ingress[0].ports[0].protocol"),
         "{err}"
     );
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("Reachability TCP/80"));
+    assert!(!out.status.success(), "a rejected manifest fails the command");
+    assert!(
+        out.stdout.is_empty(),
+        "no matrix: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(err.contains("rejected; no matrix computed"), "{err}");
 
     let missing = moatctl(&["policy", "matrix", "-f", "/nonexistent-dir"]);
     assert!(!missing.status.success());

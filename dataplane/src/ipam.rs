@@ -9,6 +9,8 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::endpoint::Owner;
+
 /// Why an address could not be leased or a CIDR not accepted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IpamError {
@@ -60,13 +62,6 @@ impl std::fmt::Display for Cidr {
     }
 }
 
-/// Who holds a lease: one CNI attachment.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Owner {
-    pub container_id: String,
-    pub ifname: String,
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Ipam {
     cidr: Cidr,
@@ -94,6 +89,11 @@ impl Ipam {
     #[must_use]
     pub fn len(&self) -> usize {
         self.leases.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.leases.is_empty()
     }
 
     /// The address leased to `owner`, if any.

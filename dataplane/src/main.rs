@@ -4,30 +4,17 @@
 //! (re-adopting pinned maps and links), serves the API on a unix socket for the CNI
 //! plugin and `moatctl`, and keeps running until SIGINT/SIGTERM. The datapath stays in
 //! place after the agent exits, so pods keep talking while it restarts.
-mod bench_prog;
-mod datapath;
-mod dir_watch;
-mod enforce;
-mod flows;
-mod install_cni;
-mod ipam;
-mod lb;
-mod masquerade;
-mod netdev;
-mod node;
-mod packets;
-mod server;
-mod sock_destroy;
-mod state;
-
 use std::net::Ipv4Addr;
-use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use tokio::signal::unix::{signal, SignalKind};
+use moat_dataplane::agent::{self, AgentConfig};
+use moat_dataplane::kernel::netdev;
+use moat_dataplane::{install_cni, ipam, node, policy};
+
+/// The conflist's default cniVersion (see `install-cni --cni-version`).
+const DEFAULT_CNI_VERSION: &str = "1.0.0";
 
 #[derive(Parser)]
 #[command(
@@ -61,18 +48,12 @@ enum Command {
         /// Chain the reference `portmap` plugin after moat (hostPort support).
         #[arg(long)]
         with_portmap: bool,
-        /// cniVersion of the conflist (1.0.0 when chained plugins predate 1.1.0).
-        #[arg(long, default_value = "1.1.0", value_parser = ["1.0.0", "1.1.0"])]
+        /// cniVersion of the conflist. 1.0.0 by default: every supported runtime speaks it
+        /// (containerd 1.6 rejects 1.1.0 results). 1.1.0 adds STATUS and GC for runtimes
+        /// that speak it (containerd ≥ 2.0, CRI-O ≥ 1.31); the agent collects vanished
+        /// endpoints by itself either way.
+        #[arg(long, default_value = DEFAULT_CNI_VERSION, value_parser = ["1.0.0", "1.1.0"])]
         cni_version: String,
-    },
-    /// Benchmark: per-packet cost of the pod program (BPF_PROG_TEST_RUN, private pin dir).
-    BenchDatapath {
-        #[arg(long, default_value_t = 1000)]
-        policies: u32,
-        #[arg(long, default_value_t = 500)]
-        identities: u32,
-        #[arg(long, default_value_t = 20_000)]
-        packets: u32,
     },
 }
 
@@ -155,11 +136,6 @@ fn main() -> anyhow::Result<()> {
             with_portmap,
             cni_version,
         }),
-        Some(Command::BenchDatapath {
-            policies,
-            identities,
-            packets,
-        }) => bench_prog::run(policies, identities, packets),
         None => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -169,29 +145,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    if let Some(dir) = &args.state_dir {
-        if !dir.is_dir() {
-            bail!("--state-dir {}: not a directory", dir.display());
-        }
-    }
     let pod_cidr = ipam::Cidr::parse(&args.pod_cidr).context("--pod-cidr")?;
-    if netdev::ensure_bpffs(Path::new("/sys/fs/bpf")).context("mounting bpffs at /sys/fs/bpf")? {
-        tracing::info!("mounted bpffs at /sys/fs/bpf");
-    }
-    match netdev::ensure_tracefs(Path::new("/sys/kernel/tracing")) {
-        Ok(true) => tracing::info!("mounted tracefs at /sys/kernel/tracing"),
-        Ok(false) => {}
-        Err(e) => tracing::warn!(error = %e, "tracefs unavailable (runtime hooks will need it)"),
-    }
-    // Pods reach other nodes and the outside through this node's stack.
-    if let Err(e) = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1") {
-        tracing::warn!(error = %e, "could not enable net.ipv4.ip_forward; pod traffic leaving the node will not be routed");
-    }
-    if args.masquerade {
-        masquerade::ensure(&pod_cidr.to_string()).context("--masquerade")?;
-        tracing::info!(cidr = %pod_cidr, "masquerading pod traffic that leaves the pod CIDR");
-    }
-    let node_name = args.node_name.unwrap_or_else(hostname);
     let mode = match args.enforcement.as_str() {
         "always" => moat_policy_compiler::world::Mode::Always,
         "never" => moat_policy_compiler::world::Mode::Never,
@@ -209,14 +163,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!("--socket-lb=false: services are translated per packet in from_container");
         None
     };
-    let cfg = node::NodeConfig {
-        node_name,
+    let node = node::NodeConfig {
+        node_name: args.node_name.unwrap_or_else(hostname),
         pod_cidr,
         gateway: args.gateway,
         pin_dir: args.pin_dir,
         data_dir: args.data_dir,
-        state_dir: args.state_dir.clone(),
-        policy: enforce::Settings {
+        state_dir: args.state_dir,
+        policy: policy::Settings {
             mode,
             audit: args.audit,
             flow_events_per_sec: args.flow_events_per_sec,
@@ -230,78 +184,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.node_devices.into_iter().filter(|d| d != "none").collect()
         },
     };
-    let mut node = node::Node::open(cfg).context("starting the node")?;
-    tracing::info!(kinds = ?node.state.kinds(), enforcement = %args.enforcement, audit = args.audit, "policy in force");
-    let events = node.take_events();
-    let node = Arc::new(Mutex::new(node));
-    let flows = Arc::new(Mutex::new(flows::FlowStore::default()));
-    if let Some(rb) = events {
-        tokio::spawn(flows::run(rb, node.clone(), flows.clone()));
-    }
-    // The state source is watched with inotify (a file closed after writing or moved in
-    // is read at once) and polled every 100 ms (other changes are read once stable for
-    // one poll), so changes apply within a few hundred milliseconds at most.
-    let watched = node.clone();
-    let watch = args
-        .state_dir
-        .as_deref()
-        .and_then(|d| match dir_watch::DirWatch::new(d) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::warn!("no inotify on {} ({e}); polling only", d.display());
-                None
-            }
-        });
-    std::thread::Builder::new()
-        .name("state-watch".into())
-        .spawn(move || loop {
-            let settled = match &watch {
-                Some(w) => w.wait(std::time::Duration::from_millis(100)),
-                None => {
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                    std::collections::BTreeSet::new()
-                }
-            };
-            watched
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .refresh(&settled);
-        })
-        .context("starting the state watcher")?;
-
-    let listener = bind(&args.socket)?;
-    tracing::info!(socket = %args.socket.display(), "serving the agent API");
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-    let mut term = signal(SignalKind::terminate())?;
-    let shutdown = async move {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        tracing::info!("shutting down; pinned datapath stays in place");
-    };
-    tonic::transport::Server::builder()
-        .add_service(moat_api::AgentServer::new(server::AgentService { node, flows }))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .context("serving the API")?;
-    let _ = std::fs::remove_file(&args.socket);
-    Ok(())
-}
-
-fn bind(socket: &Path) -> anyhow::Result<tokio::net::UnixListener> {
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    if socket.exists() {
-        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-            bail!("{}: another agent is already serving on this socket", socket.display());
-        }
-        std::fs::remove_file(socket).with_context(|| format!("removing stale socket {}", socket.display()))?;
-    }
-    let listener = tokio::net::UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    agent::run(AgentConfig {
+        node,
+        socket: args.socket,
+        masquerade: args.masquerade,
+    })
+    .await
 }
 
 fn hostname() -> String {

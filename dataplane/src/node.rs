@@ -12,12 +12,15 @@ use anyhow::{bail, Context as _};
 use moat_dataplane_common::EndpointInfo;
 use serde::{Deserialize, Serialize};
 
-use crate::datapath::Datapath;
-use crate::enforce::{Enforcer, Settings};
+use crate::endpoint::{EndpointRecord, NewEndpoint};
 use crate::ipam::{Cidr, Ipam, Owner};
-use crate::lb::LoadBalancer;
-use crate::netdev;
-use crate::state::StateDir;
+use crate::kernel::datapath::Datapath;
+use crate::kernel::netdev;
+use crate::persist::{read_json, write_json};
+use crate::policy::{Enforcer, Settings};
+use crate::services::LoadBalancer;
+use crate::source::Snapshot;
+use crate::view::View;
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -36,63 +39,31 @@ pub struct NodeConfig {
     pub node_devices: Vec<String>,
 }
 
-/// One wired pod interface, as persisted.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct EndpointRecord {
-    pub id: u32,
-    pub container_id: String,
-    pub ifname: String,
-    pub netns: String,
-    pub pod_namespace: String,
-    pub pod_name: String,
-    pub pod_uid: String,
-    pub ipv4: Ipv4Addr,
-    pub host_ifname: String,
-    pub host_ifindex: u32,
-    pub pod_mac: String,
-    pub host_mac: String,
-    /// "agent" or "delegated".
-    pub ipam: String,
-    pub created_unix: i64,
-    /// "ready", or why the datapath is not attached.
-    pub state: String,
-    /// Cookie of the pod's network namespace (the socket load balancer serves it).
-    #[serde(default)]
-    pub netns_cookie: u64,
-}
-
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct EndpointFile {
     next_id: u32,
     endpoints: Vec<EndpointRecord>,
 }
 
-/// What the CNI plugin reports after wiring a pod.
-#[derive(Debug, Clone)]
-pub struct NewEndpoint {
-    pub owner: Owner,
-    pub netns: String,
-    pub pod_namespace: String,
-    pub pod_name: String,
-    pub pod_uid: String,
-    pub ipv4: Ipv4Addr,
-    pub host_ifname: String,
-    pub pod_mac: String,
-    pub ipam: String,
-}
-
 pub struct Node {
     pub cfg: NodeConfig,
-    ipam: Ipam,
+    pub ipam: Ipam,
     next_id: u32,
-    endpoints: BTreeMap<Owner, EndpointRecord>,
+    pub endpoints: BTreeMap<Owner, EndpointRecord>,
     datapath: Datapath,
-    started: Instant,
-    pub state: StateDir,
+    pub started: Instant,
+    /// The desired state in force (from the state source).
+    pub state: Snapshot,
     pub enforcer: Enforcer,
     pub lb: LoadBalancer,
     last_sync: Instant,
+    last_gc: Instant,
 }
+
+/// How often endpoints are checked for a vanished host veth.
+const GC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often policy and services are re-synced without a change of desired state.
+const RESYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 const ENDPOINTS_FILE: &str = "endpoints.json";
 const IPAM_FILE: &str = "ipam.json";
@@ -103,7 +74,7 @@ impl Node {
     /// # Errors
     /// When persisted state is unreadable, was made for another pod CIDR, or the
     /// datapath cannot be loaded.
-    pub fn open(cfg: NodeConfig) -> anyhow::Result<Self> {
+    pub fn open(cfg: NodeConfig, state: Snapshot) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
         let ipam: Ipam = match read_json(&cfg.data_dir.join(IPAM_FILE))? {
@@ -121,7 +92,7 @@ impl Node {
         }
         let file: EndpointFile = read_json(&cfg.data_dir.join(ENDPOINTS_FILE))?.unwrap_or_default();
         let datapath = Datapath::load(&cfg.pin_dir).context("loading the eBPF datapath")?;
-        let endpoints = file.endpoints.into_iter().map(|e| (owner_of(&e), e)).collect();
+        let endpoints = file.endpoints.into_iter().map(|e| (e.owner(), e)).collect();
         let enforcer = Enforcer::open(cfg.policy, &cfg.data_dir, &datapath)?;
         let lb = LoadBalancer::open(cfg.service_cidr, &cfg.data_dir, &datapath)?;
         let mut datapath = datapath;
@@ -141,7 +112,6 @@ impl Node {
                 .attach_node_device(dev)
                 .with_context(|| format!("attaching NodePort XDP to node device {dev}"))?;
         }
-        let state = StateDir::new(cfg.state_dir.clone(), Some(cfg.data_dir.join("last-good-manifests")));
         let mut node = Self {
             cfg,
             ipam,
@@ -153,7 +123,11 @@ impl Node {
             enforcer,
             lb,
             last_sync: Instant::now(),
+            last_gc: Instant::now(),
         };
+        // Endpoints whose pod vanished while no agent ran go first: their leases and
+        // entries are freed instead of lingering as "not attached".
+        node.collect_vanished();
         // Policy first: re-adopted endpoints keep the policy the maps already hold, and
         // the recompiled one replaces it make-before-break.
         node.sync_policy().context("applying policy")?;
@@ -179,7 +153,7 @@ impl Node {
         let updates = self.enforcer.sync(
             &mut self.datapath,
             self.endpoints.values(),
-            self.state.objects(),
+            self.state.objects.iter(),
             host_ips,
         )?;
         let lb_updates = self
@@ -187,7 +161,7 @@ impl Node {
             .sync(
                 &mut self.datapath,
                 self.endpoints.values(),
-                self.state.objects(),
+                self.state.objects.iter(),
                 self.state.generation,
                 &self.cfg.node_name,
                 node_ips,
@@ -205,7 +179,7 @@ impl Node {
                 .collect();
             let netns: Vec<Option<std::path::PathBuf>> =
                 std::iter::once(None).chain(pods.into_iter().map(Some)).collect();
-            let n = crate::sock_destroy::destroy_connected_udp(&netns, &sockets);
+            let n = crate::services::sock_destroy::destroy_connected_udp(&netns, &sockets);
             if n > 0 {
                 tracing::info!(sockets = n, "closed UDP sockets connected to removed backends");
             }
@@ -213,18 +187,30 @@ impl Node {
         Ok(updates + lb_updates)
     }
 
-    /// Re-reads the state source if it changed, and re-applies policy. Also run
-    /// periodically so identities past their grace period are released.
-    /// Re-reads the state source (`settled`: files whose change is known to be complete)
-    /// and applies what changed; also re-syncs every few seconds.
-    pub fn refresh(&mut self, settled: &std::collections::BTreeSet<std::path::PathBuf>) {
-        let changed = self.state.refresh_with(settled);
-        if !changed && self.last_sync.elapsed() < std::time::Duration::from_secs(5) {
-            return;
-        }
+    /// Takes a new desired state from the state source and applies it.
+    pub fn set_state(&mut self, state: Snapshot) {
+        self.state = state;
         if let Err(e) = self.sync_policy() {
             tracing::error!("applying policy: {e:#}");
         }
+    }
+
+    /// Periodic work: endpoint garbage collection, and a re-sync every few seconds (node
+    /// addresses may change, identities past their grace period are released). Returns
+    /// whether anything was done that readers may see.
+    pub fn tick(&mut self) -> bool {
+        let mut did = false;
+        if self.last_gc.elapsed() >= GC_INTERVAL {
+            self.last_gc = Instant::now();
+            did |= !self.collect_vanished().is_empty();
+        }
+        if self.last_sync.elapsed() >= RESYNC_INTERVAL {
+            if let Err(e) = self.sync_policy() {
+                tracing::error!("applying policy: {e:#}");
+            }
+            did = true;
+        }
+        did
     }
 
     /// The event ring buffer (once).
@@ -232,58 +218,10 @@ impl Node {
         self.datapath.take_events()
     }
 
-    /// ("namespace", "name") of the local pod with this address.
+    /// A read-only snapshot for the API and the event reader.
     #[must_use]
-    pub fn pod_of(&self, ip: Ipv4Addr) -> Option<(String, String)> {
-        if let Some(e) = self.endpoints.values().find(|e| e.ipv4 == ip) {
-            return Some((e.pod_namespace.clone(), e.pod_name.clone()));
-        }
-        self.enforcer
-            .world
-            .pods
-            .iter()
-            .find(|p| p.ipv4 == Some(ip))
-            .map(|p| (p.pod.namespace.clone(), p.pod.name.clone()))
-    }
-
-    /// ("namespace", "name") of the local pod whose network namespace has this cookie.
-    #[must_use]
-    pub fn pod_of_netns(&self, cookie: u64) -> Option<(String, String)> {
-        self.endpoints
-            .values()
-            .find(|e| e.netns_cookie == cookie)
-            .map(|e| (e.pod_namespace.clone(), e.pod_name.clone()))
-    }
-
-    /// The identity of a local pod, 0 when unknown.
-    #[must_use]
-    pub fn identity_of_pod(&self, namespace: &str, name: &str) -> u32 {
-        self.enforcer.world.pod(namespace, name).map_or(0, |p| p.identity)
-    }
-
-    /// "ns/name:port" of the service with this frontend.
-    #[must_use]
-    pub fn service_at(&self, ip: Ipv4Addr, port: u16, proto: u8) -> String {
-        self.lb
-            .services
-            .iter()
-            .find(|s| {
-                s.frontends
-                    .iter()
-                    .any(|f| f.addr == ip && f.port == port && f.proto == proto)
-            })
-            .map(ToString::to_string)
-            .unwrap_or_default()
-    }
-
-    #[must_use]
-    pub fn identity_name(&self, id: u32) -> String {
-        self.enforcer.identity_name(id)
-    }
-
-    #[must_use]
-    pub fn describe_cookie(&self, cookie: u32) -> String {
-        self.enforcer.compiled.describe(cookie)
+    pub fn view(&self) -> View {
+        View::new(self)
     }
 
     #[must_use]
@@ -396,7 +334,7 @@ impl Node {
         if let Some(other) = self
             .endpoints
             .values()
-            .find(|e| e.ipv4 == new.ipv4 && owner_of(e) != new.owner)
+            .find(|e| e.ipv4 == new.ipv4 && e.owner() != new.owner)
         {
             bail!(
                 "ipv4 {} already belongs to endpoint {} ({}/{})",
@@ -496,6 +434,40 @@ impl Node {
         Ok(rec)
     }
 
+    /// Endpoint garbage collection: removes, as DEL would, every endpoint whose host veth
+    /// is gone. A runtime that never calls DEL (a container killed first, containerd 1.6
+    /// failing after ADD) leaves such endpoints; deleting a network namespace destroys
+    /// both veth ends, so a missing host veth means the pod is gone. An endpoint whose
+    /// veth still exists keeps its programs and policy (fail closed), even when its
+    /// netns file was unmounted: a process may still hold the namespace.
+    pub fn collect_vanished(&mut self) -> Vec<EndpointRecord> {
+        let gone: Vec<Owner> = self
+            .endpoints
+            .iter()
+            .filter(|(_, e)| host_veth_gone(e))
+            .map(|(o, _)| o.clone())
+            .collect();
+        let mut removed = Vec::new();
+        for owner in gone {
+            match self.delete_endpoint(&owner) {
+                Ok(Some(rec)) => {
+                    tracing::warn!(
+                        endpoint = rec.id,
+                        pod = %format!("{}/{}", rec.pod_namespace, rec.pod_name),
+                        container = %rec.container_id,
+                        ip = %rec.ipv4,
+                        reason = "host veth gone without a CNI DEL",
+                        "endpoint collected"
+                    );
+                    removed.push(rec);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(container = %owner.container_id, "collecting a vanished endpoint: {e:#}"),
+            }
+        }
+        removed
+    }
+
     #[must_use]
     pub fn endpoint(&self, owner: &Owner) -> Option<&EndpointRecord> {
         self.endpoints.get(owner)
@@ -547,26 +519,8 @@ impl Node {
     }
 }
 
-fn owner_of(e: &EndpointRecord) -> Owner {
-    Owner {
-        container_id: e.container_id.clone(),
-        ifname: e.ifname.clone(),
-    }
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<Option<T>> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(Some(
-            serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?,
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
-}
-
-/// Write-then-rename so a crash never leaves a half-written state file.
-fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+/// Whether the endpoint's host veth no longer exists (only "no such device" counts: any
+/// other error keeps the endpoint).
+fn host_veth_gone(e: &EndpointRecord) -> bool {
+    matches!(netdev::ifindex(&e.host_ifname), Err(err) if err.raw_os_error() == Some(libc::ENODEV) || err.kind() == std::io::ErrorKind::NotFound)
 }

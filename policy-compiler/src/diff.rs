@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use moat_dataplane_common::PolicyValue;
+use moat_dataplane_common::{PolicyValue, ACTION_ALLOW};
 use moat_identity::Identity;
 
 use crate::compile::{Compiled, PolicyEntryKey};
@@ -57,6 +57,34 @@ pub fn diff(old: &Compiled, new: &Compiled) -> Diff {
     }
 }
 
+/// Whether applying `d` on top of `old` may deny a flow that `old` allowed: only then must
+/// established flows re-check their cached verdicts (the datapath's policy revision is
+/// bumped). Widening changes and new pods do not touch established flows, so pod churn
+/// elsewhere does not make every flow on the node re-verify.
+///
+/// Narrowing, conservatively:
+/// - a policy entry removed or changed that allowed something (a deny removed only widens);
+/// - a deny entry added or changed whose subject identity was in use (some address had it
+///   in the old ipcache): a subject no address had has no established flows;
+/// - an ipcache entry removed or re-pointed (an address changes identity), or a new prefix
+///   shorter than /32 (CIDR identities re-classify addresses that flows already use).
+///
+/// A new /32 (a new pod's address) only names an address that no established flow used
+/// with another identity: its previous owner's removal already counted.
+#[must_use]
+pub fn narrows(old: &Compiled, d: &Diff) -> bool {
+    let in_use: std::collections::BTreeSet<Identity> = old.ipcache.values().copied().collect();
+    let was_allow = |k: &PolicyEntryKey| old.policy.get(k).is_some_and(|v| v.action == ACTION_ALLOW);
+    d.policy_deletes.iter().any(was_allow)
+        || d.policy_upserts.iter().any(|(k, v)| {
+            (v.action != ACTION_ALLOW && in_use.contains(&k.1.subject)) || (was_allow(k) && v.action != ACTION_ALLOW)
+        })
+        || !d.ipcache_deletes.is_empty()
+        || d.ipcache_upserts
+            .iter()
+            .any(|(k, _)| old.ipcache.contains_key(k) || k.1 < 32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +127,53 @@ mod tests {
         assert_eq!(d.ipcache_upserts, vec![((Ipv4Addr::new(10, 0, 0, 2), 32), 256)]);
         assert_eq!(d.ipcache_deletes, vec![(Ipv4Addr::new(10, 0, 0, 1), 32)]);
         assert_eq!(d.len(), 5);
+    }
+
+    #[test]
+    fn only_narrowing_changes_re_check_established_flows() {
+        let pod = |n: u8| (Ipv4Addr::new(10, 0, 0, n), 32);
+        let allow_a = (40, PolicyKey::new(256, 1, 0, 0, 0));
+        let mut old = Compiled::default();
+        old.ipcache.insert(pod(1), 256);
+        old.policy.insert(allow_a, val(ACTION_ALLOW, 1));
+        let narrows_to = |new: &Compiled| narrows(&old, &diff(&old, new));
+
+        // A new pod with an existing identity, and a new identity's own entries
+        // (isolation deny included): nothing established can be affected.
+        let mut new = old.clone();
+        new.ipcache.insert(pod(2), 256);
+        new.ipcache.insert(pod(3), 300);
+        new.policy
+            .insert((40, PolicyKey::new(300, 1, 0, 0, 0)), val(ACTION_DENY, 2));
+        new.policy
+            .insert((72, PolicyKey::new(256, 1, 300, 0, 0)), val(ACTION_ALLOW, 3));
+        assert!(!narrows_to(&new), "churn of new pods");
+        // A cookie change of an allow, a removed deny: no.
+        let mut new = old.clone();
+        new.policy.insert(allow_a, val(ACTION_ALLOW, 9));
+        assert!(!narrows_to(&new));
+
+        // An allow removed, or turned into a deny: yes.
+        let mut new = old.clone();
+        new.policy.remove(&allow_a);
+        assert!(narrows_to(&new));
+        let mut new = old.clone();
+        new.policy.insert(allow_a, val(ACTION_DENY, 1));
+        assert!(narrows_to(&new));
+        // A deny for an identity in use (a pod becomes isolated): yes.
+        let mut new = old.clone();
+        new.policy
+            .insert((40, PolicyKey::new(256, 2, 0, 0, 0)), val(ACTION_DENY, 4));
+        assert!(narrows_to(&new));
+        // A pod removed, an address re-pointed, a new CIDR identity: yes.
+        let mut new = old.clone();
+        new.ipcache.remove(&pod(1));
+        assert!(narrows_to(&new));
+        let mut new = old.clone();
+        new.ipcache.insert(pod(1), 257);
+        assert!(narrows_to(&new));
+        let mut new = old.clone();
+        new.ipcache.insert((Ipv4Addr::new(192, 168, 0, 0), 16), 0x0100_0001);
+        assert!(narrows_to(&new));
     }
 }

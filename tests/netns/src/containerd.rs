@@ -16,6 +16,8 @@ pub struct Containerd {
     pub socket: PathBuf,
     daemon: Child,
     runs: Vec<(String, Child)>,
+    /// Containers whose `ctr run` client was killed: removed on drop.
+    orphans: Vec<String>,
 }
 
 impl Containerd {
@@ -44,6 +46,7 @@ impl Containerd {
             socket,
             daemon,
             runs: Vec::new(),
+            orphans: Vec::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while Command::new("ctr")
@@ -93,6 +96,19 @@ impl Containerd {
         sh(self.ctr().args(["run", "--rm", "--cni", IMAGE, id]).args(cmd))
     }
 
+    /// Kills the container as a crash would: first its `ctr run` client (SIGKILL, so it
+    /// never tears the network down through CNI DEL), then the container's task. The
+    /// task's network namespace dies with its last process.
+    pub fn crash(&mut self, id: &str) {
+        if let Some(pos) = self.runs.iter().position(|(n, _)| n == id) {
+            let (_, mut child) = self.runs.remove(pos);
+            let _ = child.kill();
+            let _ = child.wait();
+            self.orphans.push(id.to_string());
+        }
+        let _ = self.ctr().args(["task", "kill", "-s", "KILL", id]).output();
+    }
+
     /// Kills a background container and waits for its `ctr run --rm` to finish.
     pub fn stop(&mut self, id: &str) {
         let _ = self.ctr().args(["task", "kill", "-s", "KILL", id]).output();
@@ -110,7 +126,8 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        let ids: Vec<String> = self.runs.iter().map(|(n, _)| n.clone()).collect();
+        let mut ids: Vec<String> = self.runs.iter().map(|(n, _)| n.clone()).collect();
+        ids.append(&mut self.orphans);
         for id in ids {
             self.stop(&id);
             let _ = self.ctr().args(["task", "rm", "-f", &id]).output();

@@ -610,6 +610,33 @@ pub fn result_ip(result: &Value) -> Ipv4Addr {
         .unwrap_or_else(|e| panic!("{addr}: {e}"))
 }
 
+/// Whether a root test may run here. Without root it prints why and the test returns
+/// (a plain `cargo test` as a user runs the pure tests); under CI (`CI=true`) a missing
+/// root is a failure, so CI never skips.
+#[must_use]
+pub fn have_root(test: &str) -> bool {
+    // SAFETY: trivial libc call.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").map_or(true, |v| v != "true"),
+        "{test}: needs root (network namespaces, eBPF), and CI must run every test"
+    );
+    eprintln!("skipped {test}: needs root (network namespaces, eBPF); run `sudo bash install/test.sh`");
+    false
+}
+
+/// Returns from the calling test when it cannot run (see [`have_root`]).
+#[macro_export]
+macro_rules! root_or_skip {
+    () => {
+        if !$crate::have_root(module_path!()) {
+            return;
+        }
+    };
+}
+
 /// Whether we run as root (every test here needs it).
 pub fn require_root() {
     // SAFETY: trivial libc call.

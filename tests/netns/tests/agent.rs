@@ -1,10 +1,10 @@
 //! The agent as an operator meets it: standalone manifests, status, bad flags.
-use moat_netns_tests::{bin, require_root, Node, NodeOpts};
+use moat_netns_tests::{bin, root_or_skip, Node, NodeOpts};
 use serde_json::Value;
 
 #[test]
 fn standalone_manifests_are_read_and_bad_documents_named() {
-    require_root();
+    root_or_skip!();
     let good = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n---\n\
                 apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: shop\n  labels: {app: web}\n\
                 spec:\n  containers: [{name: web, image: nginx}]\n";
@@ -35,7 +35,7 @@ fn standalone_manifests_are_read_and_bad_documents_named() {
 
 #[test]
 fn bad_flags_are_named() {
-    require_root();
+    root_or_skip!();
     let out = std::process::Command::new(bin("moat-agent"))
         .args([
             "--state-dir",

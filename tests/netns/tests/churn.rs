@@ -1,11 +1,11 @@
 //! 200 ADD/DEL cycles through the real plugin leave nothing behind: no veth, no IP
 //! lease, no endpoint map entry, no link pin.
 use moat_netns_tests::net::ping;
-use moat_netns_tests::{require_root, Netns, Node};
+use moat_netns_tests::{root_or_skip, Netns, Node};
 
 #[test]
 fn two_hundred_add_del_cycles_leave_nothing_behind() {
-    require_root();
+    root_or_skip!();
     let node = Node::start();
     let anchor = node.add_pod("default", "anchor");
     let conf = node.conf().to_string();

@@ -1,7 +1,7 @@
 //! CNI spec behaviour of the real `moat` binary: every command, every error code,
 //! idempotent DEL, GC, CHECK after tampering, delegated IPAM and chaining.
 use moat_netns_tests::net::{tcp_echo, EchoServer};
-use moat_netns_tests::{ip, link_exists, netns_path, require_root, sh, Node, NodeOpts};
+use moat_netns_tests::{ip, link_exists, netns_path, root_or_skip, sh, Node, NodeOpts};
 use serde_json::{json, Value};
 use std::process::Command;
 
@@ -15,7 +15,7 @@ fn conf_with(node: &Node, extra: Value) -> String {
 
 #[test]
 fn version_lists_supported_versions() {
-    require_root();
+    root_or_skip!();
     let node = Node::start();
     let out = node.cni(&[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"1.1.0"}"#);
     assert!(out.success, "{out:?}");
@@ -26,7 +26,7 @@ fn version_lists_supported_versions() {
 
 #[test]
 fn add_wires_the_pod_and_returns_a_spec_result() {
-    require_root();
+    root_or_skip!();
     let node = Node::start();
     let pod = node.add_pod("shop", "web-0");
     let r = &pod.result;
@@ -69,7 +69,7 @@ fn add_wires_the_pod_and_returns_a_spec_result() {
 
 #[test]
 fn errors_use_the_spec_codes_and_name_the_field() {
-    require_root();
+    root_or_skip!();
     let node = Node::start();
     let ns = moat_netns_tests::Netns::new(&moat_netns_tests::unique("-errpod"));
     let path = ns.path();
@@ -184,7 +184,7 @@ fn errors_use_the_spec_codes_and_name_the_field() {
 
 #[test]
 fn del_is_idempotent_even_after_the_netns_is_gone() {
-    require_root();
+    root_or_skip!();
     let node = Node::start();
     let a = node.add_pod("default", "a");
     let b = node.add_pod("default", "b");
@@ -223,7 +223,7 @@ fn del_is_idempotent_even_after_the_netns_is_gone() {
 
 #[test]
 fn check_passes_then_fails_after_tampering() {
-    require_root();
+    root_or_skip!();
     let node = Node::start();
     let pod = node.add_pod("default", "checked");
     let conf = conf_with(&node, json!({"prevResult": pod.result}));
@@ -252,7 +252,7 @@ fn check_passes_then_fails_after_tampering() {
 
 #[test]
 fn status_follows_agent_readiness() {
-    require_root();
+    root_or_skip!();
     let node = Node::start();
     let env = [("CNI_COMMAND", "STATUS")];
     assert!(node.cni(&env, &node.conf().to_string()).success);
@@ -270,7 +270,7 @@ fn status_follows_agent_readiness() {
 
 #[test]
 fn gc_removes_attachments_not_listed() {
-    require_root();
+    root_or_skip!();
     let node = Node::start();
     let keep = node.add_pod("default", "keep");
     let drop1 = node.add_pod("default", "drop1");
@@ -302,7 +302,7 @@ fn gc_removes_attachments_not_listed() {
 
 #[test]
 fn delegated_host_local_ipam() {
-    require_root();
+    root_or_skip!();
     let dir = std::env::temp_dir().join(moat_netns_tests::unique("-hostlocal"));
     let subnet = format!("10.250.{}.0/24", std::process::id() % 250);
     let node = Node::start_with(NodeOpts {
@@ -337,7 +337,7 @@ fn delegated_host_local_ipam() {
 
 #[test]
 fn chained_with_portmap_serves_a_host_port() {
-    require_root();
+    root_or_skip!();
     // Debian's portmap speaks CNI up to 1.0.0, so this conflist is a 1.0.0 one.
     let node = Node::start_with(NodeOpts {
         cni_version: "1.0.0",

@@ -8,7 +8,7 @@
 use std::net::Ipv4Addr;
 
 use moat_netns_tests::net::{in_netns, ping, tcp_echo, udp_echo, EchoServer};
-use moat_netns_tests::{ip, require_root, Node, NodeOpts};
+use moat_netns_tests::{ip, root_or_skip, Node, NodeOpts};
 use serde_json::Value;
 
 fn counter(node: &Node, name: &str) -> u64 {
@@ -18,7 +18,7 @@ fn counter(node: &Node, name: &str) -> u64 {
 
 #[test]
 fn tcp_udp_icmp_among_four_pods_in_two_namespaces() {
-    require_root();
+    root_or_skip!();
     let node = Node::start();
     let pods = [
         node.add_pod("a", "p1"),
@@ -61,7 +61,7 @@ fn tcp_udp_icmp_among_four_pods_in_two_namespaces() {
 
 #[test]
 fn pod_to_node_and_node_to_pod() {
-    require_root();
+    root_or_skip!();
     let node = Node::start();
     let pod = node.add_pod("default", "p");
     let _pod_server = EchoServer::start(&pod.path(), 8081);
@@ -91,7 +91,7 @@ fn pod_to_node_and_node_to_pod() {
 
 #[test]
 fn pod_to_outside_goes_through_the_node_stack() {
-    require_root();
+    root_or_skip!();
     let node = Node::start();
     let pod = node.add_pod("default", "out");
     let ext = node.ext_ns.as_ref().unwrap().path();
@@ -111,7 +111,7 @@ fn pod_to_outside_goes_through_the_node_stack() {
 
 #[test]
 fn masquerade_lets_pods_reach_networks_that_do_not_route_the_pod_cidr() {
-    require_root();
+    root_or_skip!();
     let node = Node::start_with(NodeOpts {
         agent_args: vec!["--masquerade"],
         ..NodeOpts::default()
@@ -142,7 +142,7 @@ fn masquerade_lets_pods_reach_networks_that_do_not_route_the_pod_cidr() {
 
 #[test]
 fn spoofed_source_addresses_are_dropped() {
-    require_root();
+    root_or_skip!();
     let node = Node::start();
     let a = node.add_pod("default", "honest");
     let b = node.add_pod("default", "victim");

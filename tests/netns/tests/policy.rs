@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use moat_netns_tests::net::{tcp_echo, udp_echo, EchoServer, HeldConnection};
-use moat_netns_tests::{require_root, Node, NodeOpts};
+use moat_netns_tests::{root_or_skip, Node, NodeOpts};
 use serde_json::Value;
 
 fn namespace(name: &str) -> String {
@@ -30,7 +30,7 @@ fn base() -> String {
 }
 
 fn start(agent_args: Vec<&'static str>) -> Node {
-    require_root();
+    moat_netns_tests::require_root();
     Node::start_with(NodeOpts {
         manifests: vec![("base.yaml", base())],
         agent_args,
@@ -65,6 +65,7 @@ fn wait_flow(node: &Node, args: &[&str], pred: impl Fn(&Value) -> bool) -> Value
 
 #[test]
 fn replies_pass_under_deny_all_ingress_on_the_client() {
+    root_or_skip!();
     let node = start(vec![]);
     let web = node.add_pod("shop", "web");
     let admin = node.add_pod("ops", "admin");
@@ -104,8 +105,49 @@ fn replies_pass_under_deny_all_ingress_on_the_client() {
     );
 }
 
+/// Pod churn does not make every established flow on the node re-check its verdict: new
+/// pods (a known identity, or a new one that a policy isolates) leave the policy revision
+/// alone; a removed pod or a removed allow bumps it.
+#[test]
+fn new_pods_leave_established_flows_alone() {
+    root_or_skip!();
+    let node = start(vec![]);
+    let web = node.add_pod("shop", "web");
+    let db = node.add_pod("shop", "db");
+    let _srv = EchoServer::start(&db.path(), 5432);
+    node.apply_manifests(&[(
+        "p.yaml",
+        Some(
+            &(policy(
+                "shop",
+                "db-from-web",
+                "  podSelector: {matchLabels: {app: db}}\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {app: web}}\n    ports:\n    - port: 5432",
+            ) + &policy("ops", "deny-all", DENY_ALL_INGRESS)),
+        ),
+    )]);
+    let conn = HeldConnection::open(&web.path(), db.ip, 5432);
+    assert_eq!(conn.roundtrip(b"one").unwrap(), b"one");
+    let revision = |node: &Node| node.status()["policyRevision"].as_u64().unwrap();
+    let before = revision(&node);
+
+    let extra: Vec<_> = (0..3).map(|i| node.add_pod("shop", &format!("extra{i}"))).collect();
+    let _admin = node.add_pod("ops", "admin");
+    assert_eq!(revision(&node), before, "new pods bumped the policy revision");
+    assert_eq!(conn.roundtrip(b"two").unwrap(), b"two");
+
+    let del = node.del_pod(&extra[0]);
+    assert!(del.success, "{del:?}");
+    assert!(revision(&node) > before, "a removed pod's address must re-check flows");
+    assert_eq!(
+        conn.roundtrip(b"three").unwrap(),
+        b"three",
+        "the allowed flow survives the re-check"
+    );
+}
+
 #[test]
 fn removing_an_allow_cuts_the_established_flow_and_observe_says_why() {
+    root_or_skip!();
     let node = start(vec![]);
     let web = node.add_pod("shop", "web");
     let db = node.add_pod("shop", "db");
@@ -186,6 +228,7 @@ fn removing_an_allow_cuts_the_established_flow_and_observe_says_why() {
 
 #[test]
 fn observe_filters_and_follow() {
+    root_or_skip!();
     let node = start(vec![]);
     let web = node.add_pod("shop", "web");
     let db = node.add_pod("shop", "db");
@@ -275,6 +318,7 @@ fn observe_filters_and_follow() {
 
 #[test]
 fn pod_relabel_changes_identity_and_policy_follows() {
+    root_or_skip!();
     let node = start(vec![]);
     let web = node.add_pod("shop", "web");
     let db = node.add_pod("shop", "db");
@@ -333,6 +377,7 @@ fn pod_relabel_changes_identity_and_policy_follows() {
 
 #[test]
 fn audit_mode_reports_without_dropping() {
+    root_or_skip!();
     let node = start(vec!["--audit"]);
     let web = node.add_pod("shop", "web");
     let db = node.add_pod("shop", "db");
@@ -357,6 +402,7 @@ fn audit_mode_reports_without_dropping() {
 
 #[test]
 fn enforcement_always_and_never() {
+    root_or_skip!();
     let always = start(vec!["--enforcement", "always"]);
     let web = always.add_pod("shop", "web");
     let db = always.add_pod("shop", "db");
@@ -403,6 +449,7 @@ fn enforcement_always_and_never() {
 /// and what was enforced before stays enforced.
 #[test]
 fn malformed_manifests_are_rejected_and_enforcement_is_unchanged() {
+    root_or_skip!();
     let node = start(vec![]);
     let web = node.add_pod("shop", "web");
     let db = node.add_pod("shop", "db");
@@ -483,6 +530,7 @@ fn malformed_manifests_are_rejected_and_enforcement_is_unchanged() {
 
 #[test]
 fn unused_identities_are_released_after_the_grace_period() {
+    root_or_skip!();
     let node = start(vec!["--identity-grace-secs", "1"]);
     let web = node.add_pod("shop", "web");
     let _db = node.add_pod("shop", "db");

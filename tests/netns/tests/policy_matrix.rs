@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use moat_netns_tests::net::{reachability, EchoServer, TCP, UDP};
-use moat_netns_tests::{require_root, Node, NodeOpts, Pod};
+use moat_netns_tests::{root_or_skip, Node, NodeOpts, Pod};
 
 const NAMES: [&str; 9] = ["xa", "xb", "xc", "ya", "yb", "yc", "za", "zb", "zc"];
 const P80T: (u8, u16) = (TCP, 80);
@@ -133,7 +133,7 @@ struct Cluster {
 }
 
 fn cluster() -> Cluster {
-    require_root();
+    moat_netns_tests::require_root();
     let node = Node::start_with(NodeOpts {
         manifests: vec![("base.yaml", base(("", ""), ("", "")))],
         ..NodeOpts::default()
@@ -577,6 +577,7 @@ zc  .  .  .  .  .  .  .  .  ."),
 
 #[test]
 fn upstream_model_policy_matrix() {
+    root_or_skip!();
     let c = cluster();
     let cases = cases(&c);
     assert!(cases.len() >= 30 - 4, "the update cases below bring the total past 30");

@@ -1,12 +1,12 @@
 //! An agent restart neither breaks established pod-to-pod connections nor forgets
 //! endpoints and leases: maps and tcx links are pinned, state is persisted.
 use moat_netns_tests::net::{tcp_echo, EchoServer, HeldConnection};
-use moat_netns_tests::{require_root, Node};
+use moat_netns_tests::{root_or_skip, Node};
 use serde_json::Value;
 
 #[test]
 fn established_connection_survives_agent_restart() {
-    require_root();
+    root_or_skip!();
     let node = Node::start();
     let client = node.add_pod("default", "client");
     let server = node.add_pod("default", "server");

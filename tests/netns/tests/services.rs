@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use moat_netns_tests::net::{tcp_read, udp_ask, NameServer};
-use moat_netns_tests::{require_root, Node, NodeOpts, Pod};
+use moat_netns_tests::{root_or_skip, Node, NodeOpts, Pod};
 use serde_json::Value;
 
 fn vip(n: u8) -> Ipv4Addr {
@@ -38,7 +38,7 @@ struct Setup {
 }
 
 fn setup(services: &str) -> Setup {
-    require_root();
+    moat_netns_tests::require_root();
     let node = Node::start_with(NodeOpts {
         manifests: vec![
             ("pods.yaml", pods(&SETUP_PODS)),
@@ -92,6 +92,7 @@ fn spread(s: &Setup, to: Ipv4Addr, n: usize) -> BTreeMap<String, usize> {
 
 #[test]
 fn cluster_ip_spreads_over_backends_and_follows_changes() {
+    root_or_skip!();
     let s = setup(&service("web", vip(1), ""));
     let hits = spread(&s, vip(1), 60);
     assert_eq!(
@@ -140,6 +141,7 @@ fn cluster_ip_spreads_over_backends_and_follows_changes() {
 
 #[test]
 fn udp_request_response_comes_back_from_the_service_address() {
+    root_or_skip!();
     let s = setup(&service("web", vip(2), ""));
     let mut names = std::collections::BTreeSet::new();
     for _ in 0..30 {
@@ -159,6 +161,7 @@ fn udp_request_response_comes_back_from_the_service_address() {
 /// reconnects to a live backend instead of sending to the old one forever.
 #[test]
 fn a_connected_udp_socket_to_a_removed_backend_is_closed() {
+    root_or_skip!();
     let s = setup(&service("web", vip(25), ""));
     let to = vip(25);
     let sock = moat_netns_tests::net::in_netns(&s.client.path(), move || {
@@ -191,6 +194,7 @@ fn a_connected_udp_socket_to_a_removed_backend_is_closed() {
 
 #[test]
 fn session_affinity_sticks_to_one_backend() {
+    root_or_skip!();
     // `twin` selects the label a relabelled backend gets: it stays a backend (of twin),
     // active, on the same port.
     let twin = service("twin", vip(22), "").replace("app: web", "app: old");
@@ -217,6 +221,7 @@ fn session_affinity_sticks_to_one_backend() {
 /// path in `from_container` translates it, and the reply shows the service address.
 #[test]
 fn a_socket_that_bypasses_the_hooks_is_translated_per_packet() {
+    root_or_skip!();
     use std::io::Read as _;
     let s = setup(&service("web", vip(19), ""));
     let to = std::net::SocketAddr::from((vip(19).to_ipv6_mapped(), 80));
@@ -239,6 +244,7 @@ fn a_socket_that_bypasses_the_hooks_is_translated_per_packet() {
 
 #[test]
 fn a_service_without_endpoints_refuses_at_once() {
+    root_or_skip!();
     let s = setup(&(service("web", vip(4), "") + &service("empty", vip(5), "").replace("app: web", "app: nobody")));
     let t = Instant::now();
     let err = tcp_read(&s.client.path(), vip(5), 80).expect_err("no backend");
@@ -257,6 +263,7 @@ fn a_service_without_endpoints_refuses_at_once() {
 
 #[test]
 fn hairpin_a_backend_reaches_its_own_service() {
+    root_or_skip!();
     let s = setup(&service("web", vip(6), "").replace("app: web", "app: solo"));
     // Only w1 is selected once relabelled to app=solo.
     relabel(&s, "w1", "solo");
@@ -269,6 +276,7 @@ fn hairpin_a_backend_reaches_its_own_service() {
 
 #[test]
 fn network_policy_applies_to_the_backend_after_translation() {
+    root_or_skip!();
     let s = setup(&service("web", vip(7), ""));
     let policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web-from-client, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {app: client}}\n";
     s.node.apply_manifests(&[("policy.yaml", Some(policy))]);
@@ -302,6 +310,7 @@ fn node_port_service(name: &str, ip: Ipv4Addr, node_port: u16, app: &str) -> Str
 /// ```
 #[test]
 fn node_port_from_outside_the_node() {
+    root_or_skip!();
     let closed = format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: closed, namespace: shop}}\nspec:\n  type: NodePort\n  clusterIP: {}\n  selector: {{app: web}}\n  ports:\n  - {{port: 53, targetPort: 5454, protocol: UDP, nodePort: 30085}}\n---\n",
         vip(21)
@@ -383,6 +392,7 @@ fn node_port_from_outside_the_node() {
 /// tables a previous run left are found and cleaned up).
 #[test]
 fn node_ports_across_an_agent_restart() {
+    root_or_skip!();
     let a = node_port_service("np-a", vip(26), 30120, "web");
     let b = node_port_service("np-b", vip(27), 30121, "web");
     let s = setup(&(a.clone() + &b));
@@ -415,6 +425,7 @@ fn node_ports_across_an_agent_restart() {
 /// port each time, so Maglev alone would spread them) all reach one backend.
 #[test]
 fn session_affinity_on_a_node_port_from_outside() {
+    root_or_skip!();
     let sticky = node_port_service("sticky", vip(16), 30082, "web").replace(
         "  type: NodePort\n",
         "  type: NodePort\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 30}}\n",
@@ -449,6 +460,7 @@ fn session_affinity_on_a_node_port_from_outside() {
 /// `internalTrafficPolicy: Local` keeps traffic on this node's endpoints.
 #[test]
 fn endpoint_slices_terminating_and_internal_traffic_policy() {
+    root_or_skip!();
     use moat_netns_tests::net::HeldConnection;
     let s = setup("");
     let ext = s.node.ext_ns.as_ref().expect("ext netns").path();
@@ -512,6 +524,7 @@ fn endpoint_slices_terminating_and_internal_traffic_policy() {
 /// not disturb established connections of another.
 #[test]
 fn service_changes_apply_quickly_without_breaking_other_connections() {
+    root_or_skip!();
     use moat_netns_tests::net::{EchoServer, HeldConnection};
     let echo_svc = |ip: Ipv4Addr, port: u16| {
         format!("apiVersion: v1\nkind: Service\nmetadata: {{name: echo, namespace: shop}}\nspec:\n  clusterIP: {ip}\n  selector: {{app: web}}\n  ports: [{{port: {port}, targetPort: 9000}}]\n---\n")
@@ -565,6 +578,7 @@ fn service_changes_apply_quickly_without_breaking_other_connections() {
 /// already has does not take that service's traffic.
 #[test]
 fn many_node_ports_and_a_clashing_cluster_ip() {
+    root_or_skip!();
     let s = setup(&service("web", vip(1), ""));
     assert_eq!(spread(&s, vip(1), 30).len(), 3);
     let mut more = String::new();
@@ -607,6 +621,7 @@ fn many_node_ports_and_a_clashing_cluster_ip() {
 /// `externalTrafficPolicy: Local` sends outside clients only to this node's endpoints.
 #[test]
 fn external_ips_load_balancer_ips_and_external_traffic_policy_local() {
+    root_or_skip!();
     let s = setup("");
     let ext = s.node.ext_ns.as_ref().expect("ext netns");
     let (eip, lbip) = (Ipv4Addr::new(192, 0, 2, 10), Ipv4Addr::new(203, 0, 113, 10));
@@ -681,7 +696,7 @@ fn external_ips_load_balancer_ips_and_external_traffic_policy_local() {
 /// translates per packet (DNAT) and replies are translated back.
 #[test]
 fn per_packet_dnat_when_the_socket_load_balancer_is_off() {
-    require_root();
+    root_or_skip!();
     let node = Node::start_with(NodeOpts {
         manifests: vec![
             ("pods.yaml", pods(&[("w1", "web"), ("w2", "web"), ("client", "client")])),

@@ -66,3 +66,23 @@ pub fn ipv4_tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8)
     p[34 + 13] = flags;
     p
 }
+
+/// Whether a root-only test may run. Without root it prints why and the test returns, so
+/// a plain `cargo test` as a user runs the pure tests; under CI (`CI=true`) a missing
+/// root is a failure, so CI never skips.
+///
+/// # Panics
+/// Without root when `CI=true`.
+#[must_use]
+pub fn have_root(what: &str) -> bool {
+    // SAFETY: trivial libc call.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").map_or(true, |v| v != "true"),
+        "{what}: need root, and CI must run every test"
+    );
+    eprintln!("skipped {what}: need root (eBPF); run `sudo bash install/test.sh`");
+    false
+}

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -17,8 +18,9 @@ use moat_policy_compiler::compile::{Compiled, Compiler};
 use moat_policy_compiler::k8s::{self, Object};
 use moat_policy_compiler::world::{Mode, PodInfo, World};
 
-use crate::datapath::Datapath;
-use crate::node::EndpointRecord;
+use crate::endpoint::EndpointRecord;
+use crate::kernel::datapath::Datapath;
+use crate::persist::{read_json, write_json};
 
 /// Node-wide policy settings from the command line.
 #[derive(Debug, Clone, Copy)]
@@ -44,9 +46,10 @@ pub struct Enforcer {
     allocator: Allocator,
     allocator_file: PathBuf,
     /// What the maps hold (read from them at start, then what we applied).
-    applied: Compiled,
-    pub world: World,
-    pub compiled: Compiled,
+    applied: Arc<Compiled>,
+    /// The last compiled world and its result (shared with the read-only view).
+    pub world: Arc<World>,
+    pub compiled: Arc<Compiled>,
     pub revision: u32,
     /// Map updates made by the last sync.
     pub last_updates: usize,
@@ -57,28 +60,22 @@ impl Enforcer {
     /// When the persisted identities cannot be read.
     pub fn open(settings: Settings, data_dir: &std::path::Path, dp: &Datapath) -> anyhow::Result<Self> {
         let allocator_file = data_dir.join("identities.json");
-        let allocator = match std::fs::read(&allocator_file) {
-            Ok(bytes) => serde_json::from_slice::<Allocator>(&bytes)
-                .with_context(|| format!("parsing {}", allocator_file.display()))?
-                .restored(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Allocator::default(),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", allocator_file.display())),
-        };
+        let allocator = read_json::<Allocator>(&allocator_file)?.map_or_else(Allocator::default, Allocator::restored);
         let mut allocator = allocator;
         allocator.set_grace_secs(settings.identity_grace_secs);
-        let applied = Compiled {
+        let applied = Arc::new(Compiled {
             policy: dp.policy_entries().into_iter().collect(),
             ipcache: dp.ipcache_entries().into_iter().collect(),
             rules: BTreeMap::new(),
-        };
+        });
         Ok(Self {
             settings,
             compiler: Compiler::new(),
             allocator,
             allocator_file,
             applied,
-            world: World::default(),
-            compiled: Compiled::default(),
+            world: Arc::default(),
+            compiled: Arc::default(),
             revision: dp.config().policy_rev,
             last_updates: 0,
         })
@@ -96,8 +93,8 @@ impl Enforcer {
         objects: impl Iterator<Item = &'a Object>,
         host_ips: Vec<Ipv4Addr>,
     ) -> anyhow::Result<usize> {
-        self.world = self.build_world(endpoints, objects, host_ips);
-        self.compiled = self.compiler.compile(&self.world);
+        self.world = Arc::new(self.build_world(endpoints, objects, host_ips));
+        self.compiled = Arc::new(self.compiler.compile(&self.world));
         let in_use: BTreeSet<Identity> = self.world.pods.iter().map(|p| p.identity).collect();
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         for id in self.allocator.sweep(&in_use, now) {
@@ -107,20 +104,23 @@ impl Enforcer {
 
         let d = moat_policy_compiler::diff::diff(&self.applied, &self.compiled);
         let updates = d.len();
+        let narrows = moat_policy_compiler::diff::narrows(&self.applied, &d);
         let result = apply(dp, &d);
         if let Err(e) = result {
             // Re-read what the maps really hold so the next diff starts from the truth.
-            self.applied = Compiled {
+            self.applied = Arc::new(Compiled {
                 policy: dp.policy_entries().into_iter().collect(),
                 ipcache: dp.ipcache_entries().into_iter().collect(),
                 rules: BTreeMap::new(),
-            };
+            });
             return Err(e);
         }
-        self.applied = self.compiled.clone();
+        self.applied = Arc::clone(&self.compiled);
         // A mode change (audit on/off) also re-checks established flows.
         let flags_changed = self.config(false).flags != dp.config().flags;
-        let cfg = self.config(updates > 0 || flags_changed);
+        // Established flows re-check their cached verdict only when something that
+        // allowed may now deny (see `diff::narrows`): pod churn does not cost every flow.
+        let cfg = self.config(narrows || flags_changed);
         if cfg != dp.config() {
             dp.set_config(cfg).context("writing the datapath config")?;
             self.revision = cfg.policy_rev;
@@ -231,13 +231,8 @@ impl Enforcer {
     }
 
     fn persist_identities(&self) {
-        let tmp = self.allocator_file.with_extension("json.tmp");
-        let ok = serde_json::to_vec_pretty(&self.allocator)
-            .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
-            .and_then(|()| std::fs::rename(&tmp, &self.allocator_file));
-        if let Err(e) = ok {
-            tracing::warn!(error = %e, file = %self.allocator_file.display(), "persisting identities");
+        if let Err(e) = write_json(&self.allocator_file, &self.allocator) {
+            tracing::warn!("persisting identities: {e:#}");
         }
     }
 

@@ -12,12 +12,31 @@ use moat_dataplane_common::metric_name;
 use moat_policy_compiler::lookup::{explain, Endpoint as PolicyEndpoint};
 use tonic::{Request, Response, Status};
 
-use crate::ipam::Owner;
-use crate::node::{EndpointRecord, NewEndpoint, Node};
+use crate::agent::{CallError, Command, NodeHandle};
+use crate::endpoint::{EndpointRecord, NewEndpoint, Owner};
+use crate::events::FlowStore;
+use crate::kernel::stats::Stats;
 
 pub struct AgentService {
-    pub node: Arc<Mutex<Node>>,
-    pub flows: Arc<Mutex<crate::flows::FlowStore>>,
+    node: NodeHandle,
+    flows: Arc<Mutex<FlowStore>>,
+    stats: Option<Stats>,
+}
+
+impl AgentService {
+    #[must_use]
+    pub fn new(node: NodeHandle, flows: Arc<Mutex<FlowStore>>, stats: Option<Stats>) -> Self {
+        Self { node, flows, stats }
+    }
+}
+
+/// A failed command as a gRPC status: `failed` for the command's own failure.
+fn call_status(e: CallError, failed: fn(String) -> Status) -> Status {
+    match e {
+        CallError::Failed(e) => failed(format!("{e:#}")),
+        CallError::Gone => Status::unavailable(e.to_string()),
+        CallError::Timeout(_) => Status::deadline_exceeded(e.to_string()),
+    }
 }
 
 /// Whether a flow passes `moatctl observe`'s filters.
@@ -73,17 +92,6 @@ fn owner(r: Option<&AttachmentRef>) -> Result<Owner, Status> {
         container_id: r.container_id.clone(),
         ifname: r.ifname.clone(),
     })
-}
-
-fn internal(e: &anyhow::Error) -> Status {
-    Status::internal(format!("{e:#}"))
-}
-
-impl AgentService {
-    fn node(&self) -> std::sync::MutexGuard<'_, Node> {
-        // A panic while holding the lock is a bug; keep serving with the state as is.
-        self.node.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
 }
 
 #[must_use]
@@ -164,17 +172,16 @@ impl moat_api::Agent for AgentService {
         &self,
         _: Request<ListIdentitiesRequest>,
     ) -> Result<Response<ListIdentitiesReply>, Status> {
-        let node = self.node();
-        let identities = node
-            .enforcer
-            .identities()
-            .into_iter()
+        let view = self.node.view();
+        let identities = view
+            .identities
+            .iter()
             .map(|(id, labels, in_use, endpoints)| IdentityInfo {
-                id,
-                labels,
-                in_use,
-                endpoints,
-                reserved: id < moat_identity::FIRST_CLUSTER_IDENTITY,
+                id: *id,
+                labels: labels.clone(),
+                in_use: *in_use,
+                endpoints: endpoints.clone(),
+                reserved: *id < moat_identity::FIRST_CLUSTER_IDENTITY,
             })
             .collect();
         Ok(Response::new(ListIdentitiesReply { identities }))
@@ -189,8 +196,8 @@ impl moat_api::Agent for AgentService {
             .ok()
             .filter(|p| *p > 0)
             .ok_or_else(|| Status::invalid_argument(format!("port {}: expected 1-65535", r.port)))?;
-        let node = self.node();
-        let e = explain(&node.enforcer.world, &node.enforcer.compiled, &from, &to, proto, port)
+        let view = self.node.view();
+        let e = explain(&view.world, &view.compiled, &from, &to, proto, port)
             .map_err(|e| Status::not_found(e.to_string()))?;
         Ok(Response::new(ExplainReply {
             allowed: e.allowed,
@@ -200,9 +207,8 @@ impl moat_api::Agent for AgentService {
 
     async fn list_services(&self, _: Request<ListServicesRequest>) -> Result<Response<ListServicesReply>, Status> {
         use moat_services::{BackendState, Scope};
-        let node = self.node();
-        let services = node
-            .lb
+        let view = self.node.view();
+        let services = view
             .services
             .iter()
             .map(|s| ServiceInfo {
@@ -214,7 +220,7 @@ impl moat_api::Agent for AgentService {
                     .iter()
                     .map(|f| ServiceFrontend {
                         address: format!("{}:{}", f.addr, f.port),
-                        protocol: crate::flows::proto_name(f.proto),
+                        protocol: crate::events::proto_name(f.proto),
                         scope: match f.scope {
                             Scope::ClusterIp => "ClusterIP",
                             Scope::NodePort => "NodePort",
@@ -249,9 +255,10 @@ impl moat_api::Agent for AgentService {
 
     async fn drops(&self, _: Request<DropsRequest>) -> Result<Response<DropsReply>, Status> {
         let by_reason = self
-            .node()
-            .datapath()
-            .counter_slots()
+            .stats
+            .as_ref()
+            .map(Stats::counter_slots)
+            .unwrap_or_default()
             .into_iter()
             .filter(|(slot, _)| metric_name(*slot).is_some_and(|n| n.starts_with("drop_")))
             .map(|(code, count)| DropCount {
@@ -281,55 +288,53 @@ impl moat_api::Agent for AgentService {
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
-        let node = self.node();
+        let view = self.node.view();
+        let stats = self.stats.as_ref();
         Ok(Response::new(StatusReply {
             ready: true,
             version: env!("CARGO_PKG_VERSION").into(),
-            node_name: node.cfg.node_name.clone(),
-            pod_cidr: node.cfg.pod_cidr.to_string(),
-            gateway: node.cfg.gateway.to_string(),
-            pin_dir: node.cfg.pin_dir.display().to_string(),
+            node_name: view.node_name.clone(),
+            pod_cidr: view.pod_cidr.clone(),
+            gateway: view.gateway.to_string(),
+            pin_dir: view.pin_dir.clone(),
             datapath: "tcx".into(),
-            endpoints: u32::try_from(node.endpoints().count()).unwrap_or(u32::MAX),
-            leases: u32::try_from(node.leases()).unwrap_or(u32::MAX),
-            uptime_seconds: node.uptime_seconds(),
-            state_dir: node
-                .cfg
-                .state_dir
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-            counters: node
-                .counters()
+            endpoints: u32::try_from(view.endpoints.len()).unwrap_or(u32::MAX),
+            leases: u32::try_from(view.leases).unwrap_or(u32::MAX),
+            uptime_seconds: view.uptime_seconds(),
+            state_dir: view.state_dir.clone(),
+            counters: stats
+                .map(Stats::counters)
+                .unwrap_or_default()
                 .into_iter()
                 .map(|(name, value)| Counter {
                     name: name.into(),
                     value,
                 })
                 .collect(),
-            manifest_kinds: node.state.kinds().into_iter().collect(),
-            manifest_errors: node.state.errors().iter().map(ToString::to_string).collect(),
-            enforcement: crate::enforce::mode_name(node.enforcer.settings.mode).into(),
-            audit: node.enforcer.settings.audit,
-            policies: u32::try_from(node.enforcer.world.policies.len()).unwrap_or(u32::MAX),
-            identities: u32::try_from(node.enforcer.identities().len()).unwrap_or(u32::MAX),
-            policy_entries: u32::try_from(node.enforcer.compiled.policy.len()).unwrap_or(u32::MAX),
-            policy_revision: node.enforcer.revision,
-            state_generation: node.state.generation,
-            tracked_flows: u32::try_from(node.datapath().ct_entries().len()).unwrap_or(u32::MAX),
+            manifest_kinds: view.state.kinds().into_iter().collect(),
+            manifest_errors: view.state.errors.to_vec(),
+            enforcement: crate::policy::mode_name(view.mode).into(),
+            audit: view.audit,
+            policies: u32::try_from(view.world.policies.len()).unwrap_or(u32::MAX),
+            identities: u32::try_from(view.identities.len()).unwrap_or(u32::MAX),
+            policy_entries: u32::try_from(view.compiled.policy.len()).unwrap_or(u32::MAX),
+            policy_revision: view.revision,
+            state_generation: view.state.generation,
+            tracked_flows: u32::try_from(stats.map_or(0, Stats::tracked_flows)).unwrap_or(u32::MAX),
         }))
     }
 
     async fn allocate_ip(&self, req: Request<AttachmentRef>) -> Result<Response<IpLease>, Status> {
         let owner = owner(Some(req.get_ref()))?;
-        let mut node = self.node();
-        let ip = node
-            .allocate_ip(&owner)
-            .map_err(|e| Status::resource_exhausted(format!("{e:#}")))?;
+        let ip = self
+            .node
+            .call(|r| Command::AllocateIp(owner, r))
+            .await
+            .map_err(|e| call_status(e, Status::resource_exhausted))?;
         Ok(Response::new(IpLease {
             ipv4: ip.to_string(),
             prefix_len: 32,
-            gateway: node.cfg.gateway.to_string(),
+            gateway: self.node.view().gateway.to_string(),
         }))
     }
 
@@ -355,15 +360,20 @@ impl moat_api::Agent for AgentService {
             ipam: if r.ipam.is_empty() { "agent".into() } else { r.ipam },
         };
         let rec = self
-            .node()
-            .add_endpoint(new)
-            .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
+            .node
+            .call(|r| Command::AddEndpoint(Box::new(new), r))
+            .await
+            .map_err(|e| call_status(e, Status::failed_precondition))?;
         Ok(Response::new(to_api(&rec)))
     }
 
     async fn delete_endpoint(&self, req: Request<AttachmentRef>) -> Result<Response<DeleteEndpointReply>, Status> {
         let owner = owner(Some(req.get_ref()))?;
-        let rec = self.node().delete_endpoint(&owner).map_err(|e| internal(&e))?;
+        let rec = self
+            .node
+            .call(|r| Command::DeleteEndpoint(owner, r))
+            .await
+            .map_err(|e| call_status(e, Status::internal))?;
         Ok(Response::new(DeleteEndpointReply {
             existed: rec.is_some(),
             endpoint: rec.as_ref().map(to_api),
@@ -372,8 +382,8 @@ impl moat_api::Agent for AgentService {
 
     async fn get_endpoint(&self, req: Request<AttachmentRef>) -> Result<Response<Endpoint>, Status> {
         let owner = owner(Some(req.get_ref()))?;
-        let node = self.node();
-        let rec = node.endpoint(&owner).ok_or_else(|| {
+        let view = self.node.view();
+        let rec = view.endpoint(&owner).ok_or_else(|| {
             Status::not_found(format!(
                 "no endpoint for container {} interface {}",
                 owner.container_id, owner.ifname
@@ -384,7 +394,7 @@ impl moat_api::Agent for AgentService {
 
     async fn list_endpoints(&self, _: Request<ListEndpointsRequest>) -> Result<Response<ListEndpointsReply>, Status> {
         Ok(Response::new(ListEndpointsReply {
-            endpoints: self.node().endpoints().map(to_api).collect(),
+            endpoints: self.node.view().endpoints.iter().map(to_api).collect(),
         }))
     }
 
@@ -395,7 +405,11 @@ impl moat_api::Agent for AgentService {
             .iter()
             .map(|v| owner(Some(v)))
             .collect::<Result<Vec<_>, _>>()?;
-        let (removed, leases_released) = self.node().gc(&valid).map_err(|e| internal(&e))?;
+        let (removed, leases_released) = self
+            .node
+            .call(|r| Command::Gc(valid, r))
+            .await
+            .map_err(|e| call_status(e, Status::internal))?;
         Ok(Response::new(GcReply {
             removed: removed.iter().map(to_api).collect(),
             leases_released,

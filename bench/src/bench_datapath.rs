@@ -1,4 +1,4 @@
-//! `moat-agent bench-datapath`: the per-packet cost of `from_container`, measured in the
+//! `moat-bench-datapath [POLICIES IDENTITIES PACKETS]`: the per-packet cost of `from_container`, measured in the
 //! kernel with `BPF_PROG_TEST_RUN` on a private copy of the datapath (own pin dir).
 //!
 //! Cases: an established flow with no policy loaded (the baseline), then with
@@ -16,8 +16,8 @@ use moat_dataplane_common::{
     direction, Config, PolicyKey, PolicyValue, ACTION_ALLOW, ACTION_DENY, PREFIX_FULL, PREFIX_PEER, PREFIX_SUBJECT_DIR,
 };
 
-use crate::datapath::Datapath;
-use crate::packets::endpoint;
+use moat_dataplane::fixtures::endpoint;
+use moat_dataplane::kernel::datapath::Datapath;
 
 struct PinDir(PathBuf);
 impl Drop for PinDir {
@@ -27,7 +27,7 @@ impl Drop for PinDir {
 }
 
 fn udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
-    crate::packets::ipv4_udp(src, dst, 64, sport, dport)
+    moat_dataplane::fixtures::ipv4_udp(src, dst, 64, sport, dport)
 }
 
 fn time(dp: &mut Datapath, packets: impl Iterator<Item = Vec<u8>>, want: u32) -> anyhow::Result<f64> {
@@ -50,10 +50,10 @@ fn time(dp: &mut Datapath, packets: impl Iterator<Item = Vec<u8>>, want: u32) ->
 ///
 /// # Errors
 /// When the datapath cannot be loaded or a run fails.
-pub fn run(policies: u32, identities: u32, packets: u32) -> anyhow::Result<()> {
+fn run(policies: u32, identities: u32, packets: u32) -> anyhow::Result<()> {
     const TC_ACT_SHOT: u32 = 2;
     const TC_ACT_REDIRECT: u32 = 7;
-    crate::netdev::ensure_bpffs(Path::new("/sys/fs/bpf"))?;
+    moat_dataplane::kernel::netdev::ensure_bpffs(Path::new("/sys/fs/bpf"))?;
     let pin = PinDir(PathBuf::from(format!(
         "/sys/fs/bpf/moat-bench-prog-{}",
         std::process::id()
@@ -149,4 +149,13 @@ pub fn run(policies: u32, identities: u32, packets: u32) -> anyhow::Result<()> {
         println!("  {what:<55} {ns:8.1} ns/packet   ratio {:.2}", ns / baseline);
     }
     Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<u32> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().context("arguments: POLICIES IDENTITIES PACKETS (numbers)"))
+        .collect::<anyhow::Result<_>>()?;
+    let arg = |i: usize, default: u32| args.get(i).copied().unwrap_or(default);
+    run(arg(0, 1000), arg(1, 500), arg(2, 20_000))
 }

@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use moat_dataplane_common::{
     backend_state, svc_flag, Backend4, MaglevKey, ServiceKey, ServiceValue, IN_CLUSTER_SLOTS, MAGLEV_M, MAGLEV_TABLES,
 };
@@ -18,9 +17,10 @@ use moat_policy_compiler::k8s::Object;
 use moat_services::{resolve, BackendState, Input, LbService, PodEndpoint};
 use serde::{Deserialize, Serialize};
 
-use crate::datapath::Datapath;
+use crate::endpoint::EndpointRecord;
 use crate::ipam::Cidr;
-use crate::node::EndpointRecord;
+use crate::kernel::datapath::Datapath;
+use crate::persist::{read_json, write_json};
 
 /// Allocations that must survive a restart.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -51,7 +51,7 @@ pub struct LoadBalancer {
     /// Maglev table per service id (external frontends).
     applied_maglev: BTreeMap<u32, Vec<u32>>,
     /// What the last sync resolved (for `moatctl services`).
-    pub services: Vec<LbService>,
+    pub services: std::sync::Arc<Vec<LbService>>,
     /// UDP backends (address, port) the last sync removed: connected sockets the socket
     /// LB pointed at them are to be closed (`sock_destroy`).
     pub removed_udp: Vec<(Ipv4Addr, u16)>,
@@ -109,11 +109,7 @@ impl LoadBalancer {
     /// When the persisted allocations cannot be read.
     pub fn open(service_cidr: Cidr, data_dir: &std::path::Path, dp: &Datapath) -> anyhow::Result<Self> {
         let file = data_dir.join("services.json");
-        let alloc = match std::fs::read(&file) {
-            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("parsing {}", file.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Allocations::default(),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
-        };
+        let alloc = read_json::<Allocations>(&file)?.unwrap_or_default();
         // Keep ids stable across a restart: read them back from the maps.
         let applied_services: BTreeMap<_, _> = dp.service_entries().into_iter().collect();
         let applied_backends: BTreeMap<_, _> = dp.backend_entries().into_iter().collect();
@@ -147,7 +143,7 @@ impl LoadBalancer {
             applied_services,
             applied_backends,
             applied_maglev,
-            services: Vec::new(),
+            services: std::sync::Arc::default(),
             removed_udp: Vec::new(),
             last_input: None,
         })
@@ -321,10 +317,7 @@ impl LoadBalancer {
         if !self.dirty {
             return Ok(());
         }
-        let tmp = self.file.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&self.alloc)?)
-            .and_then(|()| std::fs::rename(&tmp, &self.file))
-            .with_context(|| format!("writing {}", self.file.display()))?;
+        write_json(&self.file, &self.alloc)?;
         self.dirty = false;
         Ok(())
     }
@@ -405,19 +398,20 @@ impl LoadBalancer {
                 });
             }
         }
-        self.services = resolve(&input);
+        let mut resolved = resolve(&input);
         let incumbent = |lb: &LbService, fe: &moat_services::Frontend| {
             let id = self.alloc.service_ids.get(&lb.to_string());
             id.is_some() && self.applied_services.get(&master_key(fe)).map(|v| v.svc_id) == id.copied()
         };
-        for conflict in moat_services::drop_conflicting_frontends(&mut self.services, incumbent) {
+        for conflict in moat_services::drop_conflicting_frontends(&mut resolved, incumbent) {
             tracing::error!("{conflict}");
         }
+        self.services = std::sync::Arc::new(resolved);
 
         let mut want_backends = BTreeMap::new();
         let mut want_services = BTreeMap::new();
-        let services = self.services.clone();
-        for lb in &services {
+        let services = std::sync::Arc::clone(&self.services);
+        for lb in services.iter() {
             let svc_id = self.id_for_service(&lb.to_string());
             for b in &lb.backends {
                 let id = self.id_for_backend((b.addr, b.port, lb.proto));
@@ -464,7 +458,7 @@ impl LoadBalancer {
         // service's updates).
         let mut want_maglev: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
         let mut external: Vec<(u32, &LbService)> = Vec::new();
-        for lb in &services {
+        for lb in services.iter() {
             if lb.frontends.iter().any(|f| f.scope.external()) {
                 external.push((self.id_for_service(&lb.to_string()), lb));
             }

@@ -14,6 +14,59 @@ use std::time::SystemTime;
 
 use moat_policy_compiler::k8s::{self, ManifestError, Object};
 
+use super::dir_watch::DirWatch;
+use super::{Snapshot, StateSource};
+
+/// The standalone state source: a watched manifest directory with last-good semantics.
+pub struct ManifestDir {
+    state: StateDir,
+    /// inotify on the directory (a file closed after writing or moved in is read at
+    /// once); `None`: polling only.
+    watch: Option<DirWatch>,
+    snapshot: Snapshot,
+}
+
+impl ManifestDir {
+    /// Reads `dir` (starting from the last-good copies in `cache`, if any).
+    #[must_use]
+    pub fn open(dir: Option<PathBuf>, cache: Option<PathBuf>) -> Self {
+        let watch = dir.as_deref().and_then(|d| match DirWatch::new(d) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!("no inotify on {} ({e}); polling only", d.display());
+                None
+            }
+        });
+        let state = StateDir::new(dir, cache);
+        let snapshot = state.snapshot();
+        Self { state, watch, snapshot }
+    }
+}
+
+impl StateSource for ManifestDir {
+    fn snapshot(&self) -> Snapshot {
+        self.snapshot.clone()
+    }
+
+    fn next_change(&mut self, timeout: std::time::Duration) -> Option<Snapshot> {
+        let settled = match &self.watch {
+            Some(w) => w.wait(timeout),
+            None => {
+                std::thread::sleep(timeout);
+                BTreeSet::new()
+            }
+        };
+        self.state.refresh_with(&settled);
+        // Every completed read is delivered, changed or not: its generation tells
+        // readers (`moatctl status`) that the directory was read and applied.
+        if self.state.generation == self.snapshot.generation {
+            return None;
+        }
+        self.snapshot = self.state.snapshot();
+        Some(self.snapshot.clone())
+    }
+}
+
 /// `Kind ns/name` (or `Kind name` for cluster-scoped kinds), as in `ManifestError::object`.
 #[must_use]
 pub fn object_key(o: &Object) -> String {
@@ -166,6 +219,16 @@ impl StateDir {
         self.objects = next;
         self.errors = read.errors;
         changed
+    }
+
+    /// What is in force, as one immutable value for the node owner.
+    #[must_use]
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            objects: std::sync::Arc::new(self.objects().cloned().collect()),
+            generation: self.generation,
+            errors: std::sync::Arc::new(self.errors.iter().map(ToString::to_string).collect()),
+        }
     }
 
     pub fn objects(&self) -> impl Iterator<Item = &Object> {

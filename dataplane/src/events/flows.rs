@@ -12,7 +12,8 @@ use moat_dataplane_common::{direction, hook, metric_name, verdict, FlowEvent};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::broadcast;
 
-use crate::node::Node;
+use crate::agent::NodeHandle;
+use crate::view::View;
 
 /// Recent events kept for `observe` without `--follow`.
 const RECENT: usize = 8192;
@@ -64,7 +65,7 @@ impl FlowStore {
 }
 
 /// Reads the ring buffer until the process ends.
-pub async fn run(rb: RingBuf<MapData>, node: Arc<Mutex<Node>>, store: Arc<Mutex<FlowStore>>) {
+pub async fn run(rb: RingBuf<MapData>, node: NodeHandle, store: Arc<Mutex<FlowStore>>) {
     // SAFETY: the ring buffer's fd lives inside the `AsyncFd` and is only closed when it
     // is dropped, after deregistration.
     let mut fd = match unsafe { AsyncFd::register(rb) } {
@@ -97,10 +98,9 @@ pub async fn run(rb: RingBuf<MapData>, node: Arc<Mutex<Node>>, store: Arc<Mutex<
         if batch.is_empty() {
             continue;
         }
-        let flows: Vec<Flow> = {
-            let node = node.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            batch.iter().map(|e| to_flow(&node, e)).collect()
-        };
+        // Named against the latest view: no lock shared with requests is held.
+        let view = node.view();
+        let flows: Vec<Flow> = batch.iter().map(|e| to_flow(&view, e)).collect();
         let mut store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for f in flows {
             store.push(f);
@@ -142,7 +142,7 @@ fn tcp_flags(f: u8) -> String {
         .join(",")
 }
 
-fn to_flow(node: &Node, e: &FlowEvent) -> Flow {
+fn to_flow(node: &View, e: &FlowEvent) -> Flow {
     let age = monotonic_ns().saturating_sub(e.ts);
     let wall = SystemTime::now()
         .checked_sub(Duration::from_nanos(age))
@@ -158,7 +158,7 @@ fn to_flow(node: &Node, e: &FlowEvent) -> Flow {
         // Translation events carry no identities: name them from the ipcache.
         let id = match (id, by_netns) {
             (0, Some((ns, name))) => node.identity_of_pod(&ns, &name),
-            (0, None) if addr != 0 => node.enforcer.compiled.identity_of(ip),
+            (0, None) if addr != 0 => node.compiled.identity_of(ip),
             _ => id,
         };
         FlowPeer {

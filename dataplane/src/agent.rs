@@ -1,0 +1,277 @@
+//! The running agent: who owns what, and how requests reach it.
+//!
+//! ```text
+//!  state source thread ── Snapshot ──┐
+//!  (reads + decodes manifests)       │
+//!  gRPC mutations ── Command ────────┼──► node owner thread: the only owner of `Node`
+//!  (CNI ADD/DEL/GC, IP leases)       │    (IPAM, endpoints, BPF maps, policy, services);
+//!  periodic tick (GC, re-sync) ──────┘    handles one command at a time
+//!                                              │ publishes Arc<View> after each change
+//!                                              ▼
+//!  gRPC reads, event reader ◄──── watch channel (latest View, never waits)
+//!  ring buffer ──► event reader task ──► FlowStore ──► `moatctl observe --follow`
+//! ```
+//!
+//! Nothing slow runs under a lock a request waits for: manifests are read and decoded
+//! on the source thread, events are decoded against the published view, and reads are
+//! answered from the view. A CNI request waits only for its own command.
+use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{oneshot, watch};
+
+use crate::endpoint::{EndpointRecord, NewEndpoint, Owner};
+use crate::events::FlowStore;
+use crate::kernel::{masquerade, netdev};
+use crate::node::{Node, NodeConfig};
+use crate::source::manifest_dir::ManifestDir;
+use crate::source::{Snapshot, StateSource};
+use crate::view::View;
+
+/// Everything `moat-agent` needs to run a node.
+pub struct AgentConfig {
+    pub node: NodeConfig,
+    /// Unix socket the API is served on.
+    pub socket: PathBuf,
+    /// SNAT pod traffic leaving the pod CIDR.
+    pub masquerade: bool,
+}
+
+type Reply<T> = oneshot::Sender<anyhow::Result<T>>;
+
+/// A request for the node owner.
+pub enum Command {
+    AllocateIp(Owner, Reply<Ipv4Addr>),
+    AddEndpoint(Box<NewEndpoint>, Reply<EndpointRecord>),
+    DeleteEndpoint(Owner, Reply<Option<EndpointRecord>>),
+    /// CNI GC: the attachments that are still valid.
+    Gc(Vec<Owner>, Reply<(Vec<EndpointRecord>, u32)>),
+    /// A new desired state from the state source.
+    State(Snapshot),
+    /// Finish the current work and stop (the pinned datapath stays).
+    Shutdown,
+}
+
+/// Why a command got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("the node owner is not running")]
+    Gone,
+    #[error("the node owner did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("{0:#}")]
+    Failed(anyhow::Error),
+}
+
+/// How long a request waits for the node owner (a CNI runtime gives up after minutes;
+/// an answer this late means something is stuck, and the plugin rolls back).
+pub const COMMAND_DEADLINE: Duration = Duration::from_secs(60);
+/// How often the owner does its periodic work when no command arrives.
+const TICK: Duration = Duration::from_millis(250);
+
+/// The handle the API and the event reader hold: commands in, views out.
+#[derive(Clone)]
+pub struct NodeHandle {
+    tx: Sender<Command>,
+    view: watch::Receiver<Arc<View>>,
+}
+
+impl NodeHandle {
+    /// The latest published view (never waits).
+    #[must_use]
+    pub fn view(&self) -> Arc<View> {
+        Arc::clone(&self.view.borrow())
+    }
+
+    /// Sends a command to the owner and waits for its answer, up to the deadline.
+    ///
+    /// # Errors
+    /// When the owner is gone, does not answer in time, or the command failed.
+    pub async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, CallError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).map_err(|_| CallError::Gone)?;
+        match tokio::time::timeout(COMMAND_DEADLINE, rx).await {
+            Err(_) => Err(CallError::Timeout(COMMAND_DEADLINE)),
+            Ok(Err(_)) => Err(CallError::Gone),
+            Ok(Ok(r)) => r.map_err(CallError::Failed),
+        }
+    }
+}
+
+/// Starts the owner thread for `node`. Returns the handle and the thread (it ends after
+/// `Command::Shutdown`).
+///
+/// # Errors
+/// When the thread cannot be started.
+pub fn spawn_owner(node: Node) -> std::io::Result<(NodeHandle, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (view_tx, view_rx) = watch::channel(Arc::new(node.view()));
+    let thread = std::thread::Builder::new()
+        .name("node-owner".into())
+        .spawn(move || owner_loop(node, &rx, &view_tx))?;
+    Ok((NodeHandle { tx, view: view_rx }, thread))
+}
+
+fn owner_loop(mut node: Node, rx: &Receiver<Command>, view: &watch::Sender<Arc<View>>) {
+    let publish = |node: &Node| {
+        view.send_replace(Arc::new(node.view()));
+    };
+    loop {
+        match rx.recv_timeout(TICK) {
+            Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => return,
+            Ok(Command::State(mut s)) => {
+                // Only the newest desired state matters: skip ones already superseded.
+                let mut others = Vec::new();
+                while let Ok(c) = rx.try_recv() {
+                    match c {
+                        Command::State(newer) => s = newer,
+                        c => others.push(c),
+                    }
+                }
+                node.set_state(s);
+                publish(&node);
+                for c in others {
+                    if !handle(&mut node, c, &publish) {
+                        return;
+                    }
+                }
+            }
+            Ok(c) => {
+                if !handle(&mut node, c, &publish) {
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        if node.tick() {
+            publish(&node);
+        }
+    }
+}
+
+/// Runs one command; the view is published before the answer is sent, so a client that
+/// reads right after its request sees the change. Returns false on shutdown.
+fn handle(node: &mut Node, c: Command, publish: &impl Fn(&Node)) -> bool {
+    match c {
+        Command::AllocateIp(owner, reply) => {
+            let r = node.allocate_ip(&owner);
+            publish(node);
+            let _ = reply.send(r);
+        }
+        Command::AddEndpoint(new, reply) => {
+            let r = node.add_endpoint(*new);
+            publish(node);
+            let _ = reply.send(r);
+        }
+        Command::DeleteEndpoint(owner, reply) => {
+            let r = node.delete_endpoint(&owner);
+            publish(node);
+            let _ = reply.send(r);
+        }
+        Command::Gc(valid, reply) => {
+            let r = node.gc(&valid);
+            publish(node);
+            let _ = reply.send(r);
+        }
+        Command::State(s) => {
+            node.set_state(s);
+            publish(node);
+        }
+        Command::Shutdown => return false,
+    }
+    true
+}
+
+/// Runs the agent until SIGINT/SIGTERM. The datapath stays in place afterwards, so pods
+/// keep talking while the agent restarts.
+///
+/// # Errors
+/// When the node cannot start or the API cannot be served.
+pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    if let Some(dir) = &cfg.node.state_dir {
+        if !dir.is_dir() {
+            bail!("--state-dir {}: not a directory", dir.display());
+        }
+    }
+    if netdev::ensure_bpffs(Path::new("/sys/fs/bpf")).context("mounting bpffs at /sys/fs/bpf")? {
+        tracing::info!("mounted bpffs at /sys/fs/bpf");
+    }
+    match netdev::ensure_tracefs(Path::new("/sys/kernel/tracing")) {
+        Ok(true) => tracing::info!("mounted tracefs at /sys/kernel/tracing"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "tracefs unavailable (runtime hooks will need it)"),
+    }
+    // Pods reach other nodes and the outside through this node's stack.
+    if let Err(e) = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1") {
+        tracing::warn!(error = %e, "could not enable net.ipv4.ip_forward; pod traffic leaving the node will not be routed");
+    }
+    if cfg.masquerade {
+        masquerade::ensure(&cfg.node.pod_cidr.to_string()).context("--masquerade")?;
+        tracing::info!(cidr = %cfg.node.pod_cidr, "masquerading pod traffic that leaves the pod CIDR");
+    }
+    let source = ManifestDir::open(
+        cfg.node.state_dir.clone(),
+        Some(cfg.node.data_dir.join("last-good-manifests")),
+    );
+    let pin_dir = cfg.node.pin_dir.clone();
+    let mut node = Node::open(cfg.node, source.snapshot()).context("starting the node")?;
+    tracing::info!(kinds = ?node.state.kinds(), enforcement = crate::policy::mode_name(node.enforcer.settings.mode), audit = node.enforcer.settings.audit, "policy in force");
+    let events = node.take_events();
+    let (handle, owner) = spawn_owner(node).context("starting the node owner")?;
+    let stats = crate::kernel::stats::Stats::open(&pin_dir)
+        .map_err(|e| tracing::warn!("no counters for the API: {e}"))
+        .ok();
+
+    let tx = handle.tx.clone();
+    crate::source::spawn(Box::new(source), move |s| tx.send(Command::State(s)).is_ok())
+        .context("starting the state source")?;
+    let flows = Arc::new(Mutex::new(FlowStore::default()));
+    if let Some(rb) = events {
+        tokio::spawn(crate::events::run(rb, handle.clone(), flows.clone()));
+    }
+
+    let listener = bind(&cfg.socket)?;
+    tracing::info!(socket = %cfg.socket.display(), "serving the agent API");
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let mut term = signal(SignalKind::terminate())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down; pinned datapath stays in place");
+    };
+    let service = crate::api::AgentService::new(handle.clone(), flows, stats);
+    let served = tonic::transport::Server::builder()
+        .add_service(moat_api::AgentServer::new(service))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .context("serving the API");
+    let _ = std::fs::remove_file(&cfg.socket);
+    // Let the owner finish what it is doing (a map update half-applied would be redone
+    // by the next agent, but there is no reason to cut it).
+    let _ = handle.tx.send(Command::Shutdown);
+    let _ = tokio::task::spawn_blocking(move || owner.join()).await;
+    served
+}
+
+fn bind(socket: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if socket.exists() {
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            bail!("{}: another agent is already serving on this socket", socket.display());
+        }
+        std::fs::remove_file(socket).with_context(|| format!("removing stale socket {}", socket.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}

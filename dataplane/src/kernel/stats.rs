@@ -1,0 +1,71 @@
+//! Read-only handles on the pinned counter and conntrack maps, for the API: `moatctl
+//! drops` and `status` read the kernel's numbers directly instead of asking the node
+//! owner, so they answer while the owner is busy.
+use std::path::Path;
+
+use aya::maps::{HashMap, Map, MapData, PerCpuArray};
+use moat_dataplane_common::{metric, metric_name, CtEntry, CtKey, CT_MAP, METRICS_MAP};
+
+use super::datapath::DatapathError;
+
+pub struct Stats {
+    metrics: PerCpuArray<MapData, u64>,
+    ct: HashMap<MapData, CtKey, CtEntry>,
+}
+
+fn open(pin_dir: &Path, name: &'static str) -> Result<MapData, DatapathError> {
+    MapData::from_pin(pin_dir.join(name)).map_err(|source| DatapathError::Map {
+        name,
+        source: Box::new(source),
+    })
+}
+
+impl Stats {
+    /// Opens the maps the datapath pinned in `pin_dir`.
+    ///
+    /// # Errors
+    /// When a pin is missing or is not the expected map.
+    pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
+        let err = |name: &'static str| {
+            move |source| DatapathError::Map {
+                name,
+                source: Box::new(source),
+            }
+        };
+        Ok(Self {
+            metrics: Map::from_map_data(open(pin_dir, METRICS_MAP)?)
+                .and_then(PerCpuArray::try_from)
+                .map_err(err(METRICS_MAP))?,
+            ct: Map::from_map_data(open(pin_dir, CT_MAP)?)
+                .and_then(HashMap::try_from)
+                .map_err(err(CT_MAP))?,
+        })
+    }
+
+    /// Non-zero counters summed over CPUs, by slot number.
+    #[must_use]
+    pub fn counter_slots(&self) -> Vec<(u32, u64)> {
+        (0..metric::SLOTS)
+            .filter_map(|slot| {
+                metric_name(slot)?;
+                let total: u64 = self.metrics.get(&slot, 0).ok()?.iter().sum();
+                (total > 0).then_some((slot, total))
+            })
+            .collect()
+    }
+
+    /// Counters summed over CPUs, by name; zero counters are left out.
+    #[must_use]
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.counter_slots()
+            .into_iter()
+            .filter_map(|(slot, n)| Some((metric_name(slot)?, n)))
+            .collect()
+    }
+
+    /// Tracked flows (the LRU map changes while it is read).
+    #[must_use]
+    pub fn tracked_flows(&self) -> usize {
+        self.ct.keys().flatten().count()
+    }
+}
