@@ -76,9 +76,9 @@ pub fn narrows(old: &Compiled, d: &Diff) -> bool {
     let in_use: std::collections::BTreeSet<Identity> = old.ipcache.values().copied().collect();
     let was_allow = |k: &PolicyEntryKey| old.policy.get(k).is_some_and(|v| v.action == ACTION_ALLOW);
     d.policy_deletes.iter().any(was_allow)
-        || d.policy_upserts.iter().any(|(k, v)| {
-            (v.action != ACTION_ALLOW && in_use.contains(&k.1.subject)) || (was_allow(k) && v.action != ACTION_ALLOW)
-        })
+        || d.policy_upserts
+            .iter()
+            .any(|(k, v)| v.action != ACTION_ALLOW && (in_use.contains(&k.1.subject) || was_allow(k)))
         || !d.ipcache_deletes.is_empty()
         || d.ipcache_upserts
             .iter()
