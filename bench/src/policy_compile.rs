@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
-use moat_policy_compiler::k8s::{
+use moat_k8s_model::{
     ContainerPort, LabelSelector, Namespace, NetworkPolicy, Operator, Peer, Pod, PortRef, PortSpec, Requirement, Rule,
 };
 use moat_policy_compiler::{diff, Compiler, Mode, PodInfo, World};

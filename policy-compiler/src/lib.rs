@@ -1,6 +1,7 @@
 //! NetworkPolicy → the exact BPF map entries, and the tools to reason about them.
 //!
-//! Pure functions, no kernel: [`k8s`] parses and validates manifests, [`world`] is the
+//! Pure functions, no kernel: [`k8s`] (the `moat-k8s-model` crate, re-exported) parses and
+//! validates manifests, [`world`] is the
 //! compiler's input (pods with identities and addresses, namespaces, policies, mode),
 //! [`compile`] produces the policy-map and ipcache contents in the encoding documented on
 //! `moat_dataplane_common::PolicyKey`, [`lookup`] emulates the datapath decision and explains
@@ -9,7 +10,7 @@
 //! `dataplane`, so it builds and tests without the eBPF toolchain.
 pub mod compile;
 pub mod diff;
-pub mod k8s;
+pub use moat_k8s_model as k8s;
 pub mod lookup;
 pub mod matrix;
 pub mod world;

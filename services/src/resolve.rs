@@ -3,8 +3,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use moat_policy_compiler::k8s::service::{EndpointSlice, Service, ServiceType};
-use moat_policy_compiler::k8s::{ContainerPort, PortRef};
+use moat_k8s_model::service::{EndpointSlice, Service, ServiceType};
+use moat_k8s_model::{ContainerPort, PortRef};
 
 /// A pod that can back services.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -336,7 +336,7 @@ pub fn resolve(input: &Input) -> Vec<LbService> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use moat_policy_compiler::k8s::{parse_documents, Object};
+    use moat_k8s_model::{parse_documents, Object};
     use std::path::Path;
 
     fn objects(text: &str) -> (Vec<Service>, Vec<EndpointSlice>) {

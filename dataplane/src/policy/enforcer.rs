@@ -14,8 +14,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use moat_dataplane_common::{config_flag, Config};
 use moat_identity::{reserved, reserved_name, Allocator, Identity};
+use moat_k8s_model::{self as k8s, Object};
 use moat_policy_compiler::compile::{Compiled, Compiler};
-use moat_policy_compiler::k8s::{self, Object};
 use moat_policy_compiler::world::{Mode, PodInfo, World};
 
 use crate::endpoint::EndpointRecord;

@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use moat_dataplane_common::{
     backend_state, svc_flag, Backend4, MaglevKey, ServiceKey, ServiceValue, IN_CLUSTER_SLOTS, MAGLEV_M, MAGLEV_TABLES,
 };
-use moat_policy_compiler::k8s::service::{ServiceType, NODE_PORT_RANGE};
-use moat_policy_compiler::k8s::Object;
+use moat_k8s_model::service::{ServiceType, NODE_PORT_RANGE};
+use moat_k8s_model::Object;
 use moat_services::{resolve, BackendState, Input, LbService, PodEndpoint};
 use serde::{Deserialize, Serialize};
 

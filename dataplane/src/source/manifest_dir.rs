@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use moat_policy_compiler::k8s::{self, ManifestError, Object};
+use moat_k8s_model::{self as k8s, ManifestError, Object};
 
 use super::dir_watch::DirWatch;
 use super::{Snapshot, StateSource};

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use moat_policy_compiler::k8s::Object;
+use moat_k8s_model::Object;
 
 pub mod dir_watch;
 pub mod manifest_dir;

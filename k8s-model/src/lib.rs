@@ -1,4 +1,6 @@
-//! Kubernetes objects as the compiler needs them, parsed and validated from manifests.
+//! Kubernetes objects as Moat reads them, parsed and validated from manifests. Shared by
+//! every consumer (policy compiler, service resolution, the agent's state sources), so a
+//! manifest is decoded and validated in one place.
 //!
 //! Standalone mode (and `moatctl policy`) reads a directory of YAML/JSON manifests. Each
 //! document is checked the way the API server would check it — required fields, label and
