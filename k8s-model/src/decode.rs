@@ -128,51 +128,6 @@ pub(super) fn labels(v: &Value, path: &str) -> R<BTreeMap<String, String>> {
     Ok(out)
 }
 
-/// Converts a YAML value to JSON as `sigs.k8s.io/yaml` does (scalar keys become strings).
-pub(super) fn yaml_to_json(y: serde_yaml::Value, path: &str) -> R<Value> {
-    use serde_yaml::Value as Y;
-    Ok(match y {
-        Y::Null => Value::Null,
-        Y::Bool(b) => Value::Bool(b),
-        Y::Number(n) => {
-            if let Some(i) = n.as_u64() {
-                Value::from(i)
-            } else if let Some(i) = n.as_i64() {
-                Value::from(i)
-            } else {
-                let f = n.as_f64().unwrap_or(f64::NAN);
-                match serde_json::Number::from_f64(f) {
-                    Some(n) => Value::Number(n),
-                    None => return fail(path, format!("{f} is not a valid number")),
-                }
-            }
-        }
-        Y::String(s) => Value::String(s),
-        Y::Sequence(items) => Value::Array(
-            items
-                .into_iter()
-                .enumerate()
-                .map(|(i, v)| yaml_to_json(v, &item(path, i)))
-                .collect::<R<_>>()?,
-        ),
-        Y::Mapping(m) => {
-            let mut out = Map::new();
-            for (k, v) in m {
-                let key = match k {
-                    Y::String(s) => s,
-                    Y::Bool(b) => b.to_string(),
-                    Y::Number(n) => n.to_string(),
-                    other => return fail(path, format!("mapping key {other:?} is not a scalar")),
-                };
-                let v = yaml_to_json(v, &child(path, &key))?;
-                out.insert(key, v);
-            }
-            Value::Object(out)
-        }
-        Y::Tagged(t) => yaml_to_json(t.value, path)?,
-    })
-}
-
 /// Kinds that live outside namespaces (their `metadata.namespace` is ignored).
 const CLUSTER_SCOPED: [&str; 9] = [
     "Namespace",

@@ -225,6 +225,27 @@ impl Manifests {
     }
 }
 
+/// Limits on what one manifest file may make the YAML parser do. Aliases are replayed
+/// at most `MAX_ALIAS_EVENTS` events in all: a "billion laughs" file of a few kilobytes
+/// is refused in microseconds instead of expanding to hundreds of millions of nodes.
+/// Manifests rarely use aliases at all; these bounds leave ordinary use untouched.
+const MAX_ALIAS_EVENTS: usize = 100_000;
+/// Parser events (nodes) per file.
+const MAX_EVENTS: usize = 1_000_000;
+
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_events: MAX_EVENTS,
+        },
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: MAX_ALIAS_EVENTS,
+        },
+        // YAML 1.2 core schema: only true/false are booleans (`n`, `no`, `on` are strings).
+        strict_booleans: true,
+    }
+}
+
 /// Parses every document of one file. A YAML syntax error stops the file (the stream cannot
 /// be trusted past it); empty documents are skipped; a bad document is rejected whole.
 #[must_use]
@@ -238,19 +259,15 @@ pub fn parse_documents(file: &Path, text: &str) -> (Vec<Object>, Vec<ManifestErr
         field,
         message,
     };
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let yaml: serde_yaml::Value = match serde::Deserialize::deserialize(doc) {
+    let mut reader = std::io::Cursor::new(text.as_bytes());
+    for (i, doc) in serde_saphyr::read_with_options::<_, serde_json::Value>(&mut reader, yaml_options()).enumerate() {
+        // A syntax error, an exceeded budget (an alias bomb) or a key that is not a
+        // string stops the file: the stream cannot be trusted past it.
+        let value = match doc {
             Ok(v) => v,
             Err(e) => {
                 errors.push(err(i + 1, String::new(), String::new(), format!("invalid YAML: {e}")));
                 break;
-            }
-        };
-        let value = match decode::yaml_to_json(yaml, "") {
-            Ok(v) => v,
-            Err((field, message)) => {
-                errors.push(err(i + 1, String::new(), field, message));
-                continue;
             }
         };
         if value.is_null() {

@@ -726,3 +726,60 @@ fn selectors_on_per_replica_labels_are_refused() {
         errors
     );
 }
+
+/// A "billion laughs" document: each level doubles... here tenfold, nine levels deep
+/// (10^9 nodes if expanded). It is refused at once, and the file's other documents still
+/// parse up to it.
+#[test]
+fn an_alias_bomb_is_refused_quickly() {
+    let mut bomb = String::from(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: bomb}\ndata:\n  a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n",
+    );
+    for i in 1..10 {
+        let p = i - 1;
+        bomb += &format!("  a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n");
+    }
+    let text = format!("{GOOD_NS}---\n{bomb}");
+    let t = std::time::Instant::now();
+    let (objects, errors) = parse(&text);
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(objects.len(), 1, "the document before the bomb still counts");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].message.starts_with("invalid YAML"), "{}", errors[0]);
+    assert_eq!(errors[0].document, 2);
+}
+
+#[test]
+fn modest_aliases_and_yaml_1_2_scalars() {
+    let (objects, errors) = parse(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: n, labels: {on: yes}}\n\
+         spec:\n  podSelector: &web {matchLabels: {app: web}}\n  ingress: [{from: [{podSelector: *web}]}]\n",
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    let Object::NetworkPolicy(p) = &objects[0] else {
+        panic!("{objects:?}")
+    };
+    let Peer::Pods {
+        pod_selector: Some(peer),
+        ..
+    } = &p.ingress_rules[0].peers.as_ref().unwrap()[0]
+    else {
+        panic!("{p:?}")
+    };
+    assert_eq!(&p.pod_selector, peer, "the alias expands to the anchored selector");
+}
+
+#[test]
+fn a_duplicate_key_is_rejected() {
+    let (objects, errors) = parse(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: n}\n\
+         spec:\n  podSelector: {}\n  podSelector: {matchLabels: {app: web}}\n",
+    );
+    assert!(objects.is_empty(), "{objects:?}");
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].message.contains("invalid YAML"), "{}", errors[0]);
+}
