@@ -3,6 +3,11 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::networking::v1 as net;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use super::syntax::{self, Cidr};
@@ -80,6 +85,81 @@ pub(super) fn known(m: &Map<String, Value>, path: &str, fields: &[&str]) -> R<()
             format!("unknown field {k:?} (expected one of {})", fields.join(", ")),
         ),
         None => Ok(()),
+    }
+}
+
+/// Decodes `v` into the k8s-openapi type `T` strictly, as `kubectl apply` validates by
+/// default: a field the API does not define (k8s-openapi itself skips those silently) or a
+/// value of the wrong type is an error naming the field path. The typed object is then
+/// checked semantically by the converters below, the same ones cluster mode uses on the
+/// objects its watchers deliver.
+pub(super) fn strict<T: DeserializeOwned>(v: &Value) -> R<T> {
+    let mut unknown: Option<String> = None;
+    let mut on_ignored = |p: serde_ignored::Path<'_>| {
+        if unknown.is_none() {
+            unknown = Some(ignored_path(&p));
+        }
+    };
+    let de = serde_ignored::Deserializer::new(v, &mut on_ignored);
+    let t: T = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        (
+            if path == "." { String::new() } else { path },
+            friendly(&e.inner().to_string()),
+        )
+    })?;
+    if let Some(path) = unknown {
+        let name = path.rsplit(['.', '[']).next().unwrap_or_default().to_string();
+        return fail(&path, format!("unknown field {name:?}"));
+    }
+    Ok(t)
+}
+
+/// serde's "invalid type: sequence, expected IntOrString" in the words the rest of this
+/// module uses: "expected a number or a name, got a list".
+fn friendly(msg: &str) -> String {
+    let Some((got, want)) = msg
+        .strip_prefix("invalid type: ")
+        .and_then(|m| m.rsplit_once(", expected "))
+    else {
+        return msg.to_string();
+    };
+    let integer = |w: &str| matches!(w, "i32" | "i64" | "u16" | "u32" | "u64" | "IntOrString");
+    if let Some(v) = got.strip_prefix("floating point ") {
+        if integer(want) {
+            return format!("expected an integer, got {}", v.trim_matches('`'));
+        }
+    }
+    let got = match got {
+        "map" => "a mapping".to_string(),
+        "sequence" => "a list".to_string(),
+        "unit" | "null" => "null".to_string(),
+        g if g.starts_with("string ") => "a string".to_string(),
+        g if g.starts_with("integer ") || g.starts_with("floating point ") => "a number".to_string(),
+        g if g.starts_with("boolean ") => "a boolean".to_string(),
+        g => g.to_string(),
+    };
+    let want = match want {
+        "a sequence" => "a list",
+        "IntOrString" => "a number or a name",
+        w if integer(w) => "an integer",
+        "a string" | "a boolean" => want,
+        w if w == "a map" || w.starts_with("struct ") || w.chars().next().is_some_and(char::is_uppercase) => {
+            "a mapping"
+        }
+        w => w,
+    };
+    format!("expected {want}, got {got}")
+}
+
+/// `spec.ingress[0].to` from serde_ignored's path.
+fn ignored_path(p: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path as P;
+    match p {
+        P::Root => String::new(),
+        P::Seq { parent, index } => item(&ignored_path(parent), *index),
+        P::Map { parent, key } => child(&ignored_path(parent), key),
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => ignored_path(parent),
     }
 }
 
@@ -201,7 +281,7 @@ pub(super) fn object(v: &Value) -> Result<Object, DecodeError> {
         field,
         message,
     };
-    const KNOWN: [&str; 5] = ["Namespace", "Pod", "NetworkPolicy", "Service", "EndpointSlice"];
+    const KNOWN: [&str; 6] = ["Namespace", "Pod", "NetworkPolicy", "Service", "EndpointSlice", "Node"];
     if let Some(k) = KNOWN.iter().find(|k| k.eq_ignore_ascii_case(kind) && **k != kind) {
         return Err(named((
             "kind".into(),
@@ -223,7 +303,7 @@ pub(super) fn object(v: &Value) -> Result<Object, DecodeError> {
         )));
     }
     let want_version = match kind {
-        "Namespace" | "Pod" | "Service" => "v1",
+        "Namespace" | "Pod" | "Service" | "Node" => "v1",
         "NetworkPolicy" => "networking.k8s.io/v1",
         "EndpointSlice" => "discovery.k8s.io/v1",
         _ => api_version,
@@ -241,6 +321,7 @@ pub(super) fn object(v: &Value) -> Result<Object, DecodeError> {
     let spec = get(m, "spec");
     Ok(match kind {
         "Namespace" => {
+            strict::<core::Namespace>(v).map_err(err)?;
             let mut labels = meta_labels;
             labels.insert(NAMESPACE_NAME_LABEL.into(), name.into());
             Object::Namespace(Namespace {
@@ -248,13 +329,18 @@ pub(super) fn object(v: &Value) -> Result<Object, DecodeError> {
                 labels,
             })
         }
-        "Pod" => Object::Pod(pod(namespace, name, meta_labels, spec, get(m, "status")).map_err(err)?),
-        "NetworkPolicy" => Object::NetworkPolicy(network_policy(namespace, name, spec).map_err(err)?),
+        "Pod" => Object::Pod(pod(namespace, name, meta_labels, &strict(v).map_err(err)?).map_err(err)?),
+        "NetworkPolicy" => {
+            Object::NetworkPolicy(network_policy(namespace, name, &strict(v).map_err(err)?).map_err(err)?)
+        }
+        "Node" => Object::Node(node(name, meta_labels, &strict(v).map_err(err)?).map_err(err)?),
         "Service" => {
             syntax::check_dns_label(name).map_err(named_at("metadata.name"))?;
+            strict::<core::Service>(v).map_err(err)?;
             Object::Service(super::service::service(namespace, name, spec, get(m, "status")).map_err(err)?)
         }
         "EndpointSlice" => {
+            strict::<k8s_openapi::api::discovery::v1::EndpointSlice>(v).map_err(err)?;
             Object::EndpointSlice(super::service::endpoint_slice(namespace, name, &meta_labels, m).map_err(err)?)
         }
         _ => Object::Other {
@@ -279,60 +365,84 @@ pub(super) fn protocol(m: &Map<String, Value>, path: &str) -> R<u8> {
     })
 }
 
-fn pod(
-    namespace: &str,
-    name: &str,
-    labels: BTreeMap<String, String>,
-    spec: Option<&Value>,
-    status: Option<&Value>,
-) -> R<Pod> {
-    let Some(spec) = spec else {
+/// `protocol` of a port (default TCP).
+fn protocol_of(p: Option<&str>, path: &str) -> R<u8> {
+    Ok(match p {
+        None | Some("TCP") => super::proto::TCP,
+        Some("UDP") => super::proto::UDP,
+        Some("SCTP") => super::proto::SCTP,
+        Some(other) => {
+            return fail(
+                &child(path, "protocol"),
+                format!("{other:?} is not one of TCP, UDP, SCTP"),
+            )
+        }
+    })
+}
+
+/// A label map with key and value syntax checked.
+fn checked_labels(m: Option<&BTreeMap<String, String>>, path: &str) -> R<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for (k, v) in m.into_iter().flatten() {
+        syntax::check_label_key(k).map_err(|e| (path.to_string(), e))?;
+        syntax::check_label_value(v).map_err(|e| (child(path, k), e))?;
+        out.insert(k.clone(), v.clone());
+    }
+    Ok(out)
+}
+
+/// An integer field in `lo..=hi`.
+fn in_range(n: i32, path: &str, lo: i32, hi: i32) -> R<u16> {
+    if (lo..=hi).contains(&n) {
+        Ok(u16::try_from(n).unwrap_or(0))
+    } else {
+        fail(path, format!("{n} must be between {lo} and {hi}, inclusive"))
+    }
+}
+
+fn non_empty(s: Option<&str>) -> Option<&str> {
+    s.filter(|s| !s.is_empty())
+}
+
+pub(super) fn pod(namespace: &str, name: &str, labels: BTreeMap<String, String>, p: &core::Pod) -> R<Pod> {
+    let Some(spec) = &p.spec else {
         return fail("spec", "is required");
     };
-    let spec = as_map(spec, "spec")?;
-    let containers = match opt_list(spec, "containers", "spec")? {
-        None | Some([]) => return fail("spec.containers", "must have at least one container"),
-        Some(c) => c,
-    };
+    if spec.containers.is_empty() {
+        return fail("spec.containers", "must have at least one container");
+    }
     let mut ports = Vec::new();
-    for (i, c) in containers.iter().enumerate() {
+    for (i, c) in spec.containers.iter().enumerate() {
         let path = item("spec.containers", i);
-        let c = as_map(c, &path)?;
-        req_str(c, "name", &path)?;
-        for (j, p) in opt_list(c, "ports", &path)?.unwrap_or_default().iter().enumerate() {
+        if c.name.is_empty() {
+            return fail(&child(&path, "name"), "is required");
+        }
+        for (j, p) in c.ports.iter().flatten().enumerate() {
             let path = item(&child(&path, "ports"), j);
-            let p = as_map(p, &path)?;
-            let port = match get(p, "containerPort") {
-                None => return fail(&child(&path, "containerPort"), "is required"),
-                Some(v) => int_in(v, &child(&path, "containerPort"), 1, 65535)?,
-            };
-            let name = opt_str(p, "name", &path)?.unwrap_or_default();
+            if p.container_port == 0 {
+                return fail(&child(&path, "containerPort"), "is required (1-65535)");
+            }
+            let port = in_range(p.container_port, &child(&path, "containerPort"), 1, 65535)?;
+            let name = p.name.as_deref().unwrap_or_default();
             if !name.is_empty() {
                 syntax::check_port_name(name).map_err(|e| (child(&path, "name"), e))?;
             }
             ports.push(ContainerPort {
                 name: name.into(),
-                port: u16::try_from(port).unwrap_or(0),
-                protocol: protocol(p, &path)?,
+                port,
+                protocol: protocol_of(p.protocol.as_deref(), &path)?,
             });
         }
     }
-    let service_account = match opt_str(spec, "serviceAccountName", "spec")? {
-        Some(sa) if !sa.is_empty() => sa,
-        _ => match opt_str(spec, "serviceAccount", "spec")? {
-            Some(sa) if !sa.is_empty() => sa,
-            _ => "default",
-        },
-    };
+    let service_account = non_empty(spec.service_account_name.as_deref())
+        .or_else(|| non_empty(spec.service_account.as_deref()))
+        .unwrap_or("default");
     let mut ip = None;
-    if let Some(status) = status {
-        let status = as_map(status, "status")?;
-        if let Some(s) = opt_str(status, "podIP", "status")?.filter(|s| !s.is_empty()) {
-            match s.parse::<IpAddr>() {
-                Ok(IpAddr::V4(a)) => ip = Some(a),
-                Ok(IpAddr::V6(_)) => {}
-                Err(_) => return fail("status.podIP", format!("{s:?} is not a valid IP address")),
-            }
+    if let Some(s) = p.status.as_ref().and_then(|s| non_empty(s.pod_ip.as_deref())) {
+        match s.parse::<IpAddr>() {
+            Ok(IpAddr::V4(a)) => ip = Some(a),
+            Ok(IpAddr::V6(_)) => {}
+            Err(_) => return fail("status.podIP", format!("{s:?} is not a valid IP address")),
         }
     }
     Ok(Pod {
@@ -345,31 +455,45 @@ fn pod(
     })
 }
 
-fn network_policy(namespace: &str, name: &str, spec: Option<&Value>) -> R<NetworkPolicy> {
-    let Some(spec) = spec else {
+pub(super) fn network_policy(namespace: &str, name: &str, np: &net::NetworkPolicy) -> R<NetworkPolicy> {
+    let Some(spec) = &np.spec else {
         return fail("spec", "is required");
     };
-    let spec = as_map(spec, "spec")?;
-    known(spec, "spec", &["podSelector", "policyTypes", "ingress", "egress"])?;
-    let pod_selector = match get(spec, "podSelector") {
+    let pod_selector = match &spec.pod_selector {
         None => return fail("spec.podSelector", "is required (use {} to select every pod)"),
         Some(s) => selector(s, "spec.podSelector")?,
     };
-    let types = opt_list(spec, "policyTypes", "spec")?.unwrap_or_default();
+    let types = spec.policy_types.as_deref().unwrap_or_default();
     if types.len() > 2 {
         return fail("spec.policyTypes", "may not specify more than two policyTypes");
     }
     let (mut ingress, mut egress) = (false, false);
     for (i, t) in types.iter().enumerate() {
-        let path = item("spec.policyTypes", i);
-        match as_str(t, &path)? {
+        match t.as_str() {
             "Ingress" => ingress = true,
             "Egress" => egress = true,
-            other => return fail(&path, format!("{other:?} is not one of Ingress, Egress")),
+            other => {
+                return fail(
+                    &item("spec.policyTypes", i),
+                    format!("{other:?} is not one of Ingress, Egress"),
+                )
+            }
         }
     }
-    let ingress_rules = rules(spec, "ingress", "from")?;
-    let egress_rules = rules(spec, "egress", "to")?;
+    let ingress_rules = spec
+        .ingress
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, r)| rule(r.from.as_deref(), r.ports.as_deref(), &item("spec.ingress", i), "from"))
+        .collect::<R<Vec<_>>>()?;
+    let egress_rules = spec
+        .egress
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, r)| rule(r.to.as_deref(), r.ports.as_deref(), &item("spec.egress", i), "to"))
+        .collect::<R<Vec<_>>>()?;
     // Kubernetes defaulting (SetDefaults_NetworkPolicy): no policyTypes means Ingress, plus
     // Egress when the policy has at least one egress rule.
     if types.is_empty() {
@@ -387,43 +511,35 @@ fn network_policy(namespace: &str, name: &str, spec: Option<&Value>) -> R<Networ
     })
 }
 
-fn rules(spec: &Map<String, Value>, key: &str, peers_key: &str) -> R<Vec<Rule>> {
-    let path = child("spec", key);
-    let mut out = Vec::new();
-    for (i, r) in opt_list(spec, key, "spec")?.unwrap_or_default().iter().enumerate() {
-        let path = item(&path, i);
-        let r = as_map(r, &path)?;
-        known(r, &path, &[peers_key, "ports"])?;
-        let peers = opt_list(r, peers_key, &path)?
-            .map(|ps| {
-                let base = child(&path, peers_key);
-                ps.iter()
-                    .enumerate()
-                    .map(|(j, p)| peer(p, &item(&base, j)))
-                    .collect::<R<Vec<_>>>()
-            })
-            .transpose()?;
-        let ports = opt_list(r, "ports", &path)?
-            .map(|ps| {
-                let base = child(&path, "ports");
-                ps.iter()
-                    .enumerate()
-                    .map(|(j, p)| port(p, &item(&base, j)))
-                    .collect::<R<Vec<_>>>()
-            })
-            .transpose()?;
-        out.push(Rule { peers, ports });
-    }
-    Ok(out)
+fn rule(
+    peers: Option<&[net::NetworkPolicyPeer]>,
+    ports: Option<&[net::NetworkPolicyPort]>,
+    path: &str,
+    peers_key: &str,
+) -> R<Rule> {
+    let peers = peers
+        .map(|ps| {
+            let base = child(path, peers_key);
+            ps.iter()
+                .enumerate()
+                .map(|(j, p)| peer(p, &item(&base, j)))
+                .collect::<R<Vec<_>>>()
+        })
+        .transpose()?;
+    let ports = ports
+        .map(|ps| {
+            let base = child(path, "ports");
+            ps.iter()
+                .enumerate()
+                .map(|(j, p)| port(p, &item(&base, j)))
+                .collect::<R<Vec<_>>>()
+        })
+        .transpose()?;
+    Ok(Rule { peers, ports })
 }
 
-fn selector(v: &Value, path: &str) -> R<LabelSelector> {
-    let m = as_map(v, path)?;
-    known(m, path, &["matchLabels", "matchExpressions"])?;
-    let match_labels = match get(m, "matchLabels") {
-        Some(l) => labels(l, &child(path, "matchLabels"))?,
-        None => BTreeMap::new(),
-    };
+pub(super) fn selector(s: &meta::LabelSelector, path: &str) -> R<LabelSelector> {
+    let match_labels = checked_labels(s.match_labels.as_ref(), &child(path, "matchLabels"))?;
     // Identities leave these per-replica labels out, so a selector on them could not be
     // enforced per pod: refuse it rather than widen it to every replica.
     let volatile = |key: &str, field: String| -> R<()> {
@@ -440,30 +556,26 @@ fn selector(v: &Value, path: &str) -> R<LabelSelector> {
     }
     let mut match_expressions = Vec::new();
     let base = child(path, "matchExpressions");
-    for (i, e) in opt_list(m, "matchExpressions", path)?
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
+    for (i, e) in s.match_expressions.iter().flatten().enumerate() {
         let path = item(&base, i);
-        let e = as_map(e, &path)?;
-        known(e, &path, &["key", "operator", "values"])?;
-        let key = req_str(e, "key", &path)?;
-        syntax::check_label_key(key).map_err(|msg| (child(&path, "key"), msg))?;
-        volatile(key, child(&path, "key"))?;
-        let op = req_str(e, "operator", &path)?;
-        let operator = Operator::parse(op).ok_or_else(|| {
+        if e.key.is_empty() {
+            return fail(&child(&path, "key"), "is required");
+        }
+        syntax::check_label_key(&e.key).map_err(|msg| (child(&path, "key"), msg))?;
+        volatile(&e.key, child(&path, "key"))?;
+        if e.operator.is_empty() {
+            return fail(&child(&path, "operator"), "is required");
+        }
+        let operator = Operator::parse(&e.operator).ok_or_else(|| {
             (
                 child(&path, "operator"),
-                format!("{op:?} is not one of In, NotIn, Exists, DoesNotExist"),
+                format!("{:?} is not one of In, NotIn, Exists, DoesNotExist", e.operator),
             )
         })?;
         let vpath = child(&path, "values");
-        let mut values = Vec::new();
-        for (j, v) in opt_list(e, "values", &path)?.unwrap_or_default().iter().enumerate() {
-            let s = as_str(v, &item(&vpath, j))?;
-            syntax::check_label_value(s).map_err(|msg| (item(&vpath, j), msg))?;
-            values.push(s.to_string());
+        let values = e.values.clone().unwrap_or_default();
+        for (j, v) in values.iter().enumerate() {
+            syntax::check_label_value(v).map_err(|msg| (item(&vpath, j), msg))?;
         }
         match operator {
             Operator::In | Operator::NotIn if values.is_empty() => {
@@ -475,7 +587,7 @@ fn selector(v: &Value, path: &str) -> R<LabelSelector> {
             _ => {}
         }
         match_expressions.push(Requirement {
-            key: key.into(),
+            key: e.key.clone(),
             operator,
             values,
         });
@@ -486,16 +598,18 @@ fn selector(v: &Value, path: &str) -> R<LabelSelector> {
     })
 }
 
-fn peer(v: &Value, path: &str) -> R<Peer> {
-    let m = as_map(v, path)?;
-    known(m, path, &["podSelector", "namespaceSelector", "ipBlock"])?;
-    let pod_selector = get(m, "podSelector")
+fn peer(p: &net::NetworkPolicyPeer, path: &str) -> R<Peer> {
+    let pod_selector = p
+        .pod_selector
+        .as_ref()
         .map(|s| selector(s, &child(path, "podSelector")))
         .transpose()?;
-    let namespace_selector = get(m, "namespaceSelector")
+    let namespace_selector = p
+        .namespace_selector
+        .as_ref()
         .map(|s| selector(s, &child(path, "namespaceSelector")))
         .transpose()?;
-    let Some(block) = get(m, "ipBlock") else {
+    let Some(block) = &p.ip_block else {
         if pod_selector.is_none() && namespace_selector.is_none() {
             return fail(path, "must specify a peer: podSelector, namespaceSelector or ipBlock");
         }
@@ -511,24 +625,24 @@ fn peer(v: &Value, path: &str) -> R<Peer> {
             "may not be combined with podSelector or namespaceSelector in one peer",
         );
     }
-    let b = as_map(block, &bpath)?;
-    known(b, &bpath, &["cidr", "except"])?;
     let cpath = child(&bpath, "cidr");
-    let cidr_s = req_str(b, "cidr", &bpath)?;
+    let cidr_s = block.cidr.as_str();
+    if cidr_s.is_empty() {
+        return fail(&cpath, "is required");
+    }
     let cidr = syntax::parse_cidr(cidr_s).map_err(|e| (cpath.clone(), e))?;
     let epath = child(&bpath, "except");
     let mut v4 = Vec::new();
     let mut v6 = Vec::new();
-    for (i, e) in opt_list(b, "except", &bpath)?.unwrap_or_default().iter().enumerate() {
+    for (i, s) in block.except.iter().flatten().enumerate() {
         let path = item(&epath, i);
-        let s = as_str(e, &path)?;
         let inside = match (cidr, syntax::parse_cidr(s).map_err(|e| (path.clone(), e))?) {
             (Cidr::V4(a, al), Cidr::V4(b, bl)) => {
                 v4.push((b, bl));
                 bl > al && syntax::v4_contains((a, al), (b, bl))
             }
             (Cidr::V6(a, al), Cidr::V6(b, bl)) => {
-                v6.push(s.to_string());
+                v6.push(s.clone());
                 syntax::v6_strictly_contains((a, al), (b, bl))
             }
             _ => false,
@@ -549,38 +663,70 @@ fn peer(v: &Value, path: &str) -> R<Peer> {
     })
 }
 
-fn port(v: &Value, path: &str) -> R<PortSpec> {
-    let m = as_map(v, path)?;
-    known(m, path, &["protocol", "port", "endPort"])?;
-    let protocol = protocol(m, path)?;
+fn port(p: &net::NetworkPolicyPort, path: &str) -> R<PortSpec> {
+    let protocol = protocol_of(p.protocol.as_deref(), path)?;
     let ppath = child(path, "port");
-    let port = match get(m, "port") {
+    let port = match &p.port {
         None => None,
-        Some(Value::String(s)) => {
+        Some(IntOrString::String(s)) => {
             syntax::check_port_name(s).map_err(|e| (ppath.clone(), e))?;
             Some(PortRef::Name(s.clone()))
         }
-        Some(n @ Value::Number(_)) => Some(PortRef::Number(
-            u16::try_from(int_in(n, &ppath, 1, 65535)?).unwrap_or(0),
-        )),
-        Some(other) => return fail(&ppath, format!("expected a number or a name, got {}", describe(other))),
+        Some(IntOrString::Int(n)) => Some(PortRef::Number(in_range(*n, &ppath, 1, 65535)?)),
     };
     let epath = child(path, "endPort");
-    let end_port = match (get(m, "endPort"), &port) {
+    let end_port = match (p.end_port, &port) {
         (None, _) => None,
         (Some(_), None) => return fail(&epath, "may not be specified when port is not specified"),
         (Some(_), Some(PortRef::Name(_))) => return fail(&epath, "may not be specified when port is a name"),
         (Some(e), Some(PortRef::Number(p))) => {
-            let e = int_in(e, &epath, 1, 65535)?;
-            if e < u64::from(*p) {
+            let e = in_range(e, &epath, 1, 65535)?;
+            if e < *p {
                 return fail(&epath, format!("{e} must be greater than or equal to port ({p})"));
             }
-            Some(u16::try_from(e).unwrap_or(u16::MAX))
+            Some(e)
         }
     };
     Ok(PortSpec {
         protocol,
         port,
         end_port,
+    })
+}
+
+/// A Node: its name, labels, pod CIDRs and addresses.
+pub(super) fn node(name: &str, labels: BTreeMap<String, String>, n: &core::Node) -> R<super::Node> {
+    let mut pod_cidrs = Vec::new();
+    let spec = n.spec.as_ref();
+    let cidrs = spec
+        .and_then(|s| s.pod_cidrs.clone())
+        .filter(|c| !c.is_empty())
+        .or_else(|| spec.and_then(|s| s.pod_cidr.clone()).map(|c| vec![c]))
+        .unwrap_or_default();
+    for (i, c) in cidrs.iter().enumerate() {
+        match syntax::parse_cidr(c).map_err(|e| (item("spec.podCIDRs", i), e))? {
+            Cidr::V4(a, l) => pod_cidrs.push((a, l)),
+            Cidr::V6(..) => {}
+        }
+    }
+    let mut addresses = Vec::new();
+    for (i, a) in n.status.iter().flat_map(|s| s.addresses.iter().flatten()).enumerate() {
+        match a.address.parse::<IpAddr>() {
+            Ok(IpAddr::V4(ip)) if a.type_ == "InternalIP" || a.type_ == "ExternalIP" => addresses.push(ip),
+            Ok(_) => {}
+            Err(_) if a.type_ == "InternalIP" || a.type_ == "ExternalIP" => {
+                return fail(
+                    &child(&item("status.addresses", i), "address"),
+                    format!("{:?} is not a valid IP address", a.address),
+                )
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(super::Node {
+        name: name.into(),
+        labels,
+        pod_cidrs,
+        addresses,
     })
 }

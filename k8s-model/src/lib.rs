@@ -2,11 +2,22 @@
 //! every consumer (policy compiler, service resolution, the agent's state sources), so a
 //! manifest is decoded and validated in one place.
 //!
-//! Standalone mode (and `moatctl policy`) reads a directory of YAML/JSON manifests. Each
-//! document is checked the way the API server would check it — required fields, label and
-//! port syntax, selector operators, CIDRs, NetworkPolicy defaulting — and a bad document is
-//! rejected whole with an error naming the file, document, object and field, while the other
-//! documents still load.
+//! Standalone mode (and `moatctl policy`) reads a directory of YAML/JSON manifests:
+//!
+//! 1. YAML → JSON values (`serde-saphyr`, YAML 1.2, aliases and parser events bounded,
+//!    duplicate keys refused);
+//! 2. JSON → the `k8s-openapi` type of the kind (Namespace, Pod, NetworkPolicy, Service,
+//!    EndpointSlice, Node) strictly: an unknown or misspelt field (`serde_ignored`) or a
+//!    wrong type is an error with its field path (`serde_path_to_error`) — k8s-openapi on
+//!    its own would skip unknown fields silently;
+//! 3. the typed object → Moat's model, checked the way the API server would check it:
+//!    required fields, label and port syntax, selector operators, CIDRs, NetworkPolicy
+//!    defaulting. The k8s-openapi types are the ones kube-rs watchers deliver, so cluster
+//!    mode goes through the same checks.
+//!
+//! A bad document is rejected whole with an error naming the file, document, object and
+//! field, while the other documents still load. (Service and EndpointSlice semantics are
+//! still checked on the JSON value after the strict typed pass.)
 mod decode;
 pub mod selector;
 pub mod service;
@@ -145,6 +156,17 @@ impl fmt::Display for PortSpec {
     }
 }
 
+/// A node of the cluster (cluster mode routes to other nodes' pod CIDRs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// `spec.podCIDRs` (or `spec.podCIDR`), IPv4 ones.
+    pub pod_cidrs: Vec<(Ipv4Addr, u8)>,
+    /// InternalIP and ExternalIP addresses from `status.addresses`, IPv4 ones.
+    pub addresses: Vec<Ipv4Addr>,
+}
+
 /// One document of a manifest file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Object {
@@ -153,6 +175,7 @@ pub enum Object {
     NetworkPolicy(NetworkPolicy),
     Service(service::Service),
     EndpointSlice(service::EndpointSlice),
+    Node(Node),
     /// Any other kind (Service, Deployment, …): kept, not interpreted.
     Other {
         kind: String,
@@ -170,6 +193,7 @@ impl Object {
             Self::NetworkPolicy(_) => "NetworkPolicy",
             Self::Service(_) => "Service",
             Self::EndpointSlice(_) => "EndpointSlice",
+            Self::Node(_) => "Node",
             Self::Other { kind, .. } => kind,
         }
     }

@@ -78,7 +78,7 @@ impl World {
                 Object::NetworkPolicy(p) => {
                     policies.insert((p.namespace.clone(), p.name.clone()), p.clone());
                 }
-                Object::Service(_) | Object::EndpointSlice(_) | Object::Other { .. } => {}
+                Object::Service(_) | Object::EndpointSlice(_) | Object::Node(_) | Object::Other { .. } => {}
             }
         }
         let mut world = World {

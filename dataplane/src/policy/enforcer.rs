@@ -179,7 +179,7 @@ impl Enforcer {
                     pods.insert((p.namespace.clone(), p.name.clone()), p.clone());
                 }
                 Object::NetworkPolicy(p) => world.policies.push(p.clone()),
-                Object::Service(_) | Object::EndpointSlice(_) | Object::Other { .. } => {}
+                Object::Service(_) | Object::EndpointSlice(_) | Object::Node(_) | Object::Other { .. } => {}
             }
         }
         // Local endpoints: labels from the matching Pod manifest (CNI_ARGS name it).

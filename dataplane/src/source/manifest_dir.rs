@@ -76,6 +76,7 @@ pub fn object_key(o: &Object) -> String {
         Object::NetworkPolicy(p) => format!("NetworkPolicy {}/{}", p.namespace, p.name),
         Object::Service(s) => format!("Service {}/{}", s.namespace, s.name),
         Object::EndpointSlice(s) => format!("EndpointSlice {}/{}", s.namespace, s.name),
+        Object::Node(n) => format!("Node {}", n.name),
         Object::Other { kind, namespace, name } if namespace.is_empty() => format!("{kind} {name}"),
         Object::Other { kind, namespace, name } => format!("{kind} {namespace}/{name}"),
     }
