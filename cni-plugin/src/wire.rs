@@ -1,4 +1,4 @@
-//! Plumbing the pod's interface with iproute2.
+//! Plumbing the pod's interface over rtnetlink (`moat-netlink`; no iproute2 processes).
 //!
 //! ```text
 //!  pod netns                          node netns
@@ -8,10 +8,12 @@
 //! ```
 //! The permanent neighbour entries mean neither side ever ARPs: every packet the pod
 //! sends enters the host veth's tcx ingress with the right MACs already in place.
-//! Three `ip` invocations (one link add, one batch per namespace) keep ADD cheap; the
-//! pod-side one joins the pod's netns itself (`setns` before exec), no `nsenter`.
-use std::io::Write as _;
-use std::process::{Command, Stdio};
+//! One netlink socket in the node's namespace and one opened in the pod's (from a helper
+//! thread, so this process never changes namespace) carry nine requests in all.
+use std::fs::File;
+use std::net::Ipv4Addr;
+
+use moat_netlink::{Netlink, VethEnd};
 
 use crate::error::{code, CniError, Result};
 
@@ -26,119 +28,82 @@ pub struct Plan<'a> {
     pub mtu: Option<u32>,
 }
 
-fn run(cmd: &mut Command, stdin: Option<&str>, what: &str) -> Result<String> {
-    let mut child = cmd
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| CniError::new(code::WIRING_FAILED, what.to_string(), format!("spawning {cmd:?}: {e}")))?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        let _ = pipe.write_all(input.as_bytes());
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| CniError::new(code::WIRING_FAILED, what.to_string(), e.to_string()))?;
-    if !out.status.success() {
-        return Err(CniError::new(
-            code::WIRING_FAILED,
-            what.to_string(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stderr).trim(),
-                stdin.map(|s| format!(" (batch: {s:?})")).unwrap_or_default()
-            ),
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+fn failed(what: &str) -> impl Fn(moat_netlink::Error) -> CniError + '_ {
+    move |e| CniError::new(code::WIRING_FAILED, what.to_string(), e.to_string())
 }
 
-fn ip() -> Command {
-    Command::new("ip")
-}
-
-/// `ip` running inside the network namespace at `netns`: the child joins it with
-/// `setns` between fork and exec (cheaper than spawning `nsenter` first).
-fn ip_in(netns: &str) -> Result<Command> {
-    use std::os::fd::AsRawFd as _;
-    use std::os::unix::process::CommandExt as _;
-    let ns = std::fs::File::open(netns).map_err(|e| {
+fn open_netns(netns: &str) -> Result<File> {
+    File::open(netns).map_err(|e| {
         CniError::new(
             code::UNKNOWN_CONTAINER,
             "container unknown",
             format!("CNI_NETNS {netns}: {e}"),
         )
-    })?;
-    let mut c = Command::new("ip");
-    // SAFETY: setns is async-signal-safe; the closure only makes that one syscall.
-    unsafe {
-        c.pre_exec(move || {
-            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    Ok(c)
+    })
+}
+
+fn mac(s: &str, field: &str) -> Result<[u8; 6]> {
+    moat_netlink::parse_mac(s)
+        .ok_or_else(|| CniError::new(code::WIRING_FAILED, "invalid MAC address", format!("{field} {s:?}")))
+}
+
+fn ipv4(s: &str, field: &str) -> Result<Ipv4Addr> {
+    s.parse()
+        .map_err(|_| CniError::new(code::WIRING_FAILED, "invalid IPv4 address", format!("{field} {s:?}")))
+}
+
+fn node_netlink() -> Result<Netlink> {
+    Netlink::open().map_err(failed("opening a netlink socket"))
 }
 
 /// Creates and configures both ends. On failure the host end (and with it the pod
 /// end) is removed again.
 ///
 /// # Errors
-/// `WIRING_FAILED` with iproute2's message.
+/// `WIRING_FAILED` with the kernel's answer.
 pub fn wire(p: &Plan<'_>) -> Result<()> {
-    let mut add = ip();
-    add.args(["link", "add", p.host_ifname, "address", p.host_mac]);
-    if let Some(mtu) = p.mtu {
-        add.args(["mtu", &mtu.to_string()]);
-    }
-    add.args(["type", "veth", "peer", "name", p.ifname, "address", p.pod_mac]);
-    if let Some(mtu) = p.mtu {
-        add.args(["mtu", &mtu.to_string()]);
-    }
-    add.args(["netns", p.netns]);
-    run(
-        &mut add,
-        None,
-        &format!("creating veth {} with peer {} in {}", p.host_ifname, p.ifname, p.netns),
-    )?;
-
+    let (pod_mac, host_mac) = (mac(p.pod_mac, "pod MAC")?, mac(p.host_mac, "host MAC")?);
+    let (ip, gw) = (ipv4(p.ip, "pod address")?, ipv4(p.gateway, "gateway")?);
+    let ns = open_netns(p.netns)?;
+    let mut node = node_netlink()?;
+    node.add_veth(
+        &VethEnd {
+            name: p.host_ifname,
+            mac: host_mac,
+        },
+        &VethEnd {
+            name: p.ifname,
+            mac: pod_mac,
+        },
+        &ns,
+        p.mtu,
+    )
+    .map_err(failed(&format!(
+        "creating veth {} with peer {} in {}",
+        p.host_ifname, p.ifname, p.netns
+    )))?;
     let result = (|| {
-        let pod = format!(
-            "link set lo up\n\
-             addr add {ip}/32 dev {ifname}\n\
-             link set {ifname} up\n\
-             route add {gw}/32 dev {ifname} scope link\n\
-             route add default via {gw} dev {ifname}\n\
-             neigh replace {gw} lladdr {hmac} dev {ifname} nud permanent\n",
-            ip = p.ip,
-            ifname = p.ifname,
-            gw = p.gateway,
-            hmac = p.host_mac
-        );
-        run(
-            ip_in(p.netns)?.args(["-batch", "-"]),
-            Some(&pod),
-            &format!("configuring {} in {}", p.ifname, p.netns),
-        )?;
-        let host = format!(
-            "link set {h} up\n\
-             route replace {ip}/32 dev {h} scope link\n\
-             neigh replace {ip} lladdr {pmac} dev {h} nud permanent\n",
-            h = p.host_ifname,
-            ip = p.ip,
-            pmac = p.pod_mac
-        );
-        run(
-            ip().args(["-batch", "-"]),
-            Some(&host),
-            &format!("configuring host side {}", p.host_ifname),
-        )?;
-        Ok(())
+        let what = format!("configuring {} in {}", p.ifname, p.netns);
+        let mut pod = Netlink::open_in(&ns).map_err(failed(&what))?;
+        let eth = pod.require_link(p.ifname).map_err(failed(&what))?;
+        // In the pod: lo up, the address, the link up, an on-link route to the gateway,
+        // the default route through it and the gateway's MAC.
+        pod.set_up(1).map_err(failed(&what))?;
+        pod.add_address(eth, ip, 32).map_err(failed(&what))?;
+        pod.set_up(eth).map_err(failed(&what))?;
+        pod.replace_route(gw, 32, None, eth).map_err(failed(&what))?;
+        pod.replace_route(Ipv4Addr::UNSPECIFIED, 0, Some(gw), eth)
+            .map_err(failed(&what))?;
+        pod.replace_neighbour(eth, gw, host_mac).map_err(failed(&what))?;
+        // On the node: the host end up, a /32 route to the pod and the pod's MAC.
+        let what = format!("configuring host side {}", p.host_ifname);
+        let host = node.require_link(p.host_ifname).map_err(failed(&what))?;
+        node.set_up(host).map_err(failed(&what))?;
+        node.replace_route(ip, 32, None, host).map_err(failed(&what))?;
+        node.replace_neighbour(host, ip, pod_mac).map_err(failed(&what))
     })();
     if result.is_err() {
-        let _ = unwire(p.host_ifname);
+        let _ = node.delete_link(p.host_ifname);
     }
     result
 }
@@ -148,21 +113,18 @@ pub fn wire(p: &Plan<'_>) -> Result<()> {
 /// # Errors
 /// `WIRING_FAILED` when the link exists but cannot be deleted.
 pub fn unwire(host_ifname: &str) -> Result<bool> {
-    match run(
-        ip().args(["link", "del", host_ifname]),
-        None,
-        &format!("deleting {host_ifname}"),
-    ) {
-        Ok(_) => Ok(true),
-        Err(e) if e.details.contains("Cannot find device") || e.details.contains("does not exist") => Ok(false),
-        Err(e) => Err(e),
-    }
+    node_netlink()?
+        .delete_link(host_ifname)
+        .map_err(failed(&format!("deleting {host_ifname}")))
 }
 
 /// Whether `host_ifname` exists in the node's namespace.
 #[must_use]
 pub fn host_link_exists(host_ifname: &str) -> bool {
-    run(ip().args(["link", "show", host_ifname]), None, "").is_ok()
+    node_netlink()
+        .ok()
+        .and_then(|mut n| n.link_index(host_ifname).ok().flatten())
+        .is_some()
 }
 
 /// What CHECK compares: the addresses on `ifname` and whether a default route exists.
@@ -170,29 +132,22 @@ pub fn host_link_exists(host_ifname: &str) -> bool {
 /// # Errors
 /// `CHECK_MISMATCH` when the interface is gone.
 pub fn pod_state(netns: &str, ifname: &str) -> Result<(Vec<String>, bool)> {
-    let addrs = run(ip_in(netns)?.args(["-j", "addr", "show", "dev", ifname]), None, "").map_err(|e| {
+    let ns = open_netns(netns)?;
+    let mismatch = |e: moat_netlink::Error| {
         CniError::new(
             code::CHECK_MISMATCH,
             format!("interface {ifname} in {netns} is missing"),
-            e.details,
+            e.to_string(),
         )
-    })?;
-    let parsed: serde_json::Value = serde_json::from_str(&addrs).unwrap_or_default();
-    let mut out = Vec::new();
-    for link in parsed.as_array().into_iter().flatten() {
-        for a in link.get("addr_info").and_then(|a| a.as_array()).into_iter().flatten() {
-            if let (Some(local), Some(len)) = (
-                a.get("local").and_then(|v| v.as_str()),
-                a.get("prefixlen").and_then(serde_json::Value::as_u64),
-            ) {
-                out.push(format!("{local}/{len}"));
-            }
-        }
-    }
-    let routes = run(ip_in(netns)?.args(["-j", "route", "show", "default"]), None, "").unwrap_or_default();
-    let has_default = serde_json::from_str::<serde_json::Value>(&routes)
-        .ok()
-        .and_then(|v| v.as_array().map(|a| !a.is_empty()))
-        .unwrap_or(false);
-    Ok((out, has_default))
+    };
+    let mut pod = Netlink::open_in(&ns).map_err(mismatch)?;
+    let eth = pod.require_link(ifname).map_err(mismatch)?;
+    let addrs = pod
+        .addresses(eth)
+        .map_err(mismatch)?
+        .into_iter()
+        .map(|(ip, len)| format!("{ip}/{len}"))
+        .collect();
+    let has_default = pod.has_default_route().unwrap_or(false);
+    Ok((addrs, has_default))
 }
