@@ -170,9 +170,17 @@ fn handle(node: &mut Node, c: Command, publish: &impl Fn(&Node)) -> bool {
             let _ = reply.send(r);
         }
         Command::DeleteEndpoint(owner, reply) => {
-            let r = node.delete_endpoint(&owner);
+            // Answer once the endpoint is forgotten; detaching its programs happens after
+            // the answer, off the CNI DEL's critical path (the plugin deletes the veth
+            // meanwhile), and before the next command.
+            let r = node.forget_endpoint(&owner);
+            let forgotten = r.as_ref().ok().cloned().flatten();
             publish(node);
             let _ = reply.send(r);
+            if let Some(rec) = forgotten {
+                node.release_endpoint(&rec);
+                publish(node);
+            }
         }
         Command::Gc(valid, reply) => {
             let r = node.gc(&valid);

@@ -386,10 +386,15 @@ impl Node {
         // Identity and policy for the pod go in before its programs are attached, so its
         // first packet already meets its policy.
         let previous = self.endpoints.insert(new.owner.clone(), rec.clone());
-        let installed = self
-            .sync_policy()
-            .context("applying policy for the new endpoint")
-            .and_then(|_| self.install(&rec));
+        let t = Instant::now();
+        let synced = self.sync_policy().context("applying policy for the new endpoint");
+        let policy_ms = t.elapsed().as_secs_f64() * 1e3;
+        let installed = synced.and_then(|_| self.install(&rec));
+        tracing::debug!(
+            policy_ms,
+            attach_ms = t.elapsed().as_secs_f64() * 1e3 - policy_ms,
+            "add_endpoint timing"
+        );
         match installed {
             Ok(info) => {
                 rec.host_ifindex = info.ifindex;
@@ -417,21 +422,42 @@ impl Node {
     /// # Errors
     /// When the change cannot be persisted.
     pub fn delete_endpoint(&mut self, owner: &Owner) -> anyhow::Result<Option<EndpointRecord>> {
+        let rec = self.forget_endpoint(owner)?;
+        if let Some(rec) = &rec {
+            self.release_endpoint(rec);
+        }
+        Ok(rec)
+    }
+
+    /// The part of a delete that the CNI DEL waits for: the endpoint's record, its
+    /// endpoint-map entry (its address no longer leads to its veth) and its lease, persisted.
+    /// `release_endpoint` must follow.
+    ///
+    /// # Errors
+    /// When the change cannot be persisted.
+    pub fn forget_endpoint(&mut self, owner: &Owner) -> anyhow::Result<Option<EndpointRecord>> {
         let rec = self.endpoints.remove(owner);
         if let Some(rec) = &rec {
             self.datapath.remove_endpoint(rec.ipv4);
-            self.datapath.detach(&rec.host_ifname);
-            if rec.netns_cookie != 0 && !self.endpoints.values().any(|e| e.netns_cookie == rec.netns_cookie) {
-                self.datapath.forget_netns(rec.netns_cookie);
-            }
-            tracing::info!(endpoint = rec.id, ip = %rec.ipv4, "endpoint deleted");
-            if let Err(e) = self.sync_policy() {
-                tracing::error!("applying policy after deleting an endpoint: {e:#}");
-            }
         }
         self.ipam.release(owner);
         self.persist()?;
         Ok(rec)
+    }
+
+    /// The rest of a delete, which the CNI DEL need not wait for: detaching the programs
+    /// (each tcx link release waits for an RCU grace period, ~10 ms) and the policy of the
+    /// pod's identity. The owner runs it right after answering, before its next command.
+    pub fn release_endpoint(&mut self, rec: &EndpointRecord) {
+        let t = Instant::now();
+        self.datapath.detach(&rec.host_ifname);
+        if rec.netns_cookie != 0 && !self.endpoints.values().any(|e| e.netns_cookie == rec.netns_cookie) {
+            self.datapath.forget_netns(rec.netns_cookie);
+        }
+        tracing::info!(endpoint = rec.id, ip = %rec.ipv4, detach_ms = t.elapsed().as_secs_f64() * 1e3, "endpoint deleted");
+        if let Err(e) = self.sync_policy() {
+            tracing::error!("applying policy after deleting an endpoint: {e:#}");
+        }
     }
 
     /// Endpoint garbage collection: removes, as DEL would, every endpoint whose host veth
