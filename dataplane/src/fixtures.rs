@@ -49,7 +49,6 @@ pub fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, sport: u16, dport: u16) -
 
 /// Ethernet + IPv4 + a 20-byte TCP header with `flags` (no payload; the TCP checksum is
 /// not filled in: the programs never verify it).
-#[cfg(test)]
 #[must_use]
 pub fn ipv4_tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     let mut p = ipv4_udp(src, dst, 64, sport, dport);
