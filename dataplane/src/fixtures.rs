@@ -1,4 +1,5 @@
-//! Test packets for `BPF_PROG_TEST_RUN` (fixtures and `bench-datapath`).
+//! Test packets for `BPF_PROG_TEST_RUN` (fixtures, the differential test and
+//! `moat-bench-datapath`), built with `etherparse`.
 use std::net::Ipv4Addr;
 
 use moat_dataplane_common::EndpointInfo;
@@ -26,43 +27,52 @@ pub fn ipv4_checksum(h: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-/// Ethernet + IPv4 (valid header checksum) + UDP header + 8 bytes of payload.
+/// The MACs every test packet carries (pod → host veth).
+const POD_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 0xbb];
+const HOST_MAC: [u8; 6] = [0x0e, 0, 0, 0, 0, 0xaa];
+
+/// Ethernet + IPv4 + UDP + 8 bytes of payload, every length and checksum filled in.
+///
+/// # Panics
+/// Never: writing into a `Vec` cannot fail.
 #[must_use]
 pub fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, sport: u16, dport: u16) -> Vec<u8> {
-    let mut p = vec![0u8; 14 + 20 + 8 + 8];
-    p[0..6].copy_from_slice(&[0x0e, 0, 0, 0, 0, 0xaa]);
-    p[6..12].copy_from_slice(&[0x0a, 0, 0, 0, 0, 0xbb]);
-    p[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip = &mut p[14..34];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&36u16.to_be_bytes());
-    ip[8] = ttl;
-    ip[9] = 17;
-    ip[12..16].copy_from_slice(&src.octets());
-    ip[16..20].copy_from_slice(&dst.octets());
-    let c = ipv4_checksum(ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    p[34..36].copy_from_slice(&sport.to_be_bytes());
-    p[36..38].copy_from_slice(&dport.to_be_bytes());
+    let b = etherparse::PacketBuilder::ethernet2(POD_MAC, HOST_MAC)
+        .ipv4(src.octets(), dst.octets(), ttl)
+        .udp(sport, dport);
+    let payload = [0u8; 8];
+    let mut p = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut p, &payload).expect("writing into a Vec");
     p
 }
 
-/// Ethernet + IPv4 + a 20-byte TCP header with `flags` (no payload; the TCP checksum is
-/// not filled in: the programs never verify it).
+/// Ethernet + IPv4 + a TCP header with `flags` (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08,
+/// ACK 0x10), no payload, every length and checksum filled in.
+///
+/// # Panics
+/// Never: writing into a `Vec` cannot fail.
 #[must_use]
 pub fn ipv4_tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
-    let mut p = ipv4_udp(src, dst, 64, sport, dport);
-    p.truncate(14 + 20);
-    p.resize(14 + 20 + 20, 0);
-    p[14 + 2..14 + 4].copy_from_slice(&40u16.to_be_bytes());
-    p[14 + 9] = 6;
-    p[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
-    let c = ipv4_checksum(&p[14..34]);
-    p[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
-    p[34..36].copy_from_slice(&sport.to_be_bytes());
-    p[36..38].copy_from_slice(&dport.to_be_bytes());
-    p[34 + 12] = 5 << 4;
-    p[34 + 13] = flags;
+    let mut b = etherparse::PacketBuilder::ethernet2(POD_MAC, HOST_MAC)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .tcp(sport, dport, 1, 64240);
+    if flags & 0x01 != 0 {
+        b = b.fin();
+    }
+    if flags & 0x02 != 0 {
+        b = b.syn();
+    }
+    if flags & 0x04 != 0 {
+        b = b.rst();
+    }
+    if flags & 0x08 != 0 {
+        b = b.psh();
+    }
+    if flags & 0x10 != 0 {
+        b = b.ack(1);
+    }
+    let mut p = Vec::with_capacity(b.size(0));
+    b.write(&mut p, &[]).expect("writing into a Vec");
     p
 }
 
