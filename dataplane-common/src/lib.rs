@@ -4,6 +4,10 @@
 //! assertion: a hidden padding byte in a key makes lookups miss at random.
 #![no_std]
 
+pub mod conntrack;
+pub mod csum;
+pub mod policy;
+
 /// Pin directory (under bpffs) used when the agent is given no other.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/moat";
 

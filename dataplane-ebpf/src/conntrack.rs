@@ -6,54 +6,13 @@
 //! identity change (the agent bumps `Config::policy_rev`) the next packet re-checks the
 //! flow, and a flow that is no longer allowed is dropped and forgotten.
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use moat_dataplane_common::{ct_flag, ct_timeout, metric, verdict, Config, CtEntry, CtKey};
+use moat_dataplane_common::conntrack::{expired, touch};
+use moat_dataplane_common::{ct_flag, metric, verdict, Config, CtEntry, CtKey};
 
 use crate::events::{emit, emit_allowed, Meta};
 use crate::maps::{config, count, CT};
-use crate::packet::{IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use crate::packet::{TCP_FIN, TCP_RST};
 use crate::policy::{decide, identity_of, IDENTITY_WORLD};
-
-#[inline(always)]
-fn expired(e: &CtEntry, proto: u8, now: u64) -> bool {
-    let timeout = if proto == IPPROTO_TCP {
-        let closing = e.flags & ct_flag::RST != 0
-            || e.flags & (ct_flag::FIN_ORIG | ct_flag::FIN_REPLY) == (ct_flag::FIN_ORIG | ct_flag::FIN_REPLY);
-        if closing {
-            ct_timeout::TCP_CLOSING
-        } else if e.flags & ct_flag::SEEN_REPLY != 0 {
-            ct_timeout::TCP_ESTABLISHED
-        } else {
-            ct_timeout::TCP_OPENING
-        }
-    } else {
-        ct_timeout::OTHER
-    };
-    now.wrapping_sub(e.last_seen) > timeout
-}
-
-/// Records a packet of a tracked flow: last seen, counts, TCP closing state. A new SYN
-/// on a closed tuple (the client reused its port after RST or FIN) starts the
-/// connection's states over, so the new connection does not inherit the short closing
-/// timeout.
-#[inline(always)]
-fn touch(e: &mut CtEntry, now: u64, tcp_flags: u8, reply: bool) {
-    e.last_seen = now;
-    if !reply && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-        e.flags &= !(ct_flag::RST | ct_flag::FIN_ORIG | ct_flag::FIN_REPLY | ct_flag::SEEN_REPLY);
-    }
-    let fin_rst = tcp_flags & (TCP_FIN | TCP_RST);
-    if reply {
-        e.packets_reply += 1;
-        e.flags |= ct_flag::SEEN_REPLY;
-    } else {
-        e.packets_orig += 1;
-    }
-    if fin_rst & TCP_RST != 0 {
-        e.flags |= ct_flag::RST;
-    } else if fin_rst & TCP_FIN != 0 {
-        e.flags |= if reply { ct_flag::FIN_REPLY } else { ct_flag::FIN_ORIG };
-    }
-}
 
 /// Re-checks an existing flow (original tuple `orig`) under the current policy.
 /// Identities are looked up again: a relabelled pod may have a new one.

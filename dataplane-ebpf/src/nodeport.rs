@@ -11,7 +11,7 @@
 //! Remote backends (other nodes) would need SNAT to this node so replies return here;
 //! that path is designed in docs/services.md and arrives with multi-node support.
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use moat_dataplane_common::{hook, metric, svc_flag, verdict, FlowEvent, NatKey, NatValue, ServiceKey};
+use moat_dataplane_common::{csum, hook, metric, svc_flag, verdict, FlowEvent, NatKey, NatValue, ServiceKey};
 
 use crate::maps::{count, BACKENDS, NAT_FWD, NAT_REV, SERVICES};
 use crate::packet::{EthHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_SYN};
@@ -29,26 +29,6 @@ fn ptr<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
         return None;
     }
     Some((start + off) as *mut T)
-}
-
-/// One's-complement checksum update for a 32-bit field change (RFC 1624), on the raw
-/// (network order) values as they sit in memory.
-#[inline(always)]
-pub fn csum_replace4(csum: u16, old: u32, new: u32) -> u16 {
-    let mut sum = u32::from(!csum);
-    sum += u32::from(!(old as u16)) + u32::from(!((old >> 16) as u16));
-    sum += (new & 0xffff) + (new >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
-}
-
-#[inline(always)]
-pub fn csum_replace2(csum: u16, old: u16, new: u16) -> u16 {
-    let mut sum = u32::from(!csum) + u32::from(!old) + u32::from(new);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
 }
 
 #[inline(always)]
@@ -163,7 +143,7 @@ fn try_node_ingress(ctx: &XdpContext) -> Option<u32> {
     // Rewrite destination address and port, fixing the IP and L4 checksums.
     // SAFETY: bounds checked above; the packet is not moved in XDP.
     unsafe {
-        (*ip).check = csum_replace4((*ip).check, daddr, be.addr);
+        (*ip).check = csum::replace4((*ip).check, daddr, be.addr);
         (*ip).daddr = be.addr;
         (*ports)[1] = be.port;
     }
@@ -171,15 +151,15 @@ fn try_node_ingress(ctx: &XdpContext) -> Option<u32> {
         let csum: *mut u16 = ptr(ctx, l4 + 16)?;
         // SAFETY: bounds checked by `ptr`.
         unsafe {
-            let c = csum_replace4(*csum, daddr, be.addr);
-            *csum = csum_replace2(c, dport, be.port);
+            let c = csum::replace4(*csum, daddr, be.addr);
+            *csum = csum::replace2(c, dport, be.port);
         }
     } else {
         let csum: *mut u16 = ptr(ctx, l4 + 6)?;
         // SAFETY: bounds checked by `ptr`. A zero UDP checksum means "none".
         unsafe {
             if *csum != 0 {
-                let c = csum_replace2(csum_replace4(*csum, daddr, be.addr), dport, be.port);
+                let c = csum::replace2(csum::replace4(*csum, daddr, be.addr), dport, be.port);
                 *csum = if c == 0 { 0xffff } else { c };
             }
         }

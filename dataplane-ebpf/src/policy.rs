@@ -4,7 +4,9 @@
 //! mirrored by `moat_policy_compiler::lookup`: exact peer, then any peer; allowed when
 //! either finds an allow entry; no entry at all means no policy covers the subject.
 use aya_ebpf::maps::lpm_trie::Key;
-use moat_dataplane_common::{config_flag, direction, Config, PolicyKey, ACTION_ALLOW, ANY_PEER, PREFIX_FULL};
+use moat_dataplane_common::policy::combine;
+pub use moat_dataplane_common::policy::Decision;
+use moat_dataplane_common::{config_flag, direction, Config, PolicyKey, ANY_PEER, PREFIX_FULL};
 
 use crate::maps::{IPCACHE, POLICY};
 
@@ -22,71 +24,24 @@ pub fn identity_of(addr: u32, fallback: u32) -> u32 {
     }
 }
 
-#[derive(Clone, Copy)]
-pub struct Decision {
-    pub allowed: bool,
-    pub cookie: u32,
-    /// The direction whose check decided a denial (0 when allowed).
-    pub direction: u8,
-}
-
 #[inline(always)]
 fn lookup(cfg: &Config, subject: u32, dir: u8, peer: u32, proto: u8, dport: u16) -> Decision {
     let port = dport.to_ne_bytes(); // already in wire order
-    let exact = POLICY.get(&Key::new(
-        PREFIX_FULL,
-        PolicyKey {
-            subject,
-            direction: dir,
-            peer: peer.to_be_bytes(),
-            proto,
-            dport: port,
-        },
-    ));
-    if let Some(v) = exact {
-        if v.action == ACTION_ALLOW {
-            return Decision {
-                allowed: true,
-                cookie: v.cookie,
-                direction: 0,
-            };
-        }
-    }
-    let any = POLICY.get(&Key::new(
-        PREFIX_FULL,
-        PolicyKey {
-            subject,
-            direction: dir,
-            peer: ANY_PEER.to_be_bytes(),
-            proto,
-            dport: port,
-        },
-    ));
-    if let Some(v) = any {
-        if v.action == ACTION_ALLOW {
-            return Decision {
-                allowed: true,
-                cookie: v.cookie,
-                direction: 0,
-            };
-        }
-    }
-    match exact.or(any) {
-        Some(v) => Decision {
-            allowed: false,
-            cookie: v.cookie,
-            direction: dir,
-        },
-        None => Decision {
-            allowed: cfg.flags & config_flag::DENY_UNMANAGED == 0,
-            cookie: 0,
-            direction: if cfg.flags & config_flag::DENY_UNMANAGED == 0 {
-                0
-            } else {
-                dir
+    let key = |peer: u32| {
+        Key::new(
+            PREFIX_FULL,
+            PolicyKey {
+                subject,
+                direction: dir,
+                peer: peer.to_be_bytes(),
+                proto,
+                dport: port,
             },
-        },
-    }
+        )
+    };
+    let exact = POLICY.get(&key(peer));
+    let any = POLICY.get(&key(ANY_PEER));
+    combine(exact, any, cfg.flags & config_flag::DENY_UNMANAGED != 0, dir)
 }
 
 /// The verdict for a flow from `src` to `dst`: the source pod's egress policy when

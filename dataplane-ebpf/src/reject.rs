@@ -4,7 +4,7 @@
 //! fails at once with "connection refused", a connected UDP socket sees the error on its
 //! next call; nothing waits for a timeout.
 use aya_ebpf::{helpers::generated::bpf_redirect_peer, programs::TcContext};
-use moat_dataplane_common::metric;
+use moat_dataplane_common::{csum, metric};
 
 use crate::packet::{ETH_HLEN, IPPROTO_ICMP};
 
@@ -36,12 +36,12 @@ pub fn port_unreachable(ctx: &TcContext, ifindex: u32) -> Result<i32, u32> {
     out[9] = IPPROTO_ICMP;
     out[12..16].copy_from_slice(&quote[16..20]);
     out[16..20].copy_from_slice(&quote[12..16]);
-    let ip_sum = checksum(&out[..20]);
+    let ip_sum = csum::checksum(&out[..20]);
     out[10..12].copy_from_slice(&ip_sum.to_be_bytes());
     out[20] = ICMP_DEST_UNREACH;
     out[21] = ICMP_PORT_UNREACH;
     out[28..].copy_from_slice(&quote);
-    let icmp_sum = checksum(&out[20..]);
+    let icmp_sum = csum::checksum(&out[20..]);
     out[22..24].copy_from_slice(&icmp_sum.to_be_bytes());
 
     let mut eth = [0u8; ETH_HLEN];
@@ -53,16 +53,4 @@ pub fn port_unreachable(ctx: &TcContext, ifindex: u32) -> Result<i32, u32> {
     // Into the pod's own eth0, skipping the host side (as for pod-to-pod packets).
     // SAFETY: plain helper call; returns TC_ACT_REDIRECT or TC_ACT_SHOT.
     Ok(unsafe { bpf_redirect_peer(ifindex, 0) } as i32)
-}
-
-/// The Internet checksum (RFC 1071) of an even number of bytes.
-#[inline(always)]
-fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for pair in bytes.chunks_exact(2) {
-        sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
-    }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
 }

@@ -9,8 +9,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use moat_dataplane_common::{
-    direction, PolicyKey, PolicyValue, ACTION_ALLOW, ANY_PEER, PREFIX_FULL, PREFIX_PEER, PREFIX_PROTO,
-    PREFIX_SUBJECT_DIR,
+    direction, PolicyKey, PolicyValue, ANY_PEER, PREFIX_FULL, PREFIX_PEER, PREFIX_PROTO, PREFIX_SUBJECT_DIR,
 };
 use moat_identity::{reserved_name, Identity};
 
@@ -108,10 +107,12 @@ pub fn lookup(
 ) -> Decision {
     let exact = lpm(policy, &PolicyKey::new(subject, direction, peer, proto, dport));
     let any = lpm(policy, &PolicyKey::new(subject, direction, ANY_PEER, proto, dport));
-    match (exact, any) {
-        (Some(v), _) | (_, Some(v)) if v.action == ACTION_ALLOW => Decision::Allowed { cookie: v.cookie },
-        (Some(v), _) | (None, Some(v)) => Decision::Denied { cookie: v.cookie },
-        (None, None) => Decision::Unmanaged,
+    // The datapath's own combine step (dataplane-common), so the two cannot drift apart.
+    let d = moat_dataplane_common::policy::combine(exact.as_ref(), any.as_ref(), false, direction);
+    match (exact.or(any), d.allowed) {
+        (None, _) => Decision::Unmanaged,
+        (Some(_), true) => Decision::Allowed { cookie: d.cookie },
+        (Some(_), false) => Decision::Denied { cookie: d.cookie },
     }
 }
 
@@ -347,7 +348,7 @@ pub fn explain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use moat_dataplane_common::ACTION_DENY;
+    use moat_dataplane_common::{ACTION_ALLOW, ACTION_DENY};
 
     const IN: u8 = direction::INGRESS;
 
