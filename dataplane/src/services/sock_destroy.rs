@@ -4,173 +4,122 @@
 //! A connected UDP socket is translated once, at `connect`. When its backend is removed,
 //! its datagrams would keep going to a dead address, or to whichever pod gets that IP
 //! next. kube-proxy solves this by flushing the UDP conntrack entries; Cilium destroys
-//! the sockets. We do what Cilium does. Through `sock_diag` in each served network
-//! namespace we list IPv4 UDP sockets whose peer is the removed backend. Only the ones
-//! the socket LB translated (they have a `SOCK_REVNAT` entry for that cookie and
-//! backend) are destroyed. The application's next call then fails with ECONNABORTED,
-//! and resolvers and clients retry on a new socket, which gets a live backend.
+//! the sockets. We do what Cilium does. Through `sock_diag` (the netlink-packet-sock-diag
+//! messages over a netlink-sys socket) in each served network namespace we list IPv4 UDP
+//! sockets whose peer is the removed backend. Only the ones the socket LB translated
+//! (they have a `SOCK_REVNAT` entry for that cookie and backend) are destroyed. The
+//! application's next call then fails with ECONNABORTED, and resolvers and clients
+//! retry on a new socket, which gets a live backend.
 use std::collections::BTreeSet;
 use std::io;
-use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 
-const NETLINK_SOCK_DIAG: libc::c_int = 4;
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const SOCK_DESTROY: u16 = 21;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-
-/// `struct inet_diag_sockid`: ports and addresses in network order.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct SockId {
-    sport: u16,
-    dport: u16,
-    src: [u32; 4],
-    dst: [u32; 4],
-    ifindex: u32,
-    cookie: [u32; 2],
-}
-
-/// `struct inet_diag_req_v2`.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct Request {
-    family: u8,
-    protocol: u8,
-    ext: u8,
-    pad: u8,
-    states: u32,
-    id: SockId,
-}
-
-/// The start of `struct inet_diag_msg` (what we read of it).
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct DiagMsg {
-    family: u8,
-    state: u8,
-    timer: u8,
-    retrans: u8,
-    id: SockId,
-}
+use netlink_packet_core::{
+    NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable, NLM_F_ACK, NLM_F_DUMP,
+    NLM_F_REQUEST,
+};
+use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
+use netlink_packet_sock_diag::{SockDiagDestroy, SockDiagMessage};
+use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
 
 /// A UDP socket connected to a backend: its identity for `SOCK_DESTROY`.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Connected {
-    id: SockId,
+    id: SocketId,
     pub cookie: u64,
 }
 
-fn send(fd: &OwnedFd, kind: u16, flags: u16, req: &Request) -> io::Result<()> {
-    let mut buf = vec![0u8; 16 + std::mem::size_of::<Request>()];
-    let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
-    buf[0..4].copy_from_slice(&len.to_ne_bytes());
-    buf[4..6].copy_from_slice(&kind.to_ne_bytes());
-    buf[6..8].copy_from_slice(&flags.to_ne_bytes());
-    // SAFETY: `Request` is plain old data of exactly this size.
-    let body =
-        unsafe { std::slice::from_raw_parts(std::ptr::from_ref(req).cast::<u8>(), std::mem::size_of::<Request>()) };
-    buf[16..].copy_from_slice(body);
-    // SAFETY: valid fd and buffer.
-    let n = unsafe { libc::send(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+fn diag_socket() -> io::Result<Socket> {
+    let mut s = Socket::new(NETLINK_SOCK_DIAG)?;
+    s.bind_auto()?;
+    s.connect(&SocketAddr::new(0, 0))?;
+    Ok(s)
 }
 
-/// Reads netlink replies until DONE (a dump) or the first ERROR/ack. `on_msg` gets
-/// each message's type and payload.
-fn receive(fd: &OwnedFd, mut on_msg: impl FnMut(u16, &[u8])) -> io::Result<()> {
-    let mut buf = vec![0u8; 64 * 1024];
+/// Sends `msg` and hands each reply to `on_reply` until the dump ends or the request is
+/// acknowledged; a netlink error is the kernel's errno.
+fn request<T>(s: &Socket, msg: T, flags: u16, mut on_reply: impl FnMut(T)) -> io::Result<()>
+where
+    T: NetlinkSerializable + NetlinkDeserializable + std::fmt::Debug,
+{
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
+    let mut nl = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+    nl.finalize();
+    let mut buf = vec![0; nl.buffer_len()];
+    nl.serialize(&mut buf);
+    s.send(&buf, 0)?;
     loop {
-        // SAFETY: valid fd and buffer.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut rest = &buf[..usize::try_from(n).unwrap_or(0)];
-        while rest.len() >= 16 {
-            let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-            let kind = u16::from_ne_bytes([rest[4], rest[5]]);
-            if len < 16 || len > rest.len() {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "short netlink message"));
+        let (bytes, _) = s.recv_from_full()?;
+        let mut offset = 0;
+        while offset < bytes.len() {
+            let reply = NetlinkMessage::<T>::deserialize(&bytes[offset..])
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            let len = reply.header.length as usize;
+            if len == 0 {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "empty netlink message"));
             }
-            let payload = &rest[16..len];
-            match kind {
-                NLMSG_DONE => return Ok(()),
-                NLMSG_ERROR => {
-                    let errno = payload
-                        .get(0..4)
-                        .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-                    return if errno == 0 {
-                        Ok(())
-                    } else {
-                        Err(io::Error::from_raw_os_error(-errno))
-                    };
+            offset += (len + 3) & !3;
+            match reply.payload {
+                NetlinkPayload::Done(_) => return Ok(()),
+                NetlinkPayload::Error(e) => {
+                    return match e.code {
+                        None => Ok(()),
+                        Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
+                    }
                 }
-                _ => on_msg(kind, payload),
+                NetlinkPayload::InnerMessage(m) => on_reply(m),
+                _ => {}
             }
-            // Messages are 4-byte aligned.
-            rest = &rest[(len.div_ceil(4) * 4).min(rest.len())..];
         }
     }
 }
 
-fn diag_socket() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket call; the fd is owned at once.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+fn udp_request(socket_id: SocketId) -> SockDiagMessage {
+    SockDiagMessage::InetRequest(InetRequest {
+        family: libc::AF_INET as u8,
+        protocol: libc::IPPROTO_UDP as u8,
+        extensions: ExtensionFlags::empty(),
+        states: StateFlags::all(),
+        socket_id,
+    })
 }
 
 /// IPv4 UDP sockets in the current network namespace whose peer is one of `peers`.
 fn connected_to(peers: &[(Ipv4Addr, u16)]) -> io::Result<Vec<(Connected, Ipv4Addr, u16)>> {
-    let fd = diag_socket()?;
-    let req = Request {
-        family: libc::AF_INET as u8,
-        protocol: libc::IPPROTO_UDP as u8,
-        states: u32::MAX,
-        ..Request::default()
-    };
-    send(
-        &fd,
-        SOCK_DIAG_BY_FAMILY,
-        (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16,
-        &req,
-    )?;
+    let s = diag_socket()?;
     let mut found = Vec::new();
-    receive(&fd, |kind, payload| {
-        if kind != SOCK_DIAG_BY_FAMILY || payload.len() < std::mem::size_of::<DiagMsg>() {
+    request(&s, udp_request(SocketId::new_v4()), NLM_F_REQUEST | NLM_F_DUMP, |m| {
+        let SockDiagMessage::InetResponse(r) = m else { return };
+        let id = &r.header.socket_id;
+        let IpAddr::V4(addr) = id.destination_address else {
             return;
-        }
-        // SAFETY: length checked; `DiagMsg` is plain old data (read unaligned).
-        let msg: DiagMsg = unsafe { std::ptr::read_unaligned(payload.as_ptr().cast()) };
-        let peer = (Ipv4Addr::from(u32::from_be(msg.id.dst[0])), u16::from_be(msg.id.dport));
+        };
+        let peer = (addr, id.destination_port);
         if peers.contains(&peer) {
-            let cookie = u64::from(msg.id.cookie[0]) | (u64::from(msg.id.cookie[1]) << 32);
-            found.push((Connected { id: msg.id, cookie }, peer.0, peer.1));
+            found.push((
+                Connected {
+                    id: id.clone(),
+                    cookie: u64::from_ne_bytes(id.cookie),
+                },
+                peer.0,
+                peer.1,
+            ));
         }
     })?;
     Ok(found)
 }
 
 fn destroy(c: &Connected) -> io::Result<()> {
-    let fd = diag_socket()?;
-    let req = Request {
-        family: libc::AF_INET as u8,
-        protocol: libc::IPPROTO_UDP as u8,
-        states: u32::MAX,
-        id: c.id,
-        ..Request::default()
-    };
-    send(&fd, SOCK_DESTROY, (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16, &req)?;
-    receive(&fd, |_, _| {})
+    let s = diag_socket()?;
+    request(
+        &s,
+        SockDiagDestroy::new(udp_request(c.id.clone())),
+        NLM_F_REQUEST | NLM_F_ACK,
+        |_| {},
+    )
 }
 
 /// In each network namespace (`None`: the agent's own), destroys the UDP sockets the
