@@ -30,7 +30,7 @@ CYCLES=${CYCLES:-100}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
 ROUNDS=${ROUNDS:-3}
 RR_COUNT=${RR_COUNT:-20000}
-SECTIONS=${SECTIONS:-1234567}  # e.g. SECTIONS=67 runs only the service benchmarks
+SECTIONS=${SECTIONS:-12345678}  # e.g. SECTIONS=67 runs only the service benchmarks
 want() { [[ $SECTIONS == *$1* ]]; }
 
 ID=moatbench$$
@@ -61,6 +61,13 @@ iperf_server() { nsenter --net=/run/netns/"$1" iperf3 -s -D -1 --pidfile "$RUN/i
 json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 median() { python3 -c "import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
+wait_policies() { # count
+  for _ in $(seq 300); do
+    n=$("$B/moatctl" --socket "$SOCK" -o json status | json '["policies"]')
+    [ "$n" = "$1" ] && return 0; sleep 0.1
+  done
+  echo "agent did not apply $1 policies" >&2; return 1
+}
 
 # ---------------------------------------------------------------- node with Moat
 mkns $ID-moat
@@ -165,13 +172,6 @@ gen_policies() { # file
   } >"$1"
 }
 gen_policies "$RUN/policies.yaml"
-wait_policies() { # count
-  for _ in $(seq 100); do
-    n=$("$B/moatctl" --socket "$SOCK" -o json status | json '["policies"]')
-    [ "$n" = "$1" ] && return 0; sleep 0.1
-  done
-  echo "agent did not apply $1 policies" >&2; return 1
-}
 echo
 echo "== 3. pod-to-pod TCP with 1,000 policies / 500 identities vs none ($ROUNDS rounds, alternating; medians)"
 n_tp=(); y_tp=(); n_rr=(); y_rr=(); n_p99=(); y_p99=()
@@ -334,4 +334,75 @@ iw=$(python3 -c "import json; print(round(json.load(open('$RUN/wait-ipt'))['ms']
 printf '  moat (manifest change → socket LB maps): %s ms;  iptables-restore of the same rules: %s ms;  ratio %s\n' \
   "$mw" "$iw" "$(ratio "$mw" "$iw")"
 
+fi
+if want 8; then
+# ---------------------------------------------------------------- 8. churn and ADD under load
+echo
+echo "== 8. pod churn vs established flows; CNI ADD+DEL while the agent recompiles 10,000 policies"
+rm -f "$RUN/state/"*.yaml
+# Churn: pods added and deleted as fast as the plugin goes (about 10/s here), in their own
+# netns; PIDs of the loop are killed at the end of each measurement.
+churn_loop() {
+  local i=0
+  while :; do
+    i=$((i + 1)); local n=$ID-c$i
+    ip netns add "$n" 2>/dev/null || continue
+    nsenter --net=/run/netns/$ID-moat env CNI_COMMAND=ADD CNI_CONTAINERID="churn-$i" CNI_NETNS=/run/netns/$n CNI_IFNAME=eth0 \
+      CNI_PATH=/usr/lib/cni CNI_ARGS="K8S_POD_NAMESPACE=churn;K8S_POD_NAME=c$i" "$B/moat" <"$RUN/moat.conf" >/dev/null 2>&1
+    nsenter --net=/run/netns/$ID-moat env CNI_COMMAND=DEL CNI_CONTAINERID="churn-$i" CNI_NETNS=/run/netns/$n CNI_IFNAME=eth0 \
+      CNI_PATH=/usr/lib/cni "$B/moat" <"$RUN/moat.conf" >/dev/null 2>&1
+    ip netns del "$n" 2>/dev/null
+    echo "$i" >"$RUN/churned"
+  done
+}
+rr_once() { nsenter --net=/run/netns/$ID-ma "$B/moat-rr" client "$MB" 7100 "$RR_COUNT"; }
+c_rr=(); q_rr=(); c_p99=(); q_p99=(); rates=()
+for r in $(seq "$ROUNDS"); do
+  rr=$(rr_once); q_rr+=("$(echo "$rr" | json '["mean_us"]')"); q_p99+=("$(echo "$rr" | json '["p99_us"]')")
+  echo 0 >"$RUN/churned"
+  churn_loop & CHURN=$!; PIDS+=($CHURN)
+  sleep 1; start=$(cat "$RUN/churned"); t0=$(date +%s.%N)
+  rr=$(rr_once); c_rr+=("$(echo "$rr" | json '["mean_us"]')"); c_p99+=("$(echo "$rr" | json '["p99_us"]')")
+  t1=$(date +%s.%N); end=$(cat "$RUN/churned")
+  kill $CHURN 2>/dev/null; wait $CHURN 2>/dev/null || true
+  rates+=("$(python3 -c "print(($end - $start) / ($t1 - $t0))")")
+done
+printf '  pod-to-pod RR with churn (%.1f pods added+deleted/s): mean %s us, p99 %s us; without: mean %s us, p99 %s us\n' \
+  "$(median "${rates[@]}")" "$(median "${c_rr[@]}")" "$(median "${c_p99[@]}")" "$(median "${q_rr[@]}")" "$(median "${q_p99[@]}")"
+printf '  ratio churn/none: RR mean %s, RR p99 %s (new pods do not make established flows re-check policy)\n' \
+  "$(ratio "$(median "${c_rr[@]}")" "$(median "${q_rr[@]}")")" "$(ratio "$(median "${c_p99[@]}")" "$(median "${q_p99[@]}")")"
+
+# ADD+DEL while policy recompiles: two versions of 10,000 policies over 1,000 pods are
+# moved into the state dir in turn, each move a full recompile in the node owner.
+python3 - "$RUN" <<'PY'
+import sys
+run = sys.argv[1]
+for v in (0, 1):
+    with open(f"{run}/big{v}.yaml", "w") as f:
+        f.write("apiVersion: v1\nkind: Namespace\nmetadata: {name: big}\n---\n")
+        for i in range(1000):
+            f.write(f"apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: big, labels: {{app: a{i}}}}}\n"
+                    f"spec: {{containers: [{{name: c}}]}}\nstatus: {{podIP: 10.95.{i // 250}.{i % 250 + 1}}}\n---\n")
+        for i in range(10000):
+            f.write(f"apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: np{i}, namespace: big}}\n"
+                    f"spec:\n  podSelector: {{matchLabels: {{app: a{(i * 7 + v) % 1000}}}}}\n  ingress:\n"
+                    f"  - from:\n    - podSelector: {{matchLabels: {{app: a{(i * 13) % 1000}}}}}\n"
+                    f"    ports:\n    - {{port: {1000 + i % 5000}}}\n---\n")
+PY
+LAT_CYCLES=${LAT_CYCLES:-40}
+idle=$(nsenter --net=/run/netns/$ID-moat "$B/moat-cni-latency" "$B/moat" "$RUN/moat.conf" "$LAT_CYCLES")
+recompile_loop() {
+  local v=0
+  while :; do cp "$RUN/big$v.yaml" "$RUN/big.tmp"; mv "$RUN/big.tmp" "$RUN/state/big.yaml"; v=$((1 - v)); sleep 0.3; done
+}
+cp "$RUN/big0.yaml" "$RUN/state/big.yaml"; wait_policies 10000 || true
+recompile_loop & LOOP=$!; PIDS+=($LOOP)
+sleep 1
+loaded=$(nsenter --net=/run/netns/$ID-moat "$B/moat-cni-latency" "$B/moat" "$RUN/moat.conf" "$LAT_CYCLES")
+kill $LOOP 2>/dev/null; wait $LOOP 2>/dev/null || true
+ip50=$(echo "$idle" | json '["p50_ms"]'); ip99=$(echo "$idle" | json '["p99_ms"]')
+lp50=$(echo "$loaded" | json '["p50_ms"]'); lp99=$(echo "$loaded" | json '["p99_ms"]')
+printf '  CNI ADD+DEL idle: p50 %s ms, p99 %s ms;  while recompiling 10,000 policies: p50 %s ms, p99 %s ms\n' "$ip50" "$ip99" "$lp50" "$lp99"
+printf '  ratio loaded/idle: p50 %s, p99 %s (goal p99 <= 2)\n' "$(ratio "$lp50" "$ip50")" "$(ratio "$lp99" "$ip99")"
+rm -f "$RUN/state/big.yaml"
 fi
