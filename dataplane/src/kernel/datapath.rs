@@ -17,10 +17,10 @@ use aya::programs::{CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier
 use aya::sys::SyscallError;
 use aya::{Ebpf, EbpfLoader};
 use moat_dataplane_common::{
-    metric, metric_name, AffinityKey, AffinityValue, Backend4, Config, CtEntry, CtKey, EndpointInfo, IpcacheInfo,
-    MaglevKey, PolicyKey, PolicyValue, ServiceKey, ServiceValue, SockRevKey, SockRevValue, AFFINITY_MAP, BACKENDS_MAP,
-    CONFIG_MAP, CT_MAP, ENDPOINTS_MAP, EVENTS_MAP, IPCACHE_MAP, MAGLEV_MAP, METRICS_MAP, POLICY_MAP, SERVICES_MAP,
-    SOCK_LB_NETNS_MAP, SOCK_REVNAT_MAP,
+    AffinityKey, AffinityValue, Backend4, Config, CtEntry, CtKey, EndpointInfo, IpcacheInfo, MaglevKey, PolicyKey,
+    PolicyValue, ServiceKey, ServiceValue, SockRevKey, SockRevValue, AFFINITY_MAP, BACKENDS_MAP, CONFIG_MAP, CT_MAP,
+    ENDPOINTS_MAP, EVENTS_MAP, IPCACHE_MAP, MAGLEV_MAP, METRICS_MAP, POLICY_MAP, SERVICES_MAP, SOCK_LB_NETNS_MAP,
+    SOCK_REVNAT_MAP,
 };
 
 /// The object built by build.rs from `dataplane-ebpf`.
@@ -569,25 +569,13 @@ impl Datapath {
     /// Non-zero counters summed over CPUs, by slot number.
     #[must_use]
     pub fn counter_slots(&self) -> Vec<(u32, u64)> {
-        (0..metric::SLOTS)
-            .filter_map(|slot| {
-                metric_name(slot)?;
-                let total: u64 = self.metrics.get(&slot, 0).ok()?.iter().sum();
-                (total > 0).then_some((slot, total))
-            })
-            .collect()
+        super::stats::counter_slots(&self.metrics)
     }
 
     /// Counters summed over CPUs, by name; zero counters are left out.
     #[must_use]
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
-        (0..metric::SLOTS)
-            .filter_map(|slot| {
-                let name = metric_name(slot)?;
-                let total: u64 = self.metrics.get(&slot, 0).ok()?.iter().sum();
-                (total > 0).then_some((name, total))
-            })
-            .collect()
+        super::stats::named(self.counter_slots())
     }
 }
 

@@ -61,16 +61,7 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
-/// Parses `aa:bb:cc:dd:ee:ff`.
-#[must_use]
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in &mut mac {
-        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
+pub use moat_netlink::parse_mac;
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const TRACEFS_MAGIC: i64 = 0x7472_6163;

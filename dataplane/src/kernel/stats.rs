@@ -45,22 +45,13 @@ impl Stats {
     /// Non-zero counters summed over CPUs, by slot number.
     #[must_use]
     pub fn counter_slots(&self) -> Vec<(u32, u64)> {
-        (0..metric::SLOTS)
-            .filter_map(|slot| {
-                metric_name(slot)?;
-                let total: u64 = self.metrics.get(&slot, 0).ok()?.iter().sum();
-                (total > 0).then_some((slot, total))
-            })
-            .collect()
+        counter_slots(&self.metrics)
     }
 
     /// Counters summed over CPUs, by name; zero counters are left out.
     #[must_use]
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
-        self.counter_slots()
-            .into_iter()
-            .filter_map(|(slot, n)| Some((metric_name(slot)?, n)))
-            .collect()
+        named(counter_slots(&self.metrics))
     }
 
     /// Tracked flows (the LRU map changes while it is read).
@@ -68,4 +59,25 @@ impl Stats {
     pub fn tracked_flows(&self) -> usize {
         self.ct.keys().flatten().count()
     }
+}
+
+/// Non-zero counters of the per-CPU metrics map summed over CPUs, by slot number.
+#[must_use]
+pub fn counter_slots(metrics: &PerCpuArray<MapData, u64>) -> Vec<(u32, u64)> {
+    (0..metric::SLOTS)
+        .filter_map(|slot| {
+            metric_name(slot)?;
+            let total: u64 = metrics.get(&slot, 0).ok()?.iter().sum();
+            (total > 0).then_some((slot, total))
+        })
+        .collect()
+}
+
+/// The slots' names (slots without one are left out).
+#[must_use]
+pub fn named(slots: Vec<(u32, u64)>) -> Vec<(&'static str, u64)> {
+    slots
+        .into_iter()
+        .filter_map(|(slot, n)| Some((metric_name(slot)?, n)))
+        .collect()
 }
