@@ -151,8 +151,8 @@ fn policy(n: usize, k: usize) -> NetworkPolicy {
         3 => (
             vec![Rule {
                 peers: Some(vec![Peer::IpBlock {
-                    cidr: (Ipv4Addr::new(172, 16, b as u8, 0), 24),
-                    except: vec![(Ipv4Addr::new(172, 16, b as u8, 128), 25)],
+                    cidr: net(Ipv4Addr::new(172, 16, b as u8, 0), 24),
+                    except: vec![net(Ipv4Addr::new(172, 16, b as u8, 128), 25)],
                 }]),
                 ports: Some(vec![port(17, Some(PortRef::Number(53)), None)]),
             }],
@@ -169,8 +169,8 @@ fn policy(n: usize, k: usize) -> NetworkPolicy {
             vec![
                 Rule {
                     peers: Some(vec![Peer::IpBlock {
-                        cidr: (Ipv4Addr::new(10, 0, (k % NAMESPACES) as u8, 0), 24),
-                        except: vec![(Ipv4Addr::new(10, 0, (k % NAMESPACES) as u8, 16), 28)],
+                        cidr: net(Ipv4Addr::new(10, 0, (k % NAMESPACES) as u8, 0), 24),
+                        except: vec![net(Ipv4Addr::new(10, 0, (k % NAMESPACES) as u8, 16), 28)],
                     }]),
                     ports: Some(vec![port(6, Some(PortRef::Number(443)), None), port(17, None, None)]),
                 },
@@ -252,4 +252,9 @@ fn main() {
         total,
         d.len() as f64 / total.max(1) as f64
     );
+}
+
+/// An IPv4 prefix for an ipBlock.
+fn net(addr: Ipv4Addr, len: u8) -> moat_policy_compiler::k8s::Ipv4Network {
+    moat_policy_compiler::k8s::Ipv4Network::new(addr, len).expect("a valid prefix")
 }

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
+use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
 pub use crate::endpoint::Owner;
@@ -20,50 +21,56 @@ pub enum IpamError {
     Exhausted { cidr: String, leased: usize },
 }
 
-/// An IPv4 prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Cidr {
-    pub base: Ipv4Addr,
-    pub len: u8,
+/// An IPv4 prefix: `ipnetwork`'s, the one prefix type across Moat.
+pub type Cidr = Ipv4Network;
+
+/// Parses a pod or service CIDR `a.b.c.d/len` (len 8 to 30); the host bits are cleared.
+///
+/// # Errors
+/// When the text is not an IPv4 prefix of length 8 to 30.
+pub fn parse_cidr(s: &str) -> Result<Cidr, IpamError> {
+    let bad = || IpamError::InvalidCidr { cidr: s.to_string() };
+    let (addr, len) = s.split_once('/').ok_or_else(bad)?;
+    let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+    let len: u8 = len.parse().map_err(|_| bad())?;
+    if !(8..=30).contains(&len) {
+        return Err(bad());
+    }
+    let net = Ipv4Network::new(addr, len).map_err(|_| bad())?;
+    Ipv4Network::new(net.network(), len).map_err(|_| bad())
 }
 
-impl Cidr {
-    /// Parses `a.b.c.d/len`; the host bits are cleared.
-    ///
-    /// # Errors
-    /// When the text is not an IPv4 prefix of length 8 to 30.
-    pub fn parse(s: &str) -> Result<Self, IpamError> {
-        let bad = || IpamError::InvalidCidr { cidr: s.to_string() };
-        let (addr, len) = s.split_once('/').ok_or_else(bad)?;
-        let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
-        let len: u8 = len.parse().map_err(|_| bad())?;
-        if !(8..=30).contains(&len) {
-            return Err(bad());
+/// The persisted form of a CIDR, `{"base": "10.244.0.0", "len": 24}` (what earlier
+/// agents wrote, so their `ipam.json` still loads).
+mod cidr_on_disk {
+    use std::net::Ipv4Addr;
+
+    use ipnetwork::Ipv4Network;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct OnDisk {
+        base: Ipv4Addr,
+        len: u8,
+    }
+
+    pub fn serialize<S: Serializer>(c: &Ipv4Network, s: S) -> Result<S::Ok, S::Error> {
+        OnDisk {
+            base: c.network(),
+            len: c.prefix(),
         }
-        let mask = u32::MAX << (32 - len);
-        Ok(Self {
-            base: Ipv4Addr::from(u32::from(addr) & mask),
-            len,
-        })
+        .serialize(s)
     }
 
-    pub fn first(&self) -> u32 {
-        u32::from(self.base)
-    }
-
-    pub fn size(&self) -> u32 {
-        1 << (32 - self.len)
-    }
-}
-
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.base, self.len)
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Ipv4Network, D::Error> {
+        let o = OnDisk::deserialize(d)?;
+        Ipv4Network::new(o.base, o.len).map_err(serde::de::Error::custom)
     }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Ipam {
+    #[serde(with = "cidr_on_disk")]
     cidr: Cidr,
     /// Leased address (host order) → owner.
     leases: BTreeMap<u32, Owner>,
@@ -118,7 +125,7 @@ impl Ipam {
         let usable = size - 2;
         for step in 0..usable {
             let offset = 1 + (self.cursor - 1 + step) % usable;
-            let ip = self.cidr.first() + offset;
+            let ip = u32::from(self.cidr.network()) + offset;
             if let std::collections::btree_map::Entry::Vacant(slot) = self.leases.entry(ip) {
                 slot.insert(owner.clone());
                 self.cursor = 1 + offset % usable;
@@ -157,16 +164,16 @@ mod tests {
 
     #[test]
     fn parses_and_normalises_cidr() {
-        let c = Cidr::parse("10.1.2.77/24").unwrap();
+        let c = parse_cidr("10.1.2.77/24").unwrap();
         assert_eq!(c.to_string(), "10.1.2.0/24");
         for bad in ["10.1.2.0", "10.1.2.0/31", "10.1.2.0/7", "x/24", "10.1.2.0/abc"] {
-            assert!(Cidr::parse(bad).is_err(), "{bad} accepted");
+            assert!(parse_cidr(bad).is_err(), "{bad} accepted");
         }
     }
 
     #[test]
     fn same_owner_same_address_and_round_robin() {
-        let mut ipam = Ipam::new(Cidr::parse("10.0.0.0/29").unwrap());
+        let mut ipam = Ipam::new(parse_cidr("10.0.0.0/29").unwrap());
         let a = ipam.allocate(&owner("a")).unwrap();
         assert_eq!(a, "10.0.0.1".parse::<Ipv4Addr>().unwrap());
         assert_eq!(ipam.allocate(&owner("a")).unwrap(), a);
@@ -183,7 +190,7 @@ mod tests {
 
     #[test]
     fn exhaustion_skips_network_and_broadcast() {
-        let mut ipam = Ipam::new(Cidr::parse("10.0.0.0/30").unwrap());
+        let mut ipam = Ipam::new(parse_cidr("10.0.0.0/30").unwrap());
         let got: Vec<_> = ["a", "b"].iter().map(|c| ipam.allocate(&owner(c)).unwrap()).collect();
         assert_eq!(
             got,
@@ -199,10 +206,17 @@ mod tests {
 
     #[test]
     fn survives_serialisation() {
-        let mut ipam = Ipam::new(Cidr::parse("10.0.0.0/24").unwrap());
+        let mut ipam = Ipam::new(parse_cidr("10.0.0.0/24").unwrap());
         let a = ipam.allocate(&owner("a")).unwrap();
         let back: Ipam = serde_json::from_str(&serde_json::to_string(&ipam).unwrap()).unwrap();
         assert_eq!(back.lookup(&owner("a")), Some(a));
         assert_eq!(back.len(), 1);
+        // The on-disk form earlier agents wrote still loads.
+        let old: Ipam = serde_json::from_str(
+            r#"{"cidr":{"base":"10.0.0.0","len":24},"leases":{"167772165":{"container_id":"a","ifname":"eth0"}},"cursor":5}"#,
+        )
+        .unwrap();
+        assert_eq!(old.cidr().to_string(), "10.0.0.0/24");
+        assert_eq!(old.lookup(&owner("a")), Some(Ipv4Addr::new(10, 0, 0, 5)));
     }
 }

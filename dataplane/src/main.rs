@@ -145,13 +145,13 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let pod_cidr = ipam::Cidr::parse(&args.pod_cidr).context("--pod-cidr")?;
+    let pod_cidr = ipam::parse_cidr(&args.pod_cidr).context("--pod-cidr")?;
     let mode = match args.enforcement.as_str() {
         "always" => moat_policy_compiler::world::Mode::Always,
         "never" => moat_policy_compiler::world::Mode::Never,
         _ => moat_policy_compiler::world::Mode::Default,
     };
-    let service_cidr = ipam::Cidr::parse(&args.service_cidr).context("--service-cidr")?;
+    let service_cidr = ipam::parse_cidr(&args.service_cidr).context("--service-cidr")?;
     let socket_lb_cgroup = if args.socket_lb {
         Some(match args.cgroup_root {
             Some(p) => p,

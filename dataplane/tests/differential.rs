@@ -18,7 +18,8 @@ use moat_dataplane::fixtures::{endpoint, have_root, ipv4_tcp, ipv4_udp};
 use moat_dataplane::kernel::datapath::Datapath;
 use moat_dataplane_common::Config;
 use moat_k8s_model::{
-    ContainerPort, LabelSelector, Namespace, NetworkPolicy, Operator, Peer, Pod, PortRef, PortSpec, Requirement, Rule,
+    ContainerPort, Ipv4Network, LabelSelector, Namespace, NetworkPolicy, Operator, Peer, Pod, PortRef, PortSpec,
+    Requirement, Rule,
 };
 use moat_policy_compiler::lookup::{explain, Endpoint};
 use moat_policy_compiler::world::{Mode, PodInfo, World};
@@ -105,10 +106,10 @@ fn peer(rng: &mut Rng) -> Peer {
             let len = *rng.pick(&[24u8, 28, 29, 30]);
             let base = u32::from(Ipv4Addr::new(10, 9, 0, 0)) + ((rng.below(16) as u32) << (32 - len.max(28)) & 0xff);
             let mask = u32::MAX << (32 - len);
-            let cidr = (Ipv4Addr::from(base & mask), len);
+            let cidr = Ipv4Network::new(Ipv4Addr::from(base & mask), len).unwrap();
             let except = if rng.chance(40) && len < 30 {
                 let inner = Ipv4Addr::from((base & mask) + 1 + rng.below(3) as u32);
-                vec![(inner, 32)]
+                vec![Ipv4Network::new(inner, 32).unwrap()]
             } else {
                 Vec::new()
             };

@@ -10,7 +10,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use super::syntax::{self, Cidr};
+use ipnetwork::IpNetwork;
+
+use super::syntax;
 use super::{
     ContainerPort, LabelSelector, Namespace, NetworkPolicy, Object, Operator, Peer, Pod, PortRef, PortSpec,
     Requirement, Rule, NAMESPACE_NAME_LABEL,
@@ -636,27 +638,18 @@ fn peer(p: &net::NetworkPolicyPeer, path: &str) -> R<Peer> {
     let mut v6 = Vec::new();
     for (i, s) in block.except.iter().flatten().enumerate() {
         let path = item(&epath, i);
-        let inside = match (cidr, syntax::parse_cidr(s).map_err(|e| (path.clone(), e))?) {
-            (Cidr::V4(a, al), Cidr::V4(b, bl)) => {
-                v4.push((b, bl));
-                bl > al && syntax::v4_contains((a, al), (b, bl))
-            }
-            (Cidr::V6(a, al), Cidr::V6(b, bl)) => {
-                v6.push(s.clone());
-                syntax::v6_strictly_contains((a, al), (b, bl))
-            }
-            _ => false,
-        };
-        if !inside {
+        let e = syntax::parse_cidr(s).map_err(|e| (path.clone(), e))?;
+        if !syntax::strictly_contains(cidr, e) {
             return fail(&path, format!("{s:?} must be strictly within cidr {cidr_s:?}"));
+        }
+        match e {
+            IpNetwork::V4(n) => v4.push(n),
+            IpNetwork::V6(_) => v6.push(s.clone()),
         }
     }
     Ok(match cidr {
-        Cidr::V4(a, l) => Peer::IpBlock {
-            cidr: (a, l),
-            except: v4,
-        },
-        Cidr::V6(..) => Peer::IpBlockV6 {
+        IpNetwork::V4(n) => Peer::IpBlock { cidr: n, except: v4 },
+        IpNetwork::V6(_) => Peer::IpBlockV6 {
             cidr: cidr_s.into(),
             except: v6,
         },
@@ -704,9 +697,8 @@ pub(super) fn node(name: &str, labels: BTreeMap<String, String>, n: &core::Node)
         .or_else(|| spec.and_then(|s| s.pod_cidr.clone()).map(|c| vec![c]))
         .unwrap_or_default();
     for (i, c) in cidrs.iter().enumerate() {
-        match syntax::parse_cidr(c).map_err(|e| (item("spec.podCIDRs", i), e))? {
-            Cidr::V4(a, l) => pod_cidrs.push((a, l)),
-            Cidr::V6(..) => {}
+        if let IpNetwork::V4(n) = syntax::parse_cidr(c).map_err(|e| (item("spec.podCIDRs", i), e))? {
+            pod_cidrs.push(n);
         }
     }
     let mut addresses = Vec::new();

@@ -28,6 +28,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
+pub use ipnetwork::{self, IpNetwork, Ipv4Network};
 pub use selector::{LabelSelector, Operator, Requirement};
 
 /// Label Kubernetes puts on every namespace (value: the namespace's name).
@@ -121,8 +122,8 @@ pub enum Peer {
         namespace_selector: Option<LabelSelector>,
     },
     IpBlock {
-        cidr: (Ipv4Addr, u8),
-        except: Vec<(Ipv4Addr, u8)>,
+        cidr: Ipv4Network,
+        except: Vec<Ipv4Network>,
     },
     /// An IPv6 `ipBlock`: valid, but the IPv4 datapath has nothing to allow for it.
     IpBlockV6 { cidr: String, except: Vec<String> },
@@ -162,7 +163,7 @@ pub struct Node {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     /// `spec.podCIDRs` (or `spec.podCIDR`), IPv4 ones.
-    pub pod_cidrs: Vec<(Ipv4Addr, u8)>,
+    pub pod_cidrs: Vec<Ipv4Network>,
     /// InternalIP and ExternalIP addresses from `status.addresses`, IPv4 ones.
     pub addresses: Vec<Ipv4Addr>,
 }

@@ -2,12 +2,7 @@
 //! names (named ports) and CIDRs. Each check returns the message Kubernetes would print.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// A parsed CIDR (host bits cleared, as Go's `net.ParseCIDR` returns the network).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cidr {
-    V4(Ipv4Addr, u8),
-    V6(Ipv6Addr, u8),
-}
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 fn is_alnum(c: char) -> bool {
     c.is_ascii_alphanumeric()
@@ -125,8 +120,9 @@ pub fn check_port_name(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses `addr/len` (IPv4 or IPv6) and clears the host bits.
-pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
+/// Parses `addr/len` (IPv4 or IPv6) strictly (a decimal length, no shorthand) and clears
+/// the host bits, as Go's `net.ParseCIDR` returns the network.
+pub fn parse_cidr(s: &str) -> Result<IpNetwork, String> {
     let bad = || format!("{s:?} is not a valid CIDR (address/prefix-length)");
     let (addr, len) = s.split_once('/').ok_or_else(bad)?;
     if len.is_empty() || !len.chars().all(|c| c.is_ascii_digit()) || len.len() > 3 {
@@ -134,7 +130,9 @@ pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
     }
     let len: u8 = len.parse().map_err(|_| bad())?;
     match addr.parse::<IpAddr>().map_err(|_| bad())? {
-        IpAddr::V4(a) if len <= 32 => Ok(Cidr::V4(mask_v4(a, len), len)),
+        IpAddr::V4(a) if len <= 32 => Ipv4Network::new(mask_v4(a, len), len)
+            .map(IpNetwork::V4)
+            .map_err(|_| bad()),
         IpAddr::V6(a) if len <= 128 => {
             let bits = u128::from(a);
             let m = if len == 0 {
@@ -142,7 +140,9 @@ pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
             } else {
                 u128::MAX << (128 - u32::from(len))
             };
-            Ok(Cidr::V6(Ipv6Addr::from(bits & m), len))
+            Ipv6Network::new(Ipv6Addr::from(bits & m), len)
+                .map(IpNetwork::V6)
+                .map_err(|_| bad())
         }
         _ => Err(bad()),
     }
@@ -159,21 +159,20 @@ pub fn mask_v4(a: Ipv4Addr, len: u8) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(a) & m)
 }
 
-/// Whether prefix `inner` lies inside prefix `outer` (equal counts as inside).
+/// Whether prefix `inner` (an address and its length) lies inside `outer` (equal counts).
 #[must_use]
-pub fn v4_contains(outer: (Ipv4Addr, u8), inner: (Ipv4Addr, u8)) -> bool {
-    inner.1 >= outer.1 && mask_v4(inner.0, outer.1) == mask_v4(outer.0, outer.1)
+pub fn v4_contains(outer: Ipv4Network, inner: (Ipv4Addr, u8)) -> bool {
+    inner.1 >= outer.prefix() && outer.contains(inner.0)
 }
 
-/// Whether IPv6 prefix `inner` lies strictly inside `outer`.
+/// Whether `inner` lies strictly inside `outer` (same family, longer prefix).
 #[must_use]
-pub fn v6_strictly_contains(outer: (Ipv6Addr, u8), inner: (Ipv6Addr, u8)) -> bool {
-    let m = if outer.1 == 0 {
-        0
-    } else {
-        u128::MAX << (128 - u32::from(outer.1))
-    };
-    inner.1 > outer.1 && (u128::from(inner.0) & m) == (u128::from(outer.0) & m)
+pub fn strictly_contains(outer: IpNetwork, inner: IpNetwork) -> bool {
+    match (outer, inner) {
+        (IpNetwork::V4(o), IpNetwork::V4(i)) => i.prefix() > o.prefix() && i.is_subnet_of(o),
+        (IpNetwork::V6(o), IpNetwork::V6(i)) => i.prefix() > o.prefix() && i.is_subnet_of(o),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -228,10 +227,13 @@ mod tests {
 
     #[test]
     fn cidrs() {
-        assert_eq!(parse_cidr("10.0.0.0/8"), Ok(Cidr::V4(Ipv4Addr::new(10, 0, 0, 0), 8)));
-        assert_eq!(parse_cidr("10.1.2.3/16"), Ok(Cidr::V4(Ipv4Addr::new(10, 1, 0, 0), 16)));
-        assert_eq!(parse_cidr("0.0.0.0/0"), Ok(Cidr::V4(Ipv4Addr::UNSPECIFIED, 0)));
-        assert!(matches!(parse_cidr("fd00::/8"), Ok(Cidr::V6(_, 8))));
+        let v4 = |s: &str| parse_cidr(s).map(|n| n.to_string());
+        assert_eq!(v4("10.0.0.0/8").as_deref(), Ok("10.0.0.0/8"));
+        assert_eq!(v4("10.1.2.3/16").as_deref(), Ok("10.1.0.0/16"));
+        assert_eq!(v4("0.0.0.0/0").as_deref(), Ok("0.0.0.0/0"));
+        assert!(
+            matches!(parse_cidr("fd00::1/8"), Ok(IpNetwork::V6(n)) if n.prefix() == 8 && n.ip() == "fd00::".parse::<Ipv6Addr>().unwrap())
+        );
         assert!(parse_cidr("10.0.0.0").is_err());
         assert!(parse_cidr("10.0.0.0/33").is_err());
         assert!(parse_cidr("10.0.0/8").is_err());
@@ -240,11 +242,17 @@ mod tests {
 
     #[test]
     fn containment() {
-        let net = |a: [u8; 4], l| (Ipv4Addr::from(a), l);
-        assert!(v4_contains(net([10, 0, 0, 0], 8), net([10, 1, 0, 0], 16)));
-        assert!(v4_contains(net([10, 0, 0, 0], 8), net([10, 0, 0, 0], 8)));
-        assert!(!v4_contains(net([10, 1, 0, 0], 16), net([10, 0, 0, 0], 8)));
-        assert!(!v4_contains(net([10, 0, 0, 0], 8), net([11, 0, 0, 1], 32)));
-        assert!(v4_contains(net([0, 0, 0, 0], 0), net([192, 168, 1, 1], 32)));
+        let n = |s: &str| s.parse::<Ipv4Network>().unwrap();
+        let p = |a: [u8; 4], l| (Ipv4Addr::from(a), l);
+        assert!(v4_contains(n("10.0.0.0/8"), p([10, 1, 0, 0], 16)));
+        assert!(v4_contains(n("10.0.0.0/8"), p([10, 0, 0, 0], 8)));
+        assert!(!v4_contains(n("10.1.0.0/16"), p([10, 0, 0, 0], 8)));
+        assert!(!v4_contains(n("10.0.0.0/8"), p([11, 0, 0, 1], 32)));
+        assert!(v4_contains(n("0.0.0.0/0"), p([192, 168, 1, 1], 32)));
+        let c = |s: &str| parse_cidr(s).unwrap();
+        assert!(strictly_contains(c("10.0.0.0/8"), c("10.1.0.0/16")));
+        assert!(!strictly_contains(c("10.0.0.0/8"), c("10.0.0.0/8")));
+        assert!(strictly_contains(c("fd00::/8"), c("fd00:1::/32")));
+        assert!(!strictly_contains(c("fd00::/8"), c("10.0.0.0/16")));
     }
 }

@@ -497,8 +497,8 @@ fn full_policy_parses_to_the_expected_structure() {
                     }),
                 },
                 Peer::IpBlock {
-                    cidr: (Ipv4Addr::new(10, 1, 0, 0), 16),
-                    except: vec![(Ipv4Addr::new(10, 1, 9, 0), 24)],
+                    cidr: "10.1.0.0/16".parse().unwrap(),
+                    except: vec!["10.1.9.0/24".parse().unwrap()],
                 },
                 Peer::IpBlockV6 {
                     cidr: "fd00::/8".into(),
@@ -833,7 +833,7 @@ fn nodes_decode_with_pod_cidrs_and_addresses() {
         vec![Object::Node(Node {
             name: "n1".into(),
             labels: labels(&[("zone", "a")]),
-            pod_cidrs: vec![(std::net::Ipv4Addr::new(10, 244, 1, 0), 24)],
+            pod_cidrs: vec!["10.244.1.0/24".parse().unwrap()],
             addresses: vec![std::net::Ipv4Addr::new(192, 168, 0, 11)],
         })]
     );

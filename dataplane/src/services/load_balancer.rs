@@ -176,7 +176,7 @@ impl LoadBalancer {
                     let size = self.service_cidr.size().saturating_sub(3).max(1);
                     let start = fnv(&key) % size;
                     if let Some(ip) = (0..size)
-                        .map(|i| Ipv4Addr::from(self.service_cidr.first() + 2 + (start + i) % size))
+                        .map(|i| Ipv4Addr::from(u32::from(self.service_cidr.network()) + 2 + (start + i) % size))
                         .find(|ip| !used.contains(ip))
                     {
                         self.alloc.cluster_ips.insert(key.clone(), ip);

@@ -98,7 +98,7 @@ impl<'a> Resolver<'a> {
                     .filter(|(_, ps)| ps.iter().all(inside))
                     .map(|(&id, _)| id)
                     .collect();
-                if cidr.1 == 0 {
+                if cidr.prefix() == 0 {
                     ids.insert(reserved::WORLD);
                 }
                 ids
@@ -116,8 +116,8 @@ pub fn ip_prefixes(rule: &Rule) -> Vec<(Ipv4Addr, u8)> {
     let mut out = Vec::new();
     for p in rule.peers.iter().flatten() {
         if let Peer::IpBlock { cidr, except } = p {
-            out.push(*cidr);
-            out.extend(except.iter().copied());
+            out.push((cidr.network(), cidr.prefix()));
+            out.extend(except.iter().map(|e| (e.network(), e.prefix())));
         }
     }
     out
@@ -152,9 +152,9 @@ pub fn summary(rule: &Rule, dir: u8) -> String {
                     parts.join(" and ")
                 }
                 Peer::IpBlock { cidr, except } => {
-                    let mut s = format!("ipBlock {}/{}", cidr.0, cidr.1);
+                    let mut s = format!("ipBlock {cidr}");
                     if !except.is_empty() {
-                        let e: Vec<String> = except.iter().map(|(a, l)| format!("{a}/{l}")).collect();
+                        let e: Vec<String> = except.iter().map(ToString::to_string).collect();
                         s.push_str(&format!(" except {}", e.join(",")));
                     }
                     s
