@@ -207,6 +207,29 @@ impl Netlink {
         }
     }
 
+    /// The ifindex and MAC address of `name`; `Ok(None)` when there is no such link.
+    ///
+    /// # Errors
+    /// Other kernel errors.
+    pub fn link(&mut self, name: &str) -> Result<Option<(u32, Option<[u8; 6]>)>> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.request(RouteNetlinkMessage::GetLink(msg), 0, &format!("looking up link {name}")) {
+            Ok(replies) => Ok(replies.into_iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => {
+                    let mac = l.attributes.iter().find_map(|a| match a {
+                        LinkAttribute::Address(b) => b.as_slice().try_into().ok(),
+                        _ => None,
+                    });
+                    Some((l.header.index, mac))
+                }
+                _ => None,
+            })),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The ifindex of `name`, which must exist.
     ///
     /// # Errors
@@ -393,6 +416,7 @@ mod tests {
     fn loopback_is_found_and_a_missing_link_is_none() {
         let mut nl = Netlink::open().unwrap();
         assert_eq!(nl.link_index("lo").unwrap(), Some(1));
+        assert_eq!(nl.link("lo").unwrap(), Some((1, Some([0; 6]))));
         assert_eq!(nl.link_index("moat-no-such0").unwrap(), None);
         // SAFETY: trivial libc call.
         if unsafe { libc::geteuid() } == 0 {

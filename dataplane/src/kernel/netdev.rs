@@ -1,59 +1,38 @@
 //! Small queries about network devices and filesystems, answered for the network
-//! namespace the agent runs in (ioctl/netlink follow the netns; /sys may not).
+//! namespace the agent runs in (netlink and statfs follow the netns; /sys may not).
 use std::ffi::CString;
 use std::io;
 use std::os::fd::AsRawFd as _;
 use std::path::Path;
 
+/// The ifindex and MAC of `name` in the current network namespace (rtnetlink).
+fn link(name: &str) -> io::Result<(u32, Option<[u8; 6]>)> {
+    let not_found = || io::Error::from_raw_os_error(libc::ENODEV);
+    moat_netlink::Netlink::open()
+        .and_then(|mut nl| nl.link(name))
+        .map_err(|e| match e.errno() {
+            Some(errno) => io::Error::from_raw_os_error(errno),
+            None => io::Error::other(e.to_string()),
+        })?
+        .ok_or_else(not_found)
+}
+
 /// ifindex of `name` in the current network namespace.
 ///
 /// # Errors
-/// When no such device exists.
+/// `ENODEV` when no such device exists; other netlink errors.
 pub fn ifindex(name: &str) -> io::Result<u32> {
-    let c = CString::new(name).map_err(|_| io::Error::other("interface name has a NUL byte"))?;
-    // SAFETY: valid NUL-terminated string.
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if idx == 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(idx)
+    link(name).map(|(index, _)| index)
 }
 
 /// MAC address of `name` in the current network namespace.
 ///
 /// # Errors
-/// When no such device exists or the name is too long.
+/// `ENODEV` when no such device exists, or when it has no Ethernet address.
 pub fn mac(name: &str) -> io::Result<[u8; 6]> {
-    if name.len() >= libc::IFNAMSIZ {
-        return Err(io::Error::other(format!(
-            "interface name {name:?} is longer than 15 bytes"
-        )));
-    }
-    // SAFETY: plain socket for the ioctl; closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: zeroed ifreq is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
-        *dst = src as libc::c_char;
-    }
-    // SAFETY: fd and req are valid for SIOCGIFHWADDR.
-    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) };
-    let err = io::Error::last_os_error();
-    // SAFETY: fd is ours.
-    unsafe { libc::close(fd) };
-    if rc < 0 {
-        return Err(err);
-    }
-    // SAFETY: SIOCGIFHWADDR fills ifru_hwaddr.
-    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
-    let mut mac = [0u8; 6];
-    for (m, d) in mac.iter_mut().zip(data.iter()) {
-        *m = *d as u8;
-    }
-    Ok(mac)
+    link(name)?
+        .1
+        .ok_or_else(|| io::Error::other(format!("{name} has no Ethernet address")))
 }
 
 #[must_use]
