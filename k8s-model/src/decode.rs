@@ -61,12 +61,6 @@ pub(super) fn as_map<'a>(v: &'a Value, path: &str) -> R<&'a Map<String, Value>> 
         .ok_or_else(|| (path.to_string(), format!("expected a mapping, got {}", describe(v))))
 }
 
-pub(super) fn as_list<'a>(v: &'a Value, path: &str) -> R<&'a [Value]> {
-    v.as_array()
-        .map(Vec::as_slice)
-        .ok_or_else(|| (path.to_string(), format!("expected a list, got {}", describe(v))))
-}
-
 pub(super) fn as_str<'a>(v: &'a Value, path: &str) -> R<&'a str> {
     v.as_str()
         .ok_or_else(|| (path.to_string(), format!("expected a string, got {}", describe(v))))
@@ -75,19 +69,6 @@ pub(super) fn as_str<'a>(v: &'a Value, path: &str) -> R<&'a str> {
 /// A present, non-null field.
 pub(super) fn get<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     m.get(key).filter(|v| !v.is_null())
-}
-
-/// Rejects fields the API does not define (strict field validation, as `kubectl apply`
-/// does by default): a misspelt `podSelector` or a `to:` in an ingress rule must not
-/// silently widen a policy.
-pub(super) fn known(m: &Map<String, Value>, path: &str, fields: &[&str]) -> R<()> {
-    match m.keys().find(|k| !fields.contains(&k.as_str())) {
-        Some(k) => fail(
-            &child(path, k),
-            format!("unknown field {k:?} (expected one of {})", fields.join(", ")),
-        ),
-        None => Ok(()),
-    }
 }
 
 /// Decodes `v` into the k8s-openapi type `T` strictly, as `kubectl apply` validates by
@@ -179,22 +160,6 @@ pub(super) fn req_str<'a>(m: &'a Map<String, Value>, key: &str, path: &str) -> R
 
 pub(super) fn opt_str<'a>(m: &'a Map<String, Value>, key: &str, path: &str) -> R<Option<&'a str>> {
     get(m, key).map(|v| as_str(v, &child(path, key))).transpose()
-}
-
-pub(super) fn opt_list<'a>(m: &'a Map<String, Value>, key: &str, path: &str) -> R<Option<&'a [Value]>> {
-    get(m, key).map(|v| as_list(v, &child(path, key))).transpose()
-}
-
-/// An integer field in `lo..=hi`.
-pub(super) fn int_in(v: &Value, path: &str, lo: u64, hi: u64) -> R<u64> {
-    let Value::Number(n) = v else {
-        return fail(path, format!("expected an integer, got {}", describe(v)));
-    };
-    match n.as_u64() {
-        Some(x) if (lo..=hi).contains(&x) => Ok(x),
-        _ if n.is_f64() => fail(path, format!("expected an integer, got {n}")),
-        _ => fail(path, format!("{n} must be between {lo} and {hi}, inclusive")),
-    }
 }
 
 /// A label map (`metadata.labels`, `matchLabels`) with key and value syntax checked.
@@ -320,7 +285,6 @@ pub(super) fn object(v: &Value) -> Result<Object, DecodeError> {
         Some(l) => labels(l, "metadata.labels").map_err(err)?,
         None => BTreeMap::new(),
     };
-    let spec = get(m, "spec");
     Ok(match kind {
         "Namespace" => {
             strict::<core::Namespace>(v).map_err(err)?;
@@ -338,13 +302,11 @@ pub(super) fn object(v: &Value) -> Result<Object, DecodeError> {
         "Node" => Object::Node(node(name, meta_labels, &strict(v).map_err(err)?).map_err(err)?),
         "Service" => {
             syntax::check_dns_label(name).map_err(named_at("metadata.name"))?;
-            strict::<core::Service>(v).map_err(err)?;
-            Object::Service(super::service::service(namespace, name, spec, get(m, "status")).map_err(err)?)
+            Object::Service(super::service::service(namespace, name, &strict(v).map_err(err)?).map_err(err)?)
         }
-        "EndpointSlice" => {
-            strict::<k8s_openapi::api::discovery::v1::EndpointSlice>(v).map_err(err)?;
-            Object::EndpointSlice(super::service::endpoint_slice(namespace, name, &meta_labels, m).map_err(err)?)
-        }
+        "EndpointSlice" => Object::EndpointSlice(
+            super::service::endpoint_slice(namespace, name, &meta_labels, &strict(v).map_err(err)?).map_err(err)?,
+        ),
         _ => Object::Other {
             kind: kind.into(),
             namespace: namespace.into(),
@@ -353,22 +315,8 @@ pub(super) fn object(v: &Value) -> Result<Object, DecodeError> {
     })
 }
 
-pub(super) fn protocol(m: &Map<String, Value>, path: &str) -> R<u8> {
-    Ok(match opt_str(m, "protocol", path)? {
-        None | Some("TCP") => super::proto::TCP,
-        Some("UDP") => super::proto::UDP,
-        Some("SCTP") => super::proto::SCTP,
-        Some(other) => {
-            return fail(
-                &child(path, "protocol"),
-                format!("{other:?} is not one of TCP, UDP, SCTP"),
-            )
-        }
-    })
-}
-
 /// `protocol` of a port (default TCP).
-fn protocol_of(p: Option<&str>, path: &str) -> R<u8> {
+pub(super) fn protocol_of(p: Option<&str>, path: &str) -> R<u8> {
     Ok(match p {
         None | Some("TCP") => super::proto::TCP,
         Some("UDP") => super::proto::UDP,
@@ -383,7 +331,7 @@ fn protocol_of(p: Option<&str>, path: &str) -> R<u8> {
 }
 
 /// A label map with key and value syntax checked.
-fn checked_labels(m: Option<&BTreeMap<String, String>>, path: &str) -> R<BTreeMap<String, String>> {
+pub(super) fn checked_labels(m: Option<&BTreeMap<String, String>>, path: &str) -> R<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for (k, v) in m.into_iter().flatten() {
         syntax::check_label_key(k).map_err(|e| (path.to_string(), e))?;

@@ -16,8 +16,7 @@
 //!    mode goes through the same checks.
 //!
 //! A bad document is rejected whole with an error naming the file, document, object and
-//! field, while the other documents still load. (Service and EndpointSlice semantics are
-//! still checked on the JSON value after the strict typed pass.)
+//! field, while the other documents still load.
 mod decode;
 pub mod selector;
 pub mod service;

@@ -2,9 +2,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
-use serde_json::{Map, Value};
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::decode::{as_map, as_str, child, fail, get, int_in, item, known, opt_list, opt_str, protocol, Fail, R};
+use super::decode::{checked_labels, child, fail, item, protocol_of, Fail, R};
 use super::{syntax, PortRef};
 
 /// `spec.type`.
@@ -84,41 +86,46 @@ fn ipv4(s: &str, path: &str) -> R<Option<Ipv4Addr>> {
     }
 }
 
-fn ip_list(m: &Map<String, Value>, key: &str, path: &str) -> R<Vec<Ipv4Addr>> {
+fn ip_list(list: Option<&[String]>, path: &str) -> R<Vec<Ipv4Addr>> {
     let mut out = Vec::new();
-    for (i, v) in opt_list(m, key, path)?.unwrap_or_default().iter().enumerate() {
-        let p = item(&child(path, key), i);
-        if let Some(a) = ipv4(as_str(v, &p)?, &p)? {
+    for (i, s) in list.unwrap_or_default().iter().enumerate() {
+        if let Some(a) = ipv4(s, &item(path, i))? {
             out.push(a);
         }
     }
     Ok(out)
 }
 
-fn port_ref(v: &Value, path: &str) -> R<PortRef> {
+fn port_number(n: i32, path: &str) -> R<u16> {
+    match u16::try_from(n) {
+        Ok(0) => fail(path, "is required (1-65535)"),
+        Ok(p) => Ok(p),
+        Err(_) => fail(path, format!("{n} must be between 1 and 65535, inclusive")),
+    }
+}
+
+fn port_ref(v: &IntOrString, path: &str) -> R<PortRef> {
     match v {
-        Value::String(s) => match s.parse::<u64>() {
-            Ok(n) => Ok(PortRef::Number(
-                u16::try_from(int_in(&Value::from(n), path, 1, 65535)?).unwrap_or(0),
-            )),
+        IntOrString::String(s) => match s.parse::<i32>() {
+            Ok(n) => Ok(PortRef::Number(port_number(n, path)?)),
             Err(_) => {
                 syntax::check_port_name(s).map_err(|e| (path.to_string(), e))?;
                 Ok(PortRef::Name(s.clone()))
             }
         },
-        _ => Ok(PortRef::Number(u16::try_from(int_in(v, path, 1, 65535)?).unwrap_or(0))),
+        IntOrString::Int(n) => Ok(PortRef::Number(port_number(*n, path)?)),
     }
 }
 
 /// The default NodePort range of the API server.
 pub const NODE_PORT_RANGE: std::ops::RangeInclusive<u16> = 30000..=32767;
 
-pub(super) fn service(namespace: &str, name: &str, spec: Option<&Value>, status: Option<&Value>) -> R<Service> {
-    let Some(spec) = spec else {
+/// A Service, checked like the API server checks it.
+pub(super) fn service(namespace: &str, name: &str, svc: &core::Service) -> R<Service> {
+    let Some(spec) = &svc.spec else {
         return fail("spec", "is required");
     };
-    let spec = as_map(spec, "spec")?;
-    let kind = match opt_str(spec, "type", "spec")? {
+    let kind = match spec.type_.as_deref() {
         None | Some("ClusterIP") => ServiceType::ClusterIp,
         Some("NodePort") => ServiceType::NodePort,
         Some("LoadBalancer") => ServiceType::LoadBalancer,
@@ -131,7 +138,7 @@ pub(super) fn service(namespace: &str, name: &str, spec: Option<&Value>, status:
         }
     };
     let (mut cluster_ip, mut headless) = (None, false);
-    match opt_str(spec, "clusterIP", "spec")? {
+    match spec.cluster_ip.as_deref() {
         None | Some("") => {}
         Some("None") => headless = true,
         Some(s) => cluster_ip = ipv4(s, "spec.clusterIP")?,
@@ -139,30 +146,21 @@ pub(super) fn service(namespace: &str, name: &str, spec: Option<&Value>, status:
     if headless && kind != ServiceType::ClusterIp {
         return fail("spec.clusterIP", "may be None only when spec.type is ClusterIP");
     }
-    let selector = match get(spec, "selector") {
+    let selector = match &spec.selector {
         None => None,
-        Some(v) => Some(super::decode::labels(v, "spec.selector")?),
+        Some(m) => Some(checked_labels(Some(m), "spec.selector")?),
     };
     let node_ports_allowed = matches!(kind, ServiceType::NodePort | ServiceType::LoadBalancer);
     let mut ports = Vec::new();
-    let list = opt_list(spec, "ports", "spec")?.unwrap_or_default();
+    let list = spec.ports.as_deref().unwrap_or_default();
     if list.is_empty() && !headless && kind != ServiceType::ExternalName {
         return fail("spec.ports", "must have at least one port");
     }
     let mut names = BTreeSet::new();
     for (i, p) in list.iter().enumerate() {
         let path = item("spec.ports", i);
-        let p = as_map(p, &path)?;
-        known(
-            p,
-            &path,
-            &["name", "protocol", "port", "targetPort", "nodePort", "appProtocol"],
-        )?;
-        let port = match get(p, "port") {
-            None => return fail(&child(&path, "port"), "is required"),
-            Some(v) => u16::try_from(int_in(v, &child(&path, "port"), 1, 65535)?).unwrap_or(0),
-        };
-        let name = opt_str(p, "name", &path)?.unwrap_or_default().to_string();
+        let port = port_number(p.port, &child(&path, "port"))?;
+        let name = p.name.clone().unwrap_or_default();
         if list.len() > 1 && name.is_empty() {
             return fail(
                 &child(&path, "name"),
@@ -175,11 +173,11 @@ pub(super) fn service(namespace: &str, name: &str, spec: Option<&Value>, status:
                 return fail(&child(&path, "name"), format!("{name:?} is used by another port"));
             }
         }
-        let target_port = match get(p, "targetPort") {
+        let target_port = match &p.target_port {
             None => PortRef::Number(port),
             Some(v) => port_ref(v, &child(&path, "targetPort"))?,
         };
-        let node_port = match get(p, "nodePort") {
+        let node_port = match p.node_port {
             None => None,
             Some(_) if !node_ports_allowed => {
                 return fail(
@@ -187,10 +185,9 @@ pub(super) fn service(namespace: &str, name: &str, spec: Option<&Value>, status:
                     "may be set only for NodePort and LoadBalancer services",
                 )
             }
-            Some(v) => {
+            Some(n) => {
                 let f = child(&path, "nodePort");
-                let n = int_in(v, &f, 1, 65535)?;
-                let n = u16::try_from(n).unwrap_or(0);
+                let n = port_number(n, &f)?;
                 if !NODE_PORT_RANGE.contains(&n) {
                     return fail(&f, format!("{n} is outside the node port range 30000-32767"));
                 }
@@ -199,32 +196,30 @@ pub(super) fn service(namespace: &str, name: &str, spec: Option<&Value>, status:
         };
         ports.push(ServicePort {
             name,
-            protocol: protocol(p, &path)?,
+            protocol: protocol_of(p.protocol.as_deref(), &path)?,
             port,
             target_port,
             node_port,
         });
     }
-    let external_ips = ip_list(spec, "externalIPs", "spec")?;
-    let affinity_timeout = match opt_str(spec, "sessionAffinity", "spec")? {
+    let external_ips = ip_list(spec.external_ips.as_deref(), "spec.externalIPs")?;
+    let affinity_timeout = match spec.session_affinity.as_deref() {
         None | Some("None") => None,
         Some("ClientIP") => {
-            let timeout = get(spec, "sessionAffinityConfig")
-                .map(|c| as_map(c, "spec.sessionAffinityConfig"))
-                .transpose()?
-                .and_then(|c| get(c, "clientIP"))
-                .map(|c| as_map(c, "spec.sessionAffinityConfig.clientIP"))
-                .transpose()?
-                .and_then(|c| get(c, "timeoutSeconds"));
+            let timeout = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds);
             Some(match timeout {
                 None => 10_800,
-                Some(v) => u32::try_from(int_in(
-                    v,
-                    "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
-                    1,
-                    86_400,
-                )?)
-                .unwrap_or(10_800),
+                Some(t) if (1..=86_400).contains(&t) => u32::try_from(t).unwrap_or(10_800),
+                Some(t) => {
+                    return fail(
+                        "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                        format!("{t} must be between 1 and 86400, inclusive"),
+                    )
+                }
             })
         }
         Some(other) => {
@@ -234,7 +229,7 @@ pub(super) fn service(namespace: &str, name: &str, spec: Option<&Value>, status:
             )
         }
     };
-    let external_local = match opt_str(spec, "externalTrafficPolicy", "spec")? {
+    let external_local = match spec.external_traffic_policy.as_deref() {
         None | Some("Cluster") => false,
         Some("Local") if node_ports_allowed || !external_ips.is_empty() => true,
         Some("Local") => {
@@ -250,7 +245,7 @@ pub(super) fn service(namespace: &str, name: &str, spec: Option<&Value>, status:
             )
         }
     };
-    let internal_local = match opt_str(spec, "internalTrafficPolicy", "spec")? {
+    let internal_local = match spec.internal_traffic_policy.as_deref() {
         None | Some("Cluster") => false,
         Some("Local") => true,
         Some(other) => {
@@ -261,22 +256,16 @@ pub(super) fn service(namespace: &str, name: &str, spec: Option<&Value>, status:
         }
     };
     let mut load_balancer_ips = Vec::new();
-    if let Some(status) = status {
-        let status = as_map(status, "status")?;
-        if let Some(lb) = get(status, "loadBalancer") {
-            let lb = as_map(lb, "status.loadBalancer")?;
-            for (i, ing) in opt_list(lb, "ingress", "status.loadBalancer")?
-                .unwrap_or_default()
-                .iter()
-                .enumerate()
-            {
-                let path = item("status.loadBalancer.ingress", i);
-                let ing = as_map(ing, &path)?;
-                if let Some(s) = opt_str(ing, "ip", &path)? {
-                    if let Some(a) = ipv4(s, &child(&path, "ip"))? {
-                        load_balancer_ips.push(a);
-                    }
-                }
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_deref())
+        .unwrap_or_default();
+    for (i, ing) in ingress.iter().enumerate() {
+        if let Some(s) = &ing.ip {
+            if let Some(a) = ipv4(s, &child(&item("status.loadBalancer.ingress", i), "ip"))? {
+                load_balancer_ips.push(a);
             }
         }
     }
@@ -296,19 +285,12 @@ pub(super) fn service(namespace: &str, name: &str, spec: Option<&Value>, status:
     })
 }
 
-fn condition(m: &Map<String, Value>, key: &str, path: &str) -> R<Option<bool>> {
-    match get(m, key) {
-        None => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => fail(&child(path, key), "expected true or false"),
-    }
-}
-
+/// An EndpointSlice, checked like the API server checks it.
 pub(super) fn endpoint_slice(
     namespace: &str,
     name: &str,
     labels: &BTreeMap<String, String>,
-    doc: &Map<String, Value>,
+    slice: &discovery::EndpointSlice,
 ) -> R<EndpointSlice> {
     let service = labels
         .get("kubernetes.io/service-name")
@@ -319,35 +301,31 @@ pub(super) fn endpoint_slice(
                 "kubernetes.io/service-name is required (it names the Service this slice belongs to)".into(),
             )
         })?;
-    match opt_str(doc, "addressType", "")? {
-        Some("IPv4" | "IPv6" | "FQDN") => {}
-        None => return fail("addressType", "is required"),
-        Some(other) => return fail("addressType", format!("{other:?} is not one of IPv4, IPv6, FQDN")),
+    match slice.address_type.as_str() {
+        "IPv4" | "IPv6" | "FQDN" => {}
+        "" => return fail("addressType", "is required"),
+        other => return fail("addressType", format!("{other:?} is not one of IPv4, IPv6, FQDN")),
     }
-    let ipv4_slice = opt_str(doc, "addressType", "")? == Some("IPv4");
+    let ipv4_slice = slice.address_type == "IPv4";
     let mut ports = Vec::new();
-    for (i, p) in opt_list(doc, "ports", "")?.unwrap_or_default().iter().enumerate() {
+    for (i, p) in slice.ports.iter().flatten().enumerate() {
         let path = item("ports", i);
-        let p = as_map(p, &path)?;
-        let port = match get(p, "port") {
+        let port = match p.port {
             None => return fail(&child(&path, "port"), "is required"),
-            Some(v) => u16::try_from(int_in(v, &child(&path, "port"), 1, 65535)?).unwrap_or(0),
+            Some(n) => port_number(n, &child(&path, "port"))?,
         };
-        let pname = opt_str(p, "name", &path)?.unwrap_or_default().to_string();
-        ports.push((pname, port, protocol(p, &path)?));
+        let pname = p.name.clone().unwrap_or_default();
+        ports.push((pname, port, protocol_of(p.protocol.as_deref(), &path)?));
     }
     let mut endpoints = Vec::new();
-    for (i, e) in opt_list(doc, "endpoints", "")?.unwrap_or_default().iter().enumerate() {
+    for (i, e) in slice.endpoints.iter().enumerate() {
         let path = item("endpoints", i);
-        let e = as_map(e, &path)?;
-        let mut addresses = Vec::new();
-        let list = opt_list(e, "addresses", &path)?.unwrap_or_default();
-        if list.is_empty() {
+        if e.addresses.is_empty() {
             return fail(&child(&path, "addresses"), "must have at least one address");
         }
-        for (j, a) in list.iter().enumerate() {
+        let mut addresses = Vec::new();
+        for (j, s) in e.addresses.iter().enumerate() {
             let ap = item(&child(&path, "addresses"), j);
-            let s = as_str(a, &ap)?;
             if ipv4_slice {
                 match ipv4(s, &ap)? {
                     Some(a) => addresses.push(a),
@@ -355,21 +333,14 @@ pub(super) fn endpoint_slice(
                 }
             }
         }
-        let (mut ready, mut serving, mut terminating) = (None, None, None);
-        if let Some(c) = get(e, "conditions") {
-            let cp = child(&path, "conditions");
-            let c = as_map(c, &cp)?;
-            ready = condition(c, "ready", &cp)?;
-            serving = condition(c, "serving", &cp)?;
-            terminating = condition(c, "terminating", &cp)?;
-        }
-        let ready = ready.unwrap_or(true);
+        let c = e.conditions.as_ref();
+        let ready = c.and_then(|c| c.ready).unwrap_or(true);
         endpoints.push(SliceEndpoint {
             addresses,
             ready,
-            serving: serving.unwrap_or(ready),
-            terminating: terminating.unwrap_or(false),
-            node_name: opt_str(e, "nodeName", &path)?.map(str::to_string),
+            serving: c.and_then(|c| c.serving).unwrap_or(ready),
+            terminating: c.and_then(|c| c.terminating).unwrap_or(false),
+            node_name: e.node_name.clone(),
         });
     }
     Ok(EndpointSlice {
