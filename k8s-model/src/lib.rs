@@ -305,7 +305,69 @@ pub fn parse_documents(file: &Path, text: &str) -> (Vec<Object>, Vec<ManifestErr
     (objects, errors)
 }
 
-/// Reads every `*.yaml`, `*.yml` and `*.json` file directly in `dir`, sorted by name.
+/// Largest manifest file read (a 10,000-policy file is about 3 MiB).
+pub const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+
+/// Whether `name` is a manifest file name (`*.yaml`, `*.yml`, `*.json`).
+#[must_use]
+pub fn is_manifest_name(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|x| x == "yaml" || x == "yml" || x == "json")
+}
+
+/// Reads one manifest file safely: opened with `O_NOFOLLOW | O_NONBLOCK` (a symbolic link
+/// is refused, so a link to a secret or to `/dev/zero` is never read; a FIFO never
+/// blocks), only a regular file is read, and at most [`MAX_MANIFEST_BYTES`].
+///
+/// # Errors
+/// A symbolic link, a file that is not regular, one that is too large, or not UTF-8.
+pub fn read_manifest_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                std::io::Error::other("is a symbolic link: manifests must be regular files")
+            } else {
+                e
+            }
+        })?;
+    let meta = f.metadata()?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        let what = if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_char_device() || ft.is_block_device() {
+            "a device"
+        } else if ft.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        };
+        return Err(std::io::Error::other(format!(
+            "is {what}: manifests must be regular files"
+        )));
+    }
+    if meta.len() > MAX_MANIFEST_BYTES {
+        return Err(std::io::Error::other(format!(
+            "is {} bytes, larger than the {MAX_MANIFEST_BYTES}-byte limit",
+            meta.len()
+        )));
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(std::io::Error::other("grew past the size limit while being read"));
+    }
+    String::from_utf8(bytes).map_err(|_| std::io::Error::other("is not UTF-8 text"))
+}
+
+/// Reads every manifest file (`*.yaml`, `*.yml`, `*.json`) directly in `dir`, sorted by
+/// name, each with [`read_manifest_file`]: links, FIFOs, devices and oversized files are
+/// reported as errors and never read.
 #[must_use]
 pub fn read_dir(dir: &Path) -> Manifests {
     let mut m = Manifests::default();
@@ -317,11 +379,7 @@ pub fn read_dir(dir: &Path) -> Manifests {
         message: e.to_string(),
     };
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(d) => d
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json"))
-            .collect(),
+        Ok(d) => d.flatten().map(|e| e.path()).filter(|p| is_manifest_name(p)).collect(),
         Err(e) => {
             m.errors.push(io_err(dir, e));
             return m;
@@ -329,7 +387,7 @@ pub fn read_dir(dir: &Path) -> Manifests {
     };
     files.sort();
     for file in files {
-        match std::fs::read_to_string(&file) {
+        match read_manifest_file(&file) {
             Ok(text) => {
                 let (objects, errors) = parse_documents(&file, &text);
                 m.objects.extend(objects.into_iter().map(|o| (file.clone(), o)));

@@ -129,20 +129,38 @@ impl StateDir {
         }
     }
 
-    /// Mirrors every error-free file into the cache and forgets files that are gone.
+    /// Mirrors every error-free file into the cache (mode 0600 in a 0700 directory: the
+    /// cache holds whatever the manifests hold) and forgets files that are gone. Files are
+    /// read with the same checks as the directory itself (no links, only regular files).
     fn update_cache(&self, dir: &Path, errors: &[ManifestError]) {
+        use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
         let Some(cache) = &self.cache else { return };
-        if std::fs::create_dir_all(cache).is_err() {
+        if std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(cache)
+            .is_err()
+        {
             return;
         }
+        let _ = std::fs::set_permissions(cache, std::fs::Permissions::from_mode(0o700));
         let bad: BTreeSet<&Path> = errors.iter().map(|e| e.file.as_path()).collect();
         for path in self.fingerprint.keys() {
             let Some(name) = path.file_name() else { continue };
             if bad.contains(path.as_path()) {
                 continue;
             }
-            if let Ok(text) = std::fs::read(path) {
-                let _ = std::fs::write(cache.join(name), text);
+            if let Ok(text) = k8s::read_manifest_file(path) {
+                let write = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(cache.join(name))
+                    .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+                if let Err(e) = write {
+                    tracing::warn!(file = %path.display(), error = %e, "caching the last good manifest");
+                }
             }
         }
         for e in std::fs::read_dir(cache).into_iter().flatten().flatten() {
@@ -165,6 +183,28 @@ impl StateDir {
         let Some(dir) = self.dir.clone() else {
             return false;
         };
+        // A directory that is gone or unreadable (unmounted, `mv dir old; mv new dir`
+        // caught in between) says nothing about what should be enforced: keep the last
+        // good state and report it until the directory is readable again.
+        if let Err(e) = std::fs::read_dir(&dir) {
+            let err = ManifestError {
+                file: dir.clone(),
+                document: 0,
+                object: String::new(),
+                field: String::new(),
+                message: format!("{e}; keeping the last good state until the directory is readable again"),
+            };
+            if self.errors != [err.clone()] {
+                tracing::error!("state dir unreadable: {err}");
+                self.errors = vec![err];
+                self.pending = None;
+                // Whatever comes back in its place is read afresh.
+                self.fingerprint.clear();
+                self.generation += 1;
+                return true;
+            }
+            return false;
+        }
         let fp = fingerprint(&dir, &self.fingerprint);
         if fp == self.fingerprint && self.generation > 0 {
             self.pending = None;
@@ -261,7 +301,10 @@ fn fingerprint(dir: &Path, previous: &Fingerprint) -> Fingerprint {
         .into_iter()
         .flatten()
         .flatten()
+        .filter(|e| k8s::is_manifest_name(&e.path()))
         .filter_map(|e| {
+            // The entry itself (a link is not followed), and its content only through the
+            // checked reader: a FIFO or a link to a device is never opened for reading.
             let meta = e.metadata().ok()?;
             let (mtime, len) = (meta.modified().ok()?, meta.len());
             let recent = now
@@ -269,10 +312,10 @@ fn fingerprint(dir: &Path, previous: &Fingerprint) -> Fingerprint {
                 .map_or(true, |d| d < std::time::Duration::from_secs(1));
             let hash = match previous.get(&e.path()) {
                 Some(&(m, l, h)) if m == mtime && l == len && !recent => h,
-                _ => std::fs::read(e.path()).ok().map_or(0, |b| {
+                _ => k8s::read_manifest_file(&e.path()).ok().map_or(0, |b| {
                     // FNV-1a over the bytes: cheap, and enough to see an edit.
-                    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
-                        (h ^ u64::from(*x)).wrapping_mul(0x0100_0000_01b3)
+                    b.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
+                        (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3)
                     })
                 }),
             };
