@@ -52,12 +52,15 @@ pub mod metric {
     pub const FWD_STACK: u32 = 1;
     /// Packets the stack routed to a pod (seen on the host veth's egress).
     pub const TO_CONTAINER: u32 = 2;
-    /// Non-IPv4 packets passed through untouched (ARP, IPv6 for now).
-    pub const PASS_NON_IPV4: u32 = 3;
+    /// ARP packets passed through untouched (the only non-IPv4 traffic a pod may send or
+    /// receive until Moat has IPv6 pods).
+    pub const PASS_ARP: u32 = 3;
     /// Source IP does not belong to the veth it came from.
     pub const DROP_INVALID_SIP: u32 = 132;
     /// Malformed or truncated packet.
     pub const DROP_INVALID: u32 = 134;
+    /// Neither IPv4 nor ARP (IPv6 included, until Moat has IPv6 pods).
+    pub const DROP_UNSUPPORTED_L3: u32 = 139;
     /// The kernel refused a packet rewrite.
     pub const DROP_WRITE_ERROR: u32 = 141;
     /// NetworkPolicy does not allow the flow.
@@ -105,7 +108,8 @@ pub fn metric_name(slot: u32) -> Option<&'static str> {
         metric::FWD_REDIRECT_PEER => "forward_redirect_peer",
         metric::FWD_STACK => "forward_stack",
         metric::TO_CONTAINER => "to_container",
-        metric::PASS_NON_IPV4 => "pass_non_ipv4",
+        metric::PASS_ARP => "pass_arp",
+        metric::DROP_UNSUPPORTED_L3 => "drop_unsupported_l3",
         metric::DROP_INVALID_SIP => "drop_invalid_source_ip",
         metric::DROP_INVALID => "drop_invalid_packet",
         metric::DROP_WRITE_ERROR => "drop_write_error",

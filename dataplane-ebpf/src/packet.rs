@@ -4,6 +4,7 @@ use moat_dataplane_common::metric;
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_ARP: u16 = 0x0806;
 /// Offset of the IPv4 checksum inside the IP header.
 pub const IPV4_CSUM_OFF: usize = 10;
 /// Offset of the 16-bit word holding TTL and protocol inside the IP header.

@@ -20,7 +20,7 @@ use crate::{
     events::{emit, Meta},
     maps::{count, ENDPOINTS},
     nodeport::Dnat,
-    packet::{parse_ipv4, ptr_at, EthHdr, ETH_HLEN, ETH_P_IP, IPV4_CSUM_OFF, IPV4_TTL_OFF},
+    packet::{parse_ipv4, ptr_at, EthHdr, ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPV4_CSUM_OFF, IPV4_TTL_OFF},
     policy::{IDENTITY_INIT, IDENTITY_WORLD},
 };
 
@@ -60,17 +60,27 @@ fn fill_meta(ctx: &TcContext, m: &mut Meta) -> Result<u8, u32> {
     Ok(flow.ttl)
 }
 
+/// Whether the frame is IPv4 (go on) or ARP (pass untouched); anything else, IPv6
+/// included, is dropped with its own reason: it would skip policy, and until Moat has
+/// IPv6 pods there is nothing it may legitimately reach.
 #[inline(always)]
 fn is_ipv4(ctx: &TcContext) -> Result<bool, u32> {
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: `ptr_at` checked the header lies inside the packet.
-    Ok(unsafe { (*eth).proto } == ETH_P_IP.to_be())
+    let proto = unsafe { (*eth).proto };
+    if proto == ETH_P_IP.to_be() {
+        Ok(true)
+    } else if proto == ETH_P_ARP.to_be() {
+        count(metric::PASS_ARP);
+        Ok(false)
+    } else {
+        Err(metric::DROP_UNSUPPORTED_L3)
+    }
 }
 
 #[inline(always)]
 fn try_from_container(ctx: &TcContext, m: &mut Meta) -> Result<i32, u32> {
     if !is_ipv4(ctx)? {
-        count(metric::PASS_NON_IPV4);
         return Ok(TC_ACT_OK);
     }
     let ttl = fill_meta(ctx, m)?;

@@ -46,6 +46,23 @@ pub fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, sport: u16, dport: u16) -
     p
 }
 
+/// Ethernet + IPv6 (link-local addresses) + UDP + 8 bytes of payload.
+///
+/// # Panics
+/// Never: writing into a `Vec` cannot fail.
+#[must_use]
+pub fn ipv6_udp(sport: u16, dport: u16) -> Vec<u8> {
+    let src = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0x08, 0, 0, 0xff, 0xfe, 0, 0, 0xbb];
+    let dst = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0x0c, 0, 0, 0xff, 0xfe, 0, 0, 0xaa];
+    let b = etherparse::PacketBuilder::ethernet2(POD_MAC, HOST_MAC)
+        .ipv6(src, dst, 64)
+        .udp(sport, dport);
+    let payload = [0u8; 8];
+    let mut p = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut p, &payload).expect("writing into a Vec");
+    p
+}
+
 /// Ethernet + IPv4 + a TCP header with `flags` (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08,
 /// ACK 0x10), no payload, every length and checksum filled in.
 ///

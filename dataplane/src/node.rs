@@ -294,6 +294,8 @@ impl Node {
         };
         self.datapath.upsert_endpoint(rec.ipv4, info)?;
         self.datapath.attach(&rec.host_ifname)?;
+        netdev::disable_ipv6(&rec.host_ifname)
+            .with_context(|| format!("turning IPv6 off on host interface {}", rec.host_ifname))?;
         if rec.netns_cookie != 0 {
             self.datapath.serve_netns(rec.netns_cookie)?;
         }

@@ -718,10 +718,12 @@ mod prog_test_run {
 
         let mut arp = packet(a, b, 64);
         arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        let ipv6 = crate::fixtures::ipv6_udp(5000, 7300);
         // (A truncated IPv4 header cannot be fed in: the kernel's test runner itself
         // rejects it with EINVAL before the program runs.)
-        let cases: [(&str, Vec<u8>, u32, &str); 6] = [
-            ("ARP passes to the stack", arp, TC_ACT_OK, "pass_non_ipv4"),
+        let cases: [(&str, Vec<u8>, u32, &str); 7] = [
+            ("ARP passes to the stack", arp, TC_ACT_OK, "pass_arp"),
+            ("IPv6 is dropped", ipv6, TC_ACT_SHOT, "drop_unsupported_l3"),
             (
                 "unknown source address",
                 packet(stranger, b, 64),

@@ -35,6 +35,24 @@ pub fn mac(name: &str) -> io::Result<[u8; 6]> {
         .ok_or_else(|| io::Error::other(format!("{name} has no Ethernet address")))
 }
 
+/// Turns IPv6 off on the host veth `ifname` (no address, no router advertisements, no
+/// autoconfiguration): until Moat has IPv6 pods, a pod must not reach the node over the
+/// veth's link-local address, nor teach the node routes. The datapath drops pods' IPv6
+/// as well; this is the second wall.
+///
+/// # Errors
+/// When a sysctl cannot be written (IPv6 disabled kernel-wide is not an error).
+pub fn disable_ipv6(ifname: &str) -> io::Result<()> {
+    let dir = Path::new("/proc/sys/net/ipv6/conf").join(ifname);
+    if !dir.exists() {
+        return Ok(());
+    }
+    for (key, value) in [("accept_ra", "0"), ("autoconf", "0"), ("disable_ipv6", "1")] {
+        std::fs::write(dir.join(key), value)?;
+    }
+    Ok(())
+}
+
 #[must_use]
 pub fn format_mac(mac: &[u8; 6]) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")

@@ -563,3 +563,81 @@ fn unused_identities_are_released_after_the_grace_period() {
         "the identity in use stays"
     );
 }
+
+/// Until Moat has IPv6 pods only ARP passes besides IPv4: a pod cannot reach a node
+/// service listening on `[::]` through the host veth's link-local address (IPv6 used to
+/// skip the datapath, policy included), and the host veth takes no router advertisements.
+/// The drops carry reason 139 (unsupported L3 protocol).
+#[test]
+fn ipv6_from_a_pod_is_dropped_and_reported() {
+    root_or_skip!();
+    let node = start(vec![]);
+    let web = node.add_pod("shop", "web");
+    let node_ns = node.node_netns_path();
+    let listener = moat_netns_tests::net::in_netns(&node_ns, || {
+        std::net::TcpListener::bind("[::]:7300").expect("bind [::]:7300 in the node netns")
+    });
+    listener.set_nonblocking(true).unwrap();
+    let ep: Value = serde_json::from_str(&node.moatctl(&["endpoints", "-o", "json"])).unwrap();
+    let (host_if, host_mac) = (
+        ep[0]["hostInterface"].as_str().unwrap().to_string(),
+        ep[0]["hostMAC"].as_str().unwrap().to_string(),
+    );
+    let sysctl = |key: &str| {
+        moat_netns_tests::sh(
+            std::process::Command::new("nsenter")
+                .arg(format!("--net={node_ns}"))
+                .args(["cat", &format!("/proc/sys/net/ipv6/conf/{host_if}/{key}")]),
+        )
+        .trim()
+        .to_string()
+    };
+    // The link-local address the host veth would have (EUI-64 of its MAC).
+    let m: Vec<u8> = host_mac
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    let link_local = format!(
+        "fe80::{:02x}{:02x}:{:02x}ff:fe{:02x}:{:02x}{:02x}",
+        m[0] ^ 2,
+        m[1],
+        m[2],
+        m[3],
+        m[4],
+        m[5]
+    );
+    let attempt = moat_netns_tests::net::in_netns(&web.path(), move || {
+        let eth0 = std::ffi::CString::new("eth0").unwrap();
+        // SAFETY: a valid NUL-terminated name.
+        let scope = unsafe { libc::if_nametoindex(eth0.as_ptr()) };
+        let addr: std::net::SocketAddr = format!("[{link_local}%{scope}]:7300").parse().unwrap();
+        // The pod's own link-local address needs a moment (duplicate address detection)
+        // before anything is sent: keep trying for a few seconds.
+        let deadline = Instant::now() + Duration::from_secs(4);
+        loop {
+            let r = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+            if r.is_ok() || Instant::now() > deadline {
+                return r.map(drop);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    assert!(attempt.is_err(), "TCP over IPv6 from a pod reached the node");
+    assert!(listener.accept().is_err(), "the node service saw no connection");
+    assert_eq!(sysctl("disable_ipv6"), "1", "no IPv6 address on the host veth");
+    assert_eq!(sysctl("accept_ra"), "0", "no router advertisements taken");
+    let drops: Value = serde_json::from_str(&node.moatctl(&["-o", "json", "drops"])).unwrap();
+    assert!(
+        drops["byReason"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["code"] == 139 && d["count"].as_u64() > Some(0)),
+        "{drops}"
+    );
+    // IPv4 to the node still works (ARP passes).
+    assert!(
+        moat_netns_tests::net::ping(&web.path(), node.node_ip),
+        "IPv4 to the node"
+    );
+}
