@@ -116,6 +116,87 @@ fn errors_use_the_spec_codes_and_name_the_field() {
             "CNI_IFNAME",
         ),
         (
+            "ifname with a colon",
+            Node::env("ADD", "err-ctr", &path, "")
+                .into_iter()
+                .map(|(k, v)| if k == "CNI_IFNAME" { (k, "eth0:1") } else { (k, v) })
+                .collect(),
+            good.clone(),
+            4,
+            "CNI_IFNAME",
+        ),
+        (
+            "ifname ..",
+            Node::env("ADD", "err-ctr", &path, "")
+                .into_iter()
+                .map(|(k, v)| if k == "CNI_IFNAME" { (k, "..") } else { (k, v) })
+                .collect(),
+            good.clone(),
+            4,
+            "CNI_IFNAME",
+        ),
+        (
+            "ifname with a leading dash",
+            Node::env("ADD", "err-ctr", &path, "")
+                .into_iter()
+                .map(|(k, v)| if k == "CNI_IFNAME" { (k, "-eth0") } else { (k, v) })
+                .collect(),
+            good.clone(),
+            4,
+            "CNI_IFNAME",
+        ),
+        (
+            "ifname of 16 bytes",
+            Node::env("ADD", "err-ctr", &path, "")
+                .into_iter()
+                .map(|(k, v)| {
+                    if k == "CNI_IFNAME" {
+                        (k, "abcdefghijklmnop")
+                    } else {
+                        (k, v)
+                    }
+                })
+                .collect(),
+            good.clone(),
+            4,
+            "CNI_IFNAME",
+        ),
+        (
+            "container id starting with a dash",
+            Node::env("ADD", "-err-ctr", &path, ""),
+            good.clone(),
+            4,
+            "CNI_CONTAINERID",
+        ),
+        (
+            "container id with a slash",
+            Node::env("ADD", "err/ctr", &path, ""),
+            good.clone(),
+            4,
+            "CNI_CONTAINERID",
+        ),
+        (
+            "oversized stdin",
+            env.clone(),
+            format!(
+                "{{\"cniVersion\":\"1.1.0\",\"name\":\"x\",\"type\":\"moat\",\"pad\":\"{}\"}}",
+                "x".repeat(2 << 20)
+            ),
+            6,
+            "larger than",
+        ),
+        (
+            "deeply nested stdin",
+            env.clone(),
+            format!(
+                "{{\"cniVersion\":\"1.1.0\",\"name\":\"x\",\"type\":\"moat\",\"deep\":{}1{}}}",
+                "[".repeat(5000),
+                "]".repeat(5000)
+            ),
+            6,
+            "decode",
+        ),
+        (
             "netns does not exist",
             Node::env("ADD", "err-ctr", "/run/netns/moat-no-such-ns", ""),
             good.clone(),

@@ -152,3 +152,34 @@ fn a_state_dir_moved_away_keeps_the_last_good_policy() {
     }
     assert_eq!(tcp_echo(&web.path(), db.ip, 5432, b"x").unwrap(), b"x");
 }
+
+/// A few kilobytes of YAML aliases that would expand to a billion nodes: refused at once,
+/// reported, and the agent goes on serving with its policy in force.
+#[test]
+fn an_alias_bomb_in_the_state_dir_is_refused() {
+    root_or_skip!();
+    let node = start();
+    let web = node.add_pod("shop", "web");
+    let db = node.add_pod("shop", "db");
+    let _srv = EchoServer::start(&db.path(), 5432);
+    let mut bomb = String::from("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: bomb, namespace: shop}\ndata:\n  a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..10 {
+        let p = i - 1;
+        bomb += &format!("  a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n");
+    }
+    let t = Instant::now();
+    node.apply_manifests(&[("bomb.yaml", Some(&bomb))]);
+    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+    let errors = manifest_errors(&node).join("\n");
+    assert!(
+        errors.contains("bomb.yaml") && errors.contains("invalid YAML"),
+        "{errors}"
+    );
+    assert_eq!(node.status()["policies"], 1);
+    assert!(
+        tcp_echo(&web.path(), db.ip, 5432, b"x").is_err(),
+        "db still denies ingress"
+    );
+    let late = node.add_pod("shop", "late");
+    assert!(tcp_echo(&late.path(), db.ip, 5432, b"x").is_err());
+}
