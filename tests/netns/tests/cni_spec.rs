@@ -78,6 +78,11 @@ fn errors_use_the_spec_codes_and_name_the_field() {
 
     // (what, env, stdin, expected code, text the error must contain)
     type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, String, u64, &'a str);
+    let with_ifname = |name: &'static str| -> Vec<(&str, &str)> {
+        env.iter()
+            .map(|&(k, v)| if k == "CNI_IFNAME" { (k, name) } else { (k, v) })
+            .collect()
+    };
     let cases: Vec<Case> = vec![
         ("undecodable stdin", env.clone(), "{not json".into(), 6, "decode"),
         (
@@ -117,46 +122,22 @@ fn errors_use_the_spec_codes_and_name_the_field() {
         ),
         (
             "ifname with a colon",
-            Node::env("ADD", "err-ctr", &path, "")
-                .into_iter()
-                .map(|(k, v)| if k == "CNI_IFNAME" { (k, "eth0:1") } else { (k, v) })
-                .collect(),
+            with_ifname("eth0:1"),
             good.clone(),
             4,
             "CNI_IFNAME",
         ),
-        (
-            "ifname ..",
-            Node::env("ADD", "err-ctr", &path, "")
-                .into_iter()
-                .map(|(k, v)| if k == "CNI_IFNAME" { (k, "..") } else { (k, v) })
-                .collect(),
-            good.clone(),
-            4,
-            "CNI_IFNAME",
-        ),
+        ("ifname ..", with_ifname(".."), good.clone(), 4, "CNI_IFNAME"),
         (
             "ifname with a leading dash",
-            Node::env("ADD", "err-ctr", &path, "")
-                .into_iter()
-                .map(|(k, v)| if k == "CNI_IFNAME" { (k, "-eth0") } else { (k, v) })
-                .collect(),
+            with_ifname("-eth0"),
             good.clone(),
             4,
             "CNI_IFNAME",
         ),
         (
             "ifname of 16 bytes",
-            Node::env("ADD", "err-ctr", &path, "")
-                .into_iter()
-                .map(|(k, v)| {
-                    if k == "CNI_IFNAME" {
-                        (k, "abcdefghijklmnop")
-                    } else {
-                        (k, v)
-                    }
-                })
-                .collect(),
+            with_ifname("abcdefghijklmnop"),
             good.clone(),
             4,
             "CNI_IFNAME",

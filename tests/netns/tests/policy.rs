@@ -47,6 +47,20 @@ fn observe(node: &Node, args: &[&str]) -> Vec<Value> {
         .collect()
 }
 
+/// `moatctl drops -o json`, after checking it counts drops with reason `code`.
+fn drops_with_reason(node: &Node, code: u64) -> Value {
+    let drops: Value = serde_json::from_str(&node.moatctl(&["-o", "json", "drops"])).unwrap();
+    assert!(
+        drops["byReason"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["code"] == code && d["count"].as_u64() > Some(0)),
+        "no drops with reason {code}: {drops}"
+    );
+    drops
+}
+
 /// Waits until `observe` with `args` returns something matching `pred`.
 fn wait_flow(node: &Node, args: &[&str], pred: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -200,15 +214,7 @@ fn removing_an_allow_cuts_the_established_flow_and_observe_says_why() {
     assert!(explain.contains("shop/db-from-web"), "{explain}");
 
     // Drops by reason and by pod.
-    let drops: Value = serde_json::from_str(&node.moatctl(&["-o", "json", "drops"])).unwrap();
-    assert!(
-        drops["byReason"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|d| d["code"] == 133 && d["count"].as_u64() > Some(0)),
-        "{drops}"
-    );
+    let drops = drops_with_reason(&node, 133);
     assert!(
         drops["byPod"]
             .as_array()
@@ -632,15 +638,7 @@ fn ipv6_from_a_pod_is_dropped_and_reported() {
     assert!(listener.accept().is_err(), "the node service saw no connection");
     assert_eq!(sysctl("disable_ipv6"), "1", "no IPv6 address on the host veth");
     assert_eq!(sysctl("accept_ra"), "0", "no router advertisements taken");
-    let drops: Value = serde_json::from_str(&node.moatctl(&["-o", "json", "drops"])).unwrap();
-    assert!(
-        drops["byReason"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|d| d["code"] == 139 && d["count"].as_u64() > Some(0)),
-        "{drops}"
-    );
+    drops_with_reason(&node, 139);
     // IPv4 to the node still works (ARP passes).
     assert!(
         moat_netns_tests::net::ping(&web.path(), node.node_ip),
