@@ -62,6 +62,22 @@ fn add(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<Value> {
     let att = agent::attachment(&env.container_id, &env.ifname);
     let delegated = conf.ipam_type();
     agent::with_agent(&conf.socket(), |mut client| async move {
+        // 0. An attachment that is already wired stays as it is: a repeated ADD fails
+        // before it changes anything, so its failure cannot undo the first ADD's endpoint,
+        // lease or programs (the rollback below only undoes what this call created).
+        let already = client.get_endpoint(att.clone()).await.is_ok();
+        if already || wire::host_link_exists(&host_ifname) {
+            return Err(CniError::new(
+                code::WIRING_FAILED,
+                "the attachment is already wired",
+                format!(
+                    "container {} interface {} already has {} (host interface {host_ifname}); DEL it first",
+                    env.container_id,
+                    env.ifname,
+                    if already { "an endpoint" } else { "a veth" }
+                ),
+            ));
+        }
         // 1. An address: from the agent's pod CIDR, or from the delegated IPAM plugin.
         let (ip, gateway) = if let Some(ipam) = delegated {
             let st = client

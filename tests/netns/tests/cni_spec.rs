@@ -448,3 +448,43 @@ fn chained_with_portmap_serves_a_host_port() {
         "portmap DEL left rules: {rules}"
     );
 }
+
+/// A repeated ADD for an attachment that is already wired fails and leaves the first
+/// one exactly as it was: endpoint, lease, map entry, programs, connectivity.
+#[test]
+fn a_repeated_add_leaves_the_first_attachment_intact() {
+    root_or_skip!();
+    let node = Node::start();
+    let a = node.add_pod("default", "a");
+    let b = node.add_pod("default", "b");
+    let again = node.cni(
+        &Node::env(
+            "ADD",
+            &a.container_id,
+            &a.path(),
+            "K8S_POD_NAMESPACE=default;K8S_POD_NAME=a",
+        ),
+        &node.conf().to_string(),
+    );
+    assert_eq!(again.error_code(), 102, "{again:?}");
+    let eps: Value = serde_json::from_str(&node.moatctl(&["endpoints", "-o", "json"])).unwrap();
+    let first = eps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["containerID"] == a.container_id.as_str())
+        .unwrap_or_else(|| panic!("the first endpoint is gone: {eps}"));
+    assert_eq!(first["state"], "ready", "{first}");
+    assert_eq!(first["ipv4"], a.ip.to_string());
+    assert_eq!(node.persisted_leases(), 2);
+    assert_eq!(node.map_entries(), 2);
+    assert_eq!(node.link_pins().len(), 4, "{:?}", node.link_pins());
+    assert!(
+        moat_netns_tests::net::ping(&b.path(), a.ip),
+        "the first pod still works"
+    );
+    assert!(
+        again.json()["details"].as_str().unwrap().contains("DEL it first"),
+        "{again:?}"
+    );
+}
