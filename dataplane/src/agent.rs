@@ -178,6 +178,7 @@ fn handle(node: &mut Node, c: Command, publish: &impl Fn(&Node)) -> bool {
             publish(node);
             let _ = reply.send(r);
             if let Some(rec) = forgotten {
+                tracing::info!(endpoint = rec.id, pod = %rec.pod(), "endpoint deleted by CNI DEL");
                 node.release_endpoint(&rec);
                 publish(node);
             }

@@ -456,7 +456,7 @@ impl Node {
         if rec.netns_cookie != 0 && !self.endpoints.values().any(|e| e.netns_cookie == rec.netns_cookie) {
             self.datapath.forget_netns(rec.netns_cookie);
         }
-        tracing::info!(endpoint = rec.id, ip = %rec.ipv4, detach_ms = t.elapsed().as_secs_f64() * 1e3, "endpoint deleted");
+        tracing::info!(endpoint = rec.id, ip = %rec.ipv4, detach_ms = t.elapsed().as_secs_f64() * 1e3, "endpoint released");
         if let Err(e) = self.sync_policy() {
             tracing::error!("applying policy after deleting an endpoint: {e:#}");
         }

@@ -82,6 +82,11 @@ fn containerd_containers_reach_each_other_and_clean_up() {
     assert_eq!(node.map_entries(), 0);
     assert!(node.link_pins().is_empty());
     assert!(node.host_veths().is_empty(), "{:?}", node.host_veths());
+    assert!(
+        node.agent_log().contains("endpoint deleted by CNI DEL"),
+        "the runtime's DEL removed the endpoints:\n{}",
+        node.agent_log()
+    );
 }
 
 fn endpoints(node: &Node) -> Vec<Value> {
@@ -148,7 +153,7 @@ fn a_container_killed_without_del_is_collected() {
         "collected by the agent, not a DEL:\n{log}"
     );
     assert!(
-        !log.contains("endpoint deleted endpoint"),
+        !log.contains("endpoint deleted by CNI DEL"),
         "no DEL reached the agent:\n{log}"
     );
 }
