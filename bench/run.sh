@@ -51,6 +51,8 @@ cleanup() {
     [ "$(cat /proc/"$p"/comm 2>/dev/null)" = iperf3 ] && kill "$p" 2>/dev/null
   done
   for n in "${NS[@]}"; do ip netns del "$n" 2>/dev/null; done
+  # A churn loop (section 8) stopped mid-cycle leaves its last pod netns.
+  for n in $(ip netns list | awk '{print $1}' | grep -E "^$ID-c[0-9]+$"); do ip netns del "$n" 2>/dev/null; done
   rm -rf "$PIN" "$RUN"
 }
 trap cleanup EXIT

@@ -96,6 +96,12 @@ impl Containerd {
         sh(self.ctr().args(["run", "--rm", "--cni", IMAGE, id]).args(cmd))
     }
 
+    /// Has `id` (a container started outside `run`/`run_background`, e.g. one whose start
+    /// failed) removed with the rest on drop: its task, its shim and its record.
+    pub fn adopt(&mut self, id: &str) {
+        self.orphans.push(id.to_string());
+    }
+
     /// Kills the container as a crash would: first its `ctr run` client (SIGKILL, so it
     /// never tears the network down through CNI DEL), then the container's task. The
     /// task's network namespace dies with its last process.

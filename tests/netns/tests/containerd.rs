@@ -168,8 +168,10 @@ fn a_runtime_that_fails_after_add_leaves_nothing_behind() {
     let _one = SYSTEM_PATHS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let _files = SystemFiles::guard(&["/opt/cni/bin/moat", "/etc/cni/net.d/05-moat.conflist"]);
     let node = node_with_conflist(Some("1.1.0"));
-    let ctrd = Containerd::start(&std::env::temp_dir().join(unique("-containerd")));
+    let mut ctrd = Containerd::start(&std::env::temp_dir().join(unique("-containerd")));
     let id = unique("-v11");
+    // A container whose start failed keeps a task and a shim: removed on drop.
+    ctrd.adopt(&id);
     let out = ctrd
         .ctr()
         .args([
