@@ -399,6 +399,8 @@ fn print_status(st: &StatusReply, out: Output) {
             "enforcement": st.enforcement, "audit": st.audit, "policies": st.policies,
             "identities": st.identities, "policyEntries": st.policy_entries, "policyRevision": st.policy_revision,
             "trackedFlows": st.tracked_flows, "stateGeneration": st.state_generation,
+            "policyCapacity": st.policy_capacity,
+            "policyError": if st.policy_error.is_empty() { serde_json::Value::Null } else { json!(st.policy_error) },
         });
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return;
@@ -423,12 +425,13 @@ fn print_status(st: &StatusReply, out: Output) {
         vec![
             "Policy".into(),
             format!(
-                "enforcement {}{}, {} policies, {} identities, {} map entries, revision {}",
+                "enforcement {}{}, {} policies, {} identities, {} of {} map entries, revision {}",
                 st.enforcement,
                 if st.audit { " (audit)" } else { "" },
                 st.policies,
                 st.identities,
                 st.policy_entries,
+                st.policy_capacity,
                 st.policy_revision
             ),
         ],
@@ -447,6 +450,9 @@ fn print_status(st: &StatusReply, out: Output) {
     print!("{}", table::render(&["FIELD", "VALUE"], &rows));
     for e in &st.manifest_errors {
         println!("rejected manifest: {e}");
+    }
+    if !st.policy_error.is_empty() {
+        println!("POLICY NOT APPLIED: {}", st.policy_error);
     }
     if !st.counters.is_empty() {
         let rows = st

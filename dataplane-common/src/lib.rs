@@ -67,6 +67,15 @@ pub mod metric {
     pub const DROP_POLICY_DENIED: u32 = 133;
     /// The conntrack table refused a new entry.
     pub const DROP_CT_INSERT_FAILED: u32 = 155;
+    /// A non-first IPv4 fragment whose first fragment was not seen (its ports, and so
+    /// its flow, are unknown).
+    pub const DROP_FRAG_NOT_FOUND: u32 = 167;
+    /// An ICMP error (unreachable, time exceeded, parameter problem) that belongs to no
+    /// tracked flow of its sender and receiver: forged, or about a flow long gone.
+    pub const DROP_ICMP_UNRELATED: u32 = 168;
+    /// A packet routed by the node's stack towards a pod that claims a local pod's
+    /// address as its source (local pods never reach each other through the stack).
+    pub const DROP_SPOOFED_LOCAL_SOURCE: u32 = 169;
     /// New flows allowed by policy (or not covered by any policy).
     pub const FLOW_NEW_ALLOWED: u32 = 4;
     /// New flows policy would drop, let through because audit mode is on.
@@ -115,6 +124,9 @@ pub fn metric_name(slot: u32) -> Option<&'static str> {
         metric::DROP_WRITE_ERROR => "drop_write_error",
         metric::DROP_POLICY_DENIED => "drop_policy_denied",
         metric::DROP_CT_INSERT_FAILED => "drop_ct_insert_failed",
+        metric::DROP_FRAG_NOT_FOUND => "drop_fragment_without_first",
+        metric::DROP_ICMP_UNRELATED => "drop_icmp_error_unrelated",
+        metric::DROP_SPOOFED_LOCAL_SOURCE => "drop_spoofed_local_source",
         metric::FLOW_NEW_ALLOWED => "flow_new_allowed",
         metric::FLOW_AUDIT => "flow_audit",
         metric::CT_ESTABLISHED => "ct_established",
@@ -266,6 +278,31 @@ pub struct CtKey {
     pub _pad: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
+
+/// A fragmented datagram: its first fragment's ports are remembered under this key so
+/// later fragments (which carry no L4 header) join the same flow, as Cilium does.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    /// The IPv4 identification field (wire order).
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
+
+/// The ports of a fragmented datagram (wire order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragPorts {
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// Datagrams in flight as fragments, node-wide (an LRU: old datagrams are evicted).
+pub const MAX_FRAGS: u32 = 8192;
 
 /// `CtEntry::flags` bits.
 pub mod ct_flag {

@@ -10,7 +10,7 @@ use moat_dataplane_common::conntrack::{expired, touch};
 use moat_dataplane_common::{ct_flag, metric, verdict, Config, CtEntry, CtKey};
 
 use crate::events::{emit, emit_allowed, Meta};
-use crate::maps::{config, count, CT};
+use crate::maps::{config, count, CT, ENDPOINTS};
 use crate::packet::{TCP_FIN, TCP_RST};
 use crate::policy::{decide, identity_of, IDENTITY_WORLD};
 
@@ -66,9 +66,21 @@ fn recheck(cfg: &Config, e: &mut CtEntry, orig: &CtKey, m: &mut Meta, local_src:
 /// discovery, "time exceeded" for traceroute pass wherever the flow itself passes,
 /// without a policy rule for ICMP. The quoted packet is one the receiver of the error
 /// sent: if it went in the flow's original direction the error travels as a reply.
+///
+/// Like nf_conntrack, the error must go to the quoted packet's sender. It must also come
+/// from that packet's destination or from a router on the way, and a local pod is never
+/// a router: a pod may only send errors about its own flows. Otherwise any pod with one
+/// allowed flow could push forged errors past policy, or break other pods' flows.
 #[inline(always)]
 fn related(m: &mut Meta, now: u64) -> bool {
     let q = m.quoted;
+    if q.proto == 0 || m.daddr != q.saddr {
+        return false;
+    }
+    // SAFETY: only tests presence.
+    if m.saddr != q.daddr && unsafe { ENDPOINTS.get(&m.saddr) }.is_some() {
+        return false;
+    }
     let quoted = CtKey {
         saddr: q.saddr,
         daddr: q.daddr,
@@ -119,9 +131,14 @@ pub fn track(m: &mut Meta, egress: bool, ingress: bool, src_fallback: u32) -> Re
     };
     let fin_rst = m.tcp_flags & (TCP_FIN | TCP_RST);
 
-    if m.quoted.proto != 0 && related(m, now) {
-        count(metric::CT_RELATED);
-        return Ok(());
+    if m.icmp_error {
+        // An error passes with its flow or not at all: policy has no ICMP rules, so a
+        // new-flow check would let any error through to a pod that is not isolated.
+        if related(m, now) {
+            count(metric::CT_RELATED);
+            return Ok(());
+        }
+        return Err(metric::DROP_ICMP_UNRELATED);
     }
 
     if let Some(p) = CT.get_ptr_mut(&key) {

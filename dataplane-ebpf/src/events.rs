@@ -21,7 +21,9 @@ pub struct Meta {
     pub cookie: u32,
     pub ifindex: u32,
     pub len: u32,
-    /// An ICMP error's quoted tuple (`proto` 0: not an error).
+    /// An ICMP error (unreachable, time exceeded, parameter problem).
+    pub icmp_error: bool,
+    /// An ICMP error's quoted tuple (`proto` 0: not parseable).
     pub quoted: crate::packet::Quoted,
 }
 

@@ -4,10 +4,10 @@ use aya_ebpf::{
     maps::{lpm_trie::LpmTrie, Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use moat_dataplane_common::{
-    metric, AffinityKey, AffinityValue, Backend4, Config, CtEntry, CtKey, EndpointInfo, IpcacheInfo, MaglevKey, NatKey,
-    NatValue, PolicyKey, PolicyValue, ServiceKey, ServiceValue, SockRevKey, SockRevValue, EVENTS_BYTES, MAX_AFFINITY,
-    MAX_BACKENDS, MAX_CT_ENTRIES, MAX_ENDPOINTS, MAX_IPCACHE_ENTRIES, MAX_MAGLEV_ENTRIES, MAX_NAT_ENTRIES,
-    MAX_POLICY_ENTRIES, MAX_SERVICE_ENTRIES, MAX_SOCK_REVNAT,
+    metric, AffinityKey, AffinityValue, Backend4, Config, CtEntry, CtKey, EndpointInfo, FragKey, FragPorts,
+    IpcacheInfo, MaglevKey, NatKey, NatValue, PolicyKey, PolicyValue, ServiceKey, ServiceValue, SockRevKey,
+    SockRevValue, EVENTS_BYTES, MAX_AFFINITY, MAX_BACKENDS, MAX_CT_ENTRIES, MAX_ENDPOINTS, MAX_FRAGS,
+    MAX_IPCACHE_ENTRIES, MAX_MAGLEV_ENTRIES, MAX_NAT_ENTRIES, MAX_POLICY_ENTRIES, MAX_SERVICE_ENTRIES, MAX_SOCK_REVNAT,
 };
 
 /// Local pods by IPv4 (wire order): where to redirect, and which veth owns the address.
@@ -31,6 +31,10 @@ pub static POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(MAX_POLICY_
 /// table evicts the least recently used flow instead of refusing new ones.
 #[map(name = "moat_ct4_v1")]
 pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(MAX_CT_ENTRIES, 0);
+
+/// Fragmented datagrams: the first fragment's ports, for the fragments that follow.
+#[map(name = "moat_frag4_v1")]
+pub static FRAGS: LruHashMap<FragKey, FragPorts> = LruHashMap::pinned(MAX_FRAGS, 0);
 
 /// Flow and drop events for the agent.
 #[map(name = "moat_events_v1")]

@@ -1,6 +1,8 @@
 //! Bounds-checked access to packet headers, and the flow tuple of a packet.
 use aya_ebpf::programs::TcContext;
-use moat_dataplane_common::metric;
+use moat_dataplane_common::{metric, FragKey, FragPorts};
+
+use crate::maps::FRAGS;
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
@@ -63,7 +65,9 @@ pub struct Flow {
     pub proto: u8,
     pub tcp_flags: u8,
     pub ttl: u8,
-    /// For an ICMP error: the tuple of the packet it quotes (`proto` 0: none).
+    /// An ICMP error (destination unreachable, time exceeded, parameter problem).
+    pub icmp_error: bool,
+    /// For an ICMP error: the tuple of the packet it quotes (`proto` 0: not parseable).
     pub quoted: Quoted,
 }
 
@@ -77,16 +81,23 @@ pub struct Quoted {
     pub proto: u8,
 }
 
-/// Parses the IPv4 header at `ETH_HLEN` and the first bytes of L4. Non-first fragments
-/// carry no ports: they are tracked with ports 0 (only an all-ports rule allows them).
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET: u16 = 0x1fff;
+
+/// Parses the IPv4 header at `ETH_HLEN` and the first bytes of L4.
+///
+/// Non-first fragments carry no L4 header: they get the ports their first fragment
+/// carried (remembered in `FRAGS` by source, destination, protocol and IP id), so they
+/// pass or fail with their flow. One whose first fragment was not seen is dropped.
 #[inline(always)]
 pub fn parse_ipv4(ctx: &TcContext) -> Result<Flow, u32> {
     let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
     // SAFETY: bounds checked by `ptr_at`.
-    let (ver_ihl, frag_off, proto, saddr, daddr, ttl) = unsafe {
+    let (ver_ihl, frag_off, id, proto, saddr, daddr, ttl) = unsafe {
         (
             (*ip).ver_ihl,
             (*ip).frag_off,
+            (*ip).id,
             (*ip).protocol,
             (*ip).saddr,
             (*ip).daddr,
@@ -104,10 +115,39 @@ pub fn parse_ipv4(ctx: &TcContext) -> Result<Flow, u32> {
         ttl,
         ..Flow::default()
     };
-    if u16::from_be(frag_off) & 0x1fff != 0 {
+    let frag_off = u16::from_be(frag_off);
+    let frag = FragKey {
+        saddr,
+        daddr,
+        id,
+        proto,
+        _pad: 0,
+    };
+    if frag_off & IP_OFFSET != 0 {
+        // SAFETY: copied out at once.
+        let Some(p) = (unsafe { FRAGS.get(&frag) }).copied() else {
+            return Err(metric::DROP_FRAG_NOT_FOUND);
+        };
+        flow.sport = p.sport;
+        flow.dport = p.dport;
         return Ok(flow);
     }
-    let l4 = ETH_HLEN + ihl;
+    parse_l4(ctx, &mut flow, ETH_HLEN + ihl)?;
+    if frag_off & IP_MF != 0 {
+        let ports = FragPorts {
+            sport: flow.sport,
+            dport: flow.dport,
+        };
+        // A full table evicts the oldest datagram; its later fragments then drop.
+        let _ = FRAGS.insert(&frag, &ports, 0);
+    }
+    Ok(flow)
+}
+
+/// Ports (or ICMP echo id), TCP flags and an ICMP error's quoted tuple, from L4 at `l4`.
+#[inline(always)]
+fn parse_l4(ctx: &TcContext, flow: &mut Flow, l4: usize) -> Result<(), u32> {
+    let proto = flow.proto;
     match proto {
         IPPROTO_TCP => {
             let ports: *const [u16; 2] = ptr_at(ctx, l4)?;
@@ -136,28 +176,47 @@ pub fn parse_ipv4(ctx: &TcContext) -> Result<Flow, u32> {
                 8 => flow.sport = id, // echo request
                 0 => flow.dport = id, // echo reply
                 // destination unreachable, time exceeded, parameter problem
-                3 | 11 | 12 => flow.quoted = quoted(ctx, l4 + 8).unwrap_or_default(),
+                3 | 11 | 12 => {
+                    flow.icmp_error = true;
+                    flow.quoted = quoted(ctx, l4 + 8).unwrap_or_default();
+                }
                 _ => {}
             }
         }
         _ => {}
     }
-    Ok(flow)
+    Ok(())
 }
 
 /// The quoted header of an ICMP error at `off`: an option-less IPv4 header and the ports
-/// of a TCP/UDP/SCTP packet (errors quoting anything else relate to nothing we track).
+/// of a TCP/UDP/SCTP packet, or the id of an ICMP echo (keyed as conntrack keys echo).
+/// Errors quoting anything else relate to nothing we track.
 #[inline(always)]
 fn quoted(ctx: &TcContext, off: usize) -> Option<Quoted> {
     let ip: *mut Ipv4Hdr = ptr_at(ctx, off).ok()?;
     // SAFETY: bounds checked by `ptr_at`.
     let (ver_ihl, proto, saddr, daddr) = unsafe { ((*ip).ver_ihl, (*ip).protocol, (*ip).saddr, (*ip).daddr) };
-    if ver_ihl != 0x45 || !matches!(proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP) {
+    if ver_ihl != 0x45 {
         return None;
     }
-    let ports: *const [u16; 2] = ptr_at(ctx, off + 20).ok()?;
-    // SAFETY: bounds checked by `ptr_at`.
-    let (sport, dport) = unsafe { ((*ports)[0], (*ports)[1]) };
+    let (sport, dport) = match proto {
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
+            let ports: *const [u16; 2] = ptr_at(ctx, off + 20).ok()?;
+            // SAFETY: bounds checked by `ptr_at`.
+            unsafe { ((*ports)[0], (*ports)[1]) }
+        }
+        IPPROTO_ICMP => {
+            let hdr: *const [u16; 3] = ptr_at(ctx, off + 20).ok()?;
+            // SAFETY: bounds checked by `ptr_at`.
+            let (type_code, id) = unsafe { ((*hdr)[0], (*hdr)[2]) };
+            match u16::from_be(type_code) >> 8 {
+                8 => (id, 0),
+                0 => (0, id),
+                _ => return None,
+            }
+        }
+        _ => return None,
+    };
     Some(Quoted {
         saddr,
         daddr,

@@ -56,6 +56,7 @@ fn fill_meta(ctx: &TcContext, m: &mut Meta) -> Result<u8, u32> {
     m.dport = flow.dport;
     m.proto = flow.proto;
     m.tcp_flags = flow.tcp_flags;
+    m.icmp_error = flow.icmp_error;
     m.quoted = flow.quoted;
     Ok(flow.ttl)
 }
@@ -164,6 +165,12 @@ fn try_to_container(ctx: &TcContext, m: &mut Meta) -> Result<i32, u32> {
     }
     fill_meta(ctx, m)?;
     // The source is the node, another node or the outside; the destination is this pod.
+    // Never a local pod: `from_container` delivers pod-to-pod packets itself, so a local
+    // pod's address here was claimed by someone else (a host on the node's L2 segment).
+    // SAFETY: only tests presence.
+    if unsafe { ENDPOINTS.get(&m.saddr) }.is_some() {
+        return Err(metric::DROP_SPOOFED_LOCAL_SOURCE);
+    }
     track(m, false, true, IDENTITY_WORLD)?;
     // The reply of a flow this pod sent to a service and `from_container` translated per
     // packet, from a backend that is not a local pod (another node, the host network):

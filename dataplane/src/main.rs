@@ -110,6 +110,16 @@ struct RunArgs {
     /// Seconds an identity no pod uses keeps its number before it is released.
     #[arg(long, default_value_t = moat_identity::allocator::DEFAULT_GRACE_SECS)]
     identity_grace_secs: u64,
+    /// Size of the policy map (entries). Applies when the map is created: a map already
+    /// pinned keeps its size until its pin is removed.
+    #[arg(long, default_value_t = moat_dataplane_common::MAX_POLICY_ENTRIES, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    policy_map_entries: u32,
+    /// Size of the ipcache map (prefixes with an identity); created-time like the above.
+    #[arg(long, default_value_t = moat_dataplane_common::MAX_IPCACHE_ENTRIES, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    ipcache_map_entries: u32,
+    /// Size of the connection tracking table (flows); created-time like the above.
+    #[arg(long, default_value_t = moat_dataplane_common::MAX_CT_ENTRIES, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    ct_map_entries: u32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -178,6 +188,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         service_cidr,
         socket_lb_cgroup,
+        map_sizes: moat_dataplane::kernel::datapath::MapSizes {
+            policy: args.policy_map_entries,
+            ipcache: args.ipcache_map_entries,
+            conntrack: args.ct_map_entries,
+        },
         node_devices: if args.node_devices.is_empty() {
             netdev::node_devices()
         } else {

@@ -14,10 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::endpoint::{EndpointRecord, NewEndpoint};
 use crate::ipam::{Cidr, Ipam, Owner};
-use crate::kernel::datapath::Datapath;
+use crate::kernel::datapath::{Datapath, MapSizes};
 use crate::kernel::netdev;
 use crate::persist::{read_json, write_json};
-use crate::policy::{Enforcer, Settings};
+use crate::policy::{DoesNotFit, Enforcer, Settings};
 use crate::services::LoadBalancer;
 use crate::source::Snapshot;
 use crate::view::View;
@@ -37,6 +37,8 @@ pub struct NodeConfig {
     pub socket_lb_cgroup: Option<PathBuf>,
     /// Devices NodePort traffic arrives on (XDP `node_ingress`).
     pub node_devices: Vec<String>,
+    /// Sizes for maps created at load (pinned maps keep theirs).
+    pub map_sizes: MapSizes,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -52,8 +54,13 @@ pub struct Node {
     pub endpoints: BTreeMap<Owner, EndpointRecord>,
     datapath: Datapath,
     pub started: Instant,
-    /// The desired state in force (from the state source).
+    /// The desired state from the state source (services follow it at once).
     pub state: Snapshot,
+    /// The last state whose policy fit the maps: policy is enforced from it while a
+    /// newer one does not fit.
+    pub policy_state: Snapshot,
+    /// Why the newest state's policy is not enforced, for `moatctl status`.
+    pub policy_error: Option<String>,
     pub enforcer: Enforcer,
     pub lb: LoadBalancer,
     last_sync: Instant,
@@ -91,7 +98,15 @@ impl Node {
             );
         }
         let file: EndpointFile = read_json(&cfg.data_dir.join(ENDPOINTS_FILE))?.unwrap_or_default();
-        let datapath = Datapath::load(&cfg.pin_dir).context("loading the eBPF datapath")?;
+        let datapath = Datapath::load_sized(&cfg.pin_dir, cfg.map_sizes).context("loading the eBPF datapath")?;
+        let (policy_cap, _) = datapath.capacity();
+        if policy_cap != cfg.map_sizes.policy as usize {
+            tracing::warn!(
+                pinned = policy_cap,
+                requested = cfg.map_sizes.policy,
+                "the pinned policy map keeps its size; remove its pin (or reboot) to resize"
+            );
+        }
         let endpoints = file.endpoints.into_iter().map(|e| (e.owner(), e)).collect();
         let enforcer = Enforcer::open(cfg.policy, &cfg.data_dir, &datapath)?;
         let lb = LoadBalancer::open(cfg.service_cidr, &cfg.data_dir, &datapath)?;
@@ -119,6 +134,8 @@ impl Node {
             endpoints,
             datapath,
             started: Instant::now(),
+            policy_state: state.clone(),
+            policy_error: None,
             state,
             enforcer,
             lb,
@@ -130,11 +147,23 @@ impl Node {
         node.collect_vanished();
         // Policy first: re-adopted endpoints keep the policy the maps already hold, and
         // the recompiled one replaces it make-before-break.
-        node.sync_policy().context("applying policy")?;
+        node.sync_policy_at_start()?;
         node.reconcile();
-        node.sync_policy().context("applying policy")?;
+        node.sync_policy_at_start()?;
         node.persist()?;
         Ok(node)
+    }
+
+    /// A policy that does not fit the maps does not stop the agent: the maps keep what
+    /// the previous agent enforced, status reports it, and ADDs fail until it fits.
+    fn sync_policy_at_start(&mut self) -> anyhow::Result<()> {
+        match self.sync_policy() {
+            Err(e) if e.is::<DoesNotFit>() => {
+                tracing::error!("applying policy: {e:#}; the maps keep what they hold");
+                Ok(())
+            }
+            r => r.map(drop).context("applying policy"),
+        }
     }
 
     /// Recompiles policy from the endpoints and the state source and applies the diff.
@@ -150,12 +179,40 @@ impl Node {
             .copied()
             .filter(|ip| !ip.is_loopback() && !ip.is_link_local())
             .collect();
-        let updates = self.enforcer.sync(
+        let updates = match self.enforcer.sync(
             &mut self.datapath,
             self.endpoints.values(),
             self.state.objects.iter(),
-            host_ips,
-        )?;
+            host_ips.clone(),
+        ) {
+            Ok(n) => {
+                self.policy_state = self.state.clone();
+                self.policy_error = None;
+                n
+            }
+            Err(e) if e.is::<DoesNotFit>() && self.policy_state.generation != self.state.generation => {
+                // Keep enforcing the last state that fit (with today's endpoints, so new
+                // pods get its policy); the newer one waits for a change that fits.
+                let msg = format!(
+                    "state generation {}: {e:#}; enforcing the policy of generation {} instead",
+                    self.state.generation, self.policy_state.generation
+                );
+                if self.policy_error.as_deref() != Some(msg.as_str()) {
+                    tracing::error!("{msg}");
+                }
+                self.policy_error = Some(msg);
+                self.enforcer.sync(
+                    &mut self.datapath,
+                    self.endpoints.values(),
+                    self.policy_state.objects.iter(),
+                    host_ips,
+                )?
+            }
+            Err(e) => {
+                self.policy_error = Some(format!("{e:#}"));
+                return Err(e);
+            }
+        };
         let lb_updates = self
             .lb
             .sync(

@@ -38,6 +38,10 @@ pub struct View {
     pub mode: Mode,
     pub audit: bool,
     pub revision: u32,
+    /// Why the newest state's policy is not enforced (it does not fit the maps).
+    pub policy_error: Option<String>,
+    /// Entries the policy map can hold.
+    pub policy_capacity: usize,
 }
 
 impl View {
@@ -71,6 +75,8 @@ impl View {
             mode: node.enforcer.settings.mode,
             audit: node.enforcer.settings.audit,
             revision: node.enforcer.revision,
+            policy_error: node.policy_error.clone(),
+            policy_capacity: node.datapath().capacity().0,
         }
     }
 
@@ -94,6 +100,8 @@ impl View {
             services: Arc::default(),
             mode: Mode::Default,
             audit: false,
+            policy_error: None,
+            policy_capacity: 0,
             revision: 0,
         }
     }

@@ -1,9 +1,8 @@
-//! The map updates that turn one compiled state into another.
+//! The map updates that turn one compiled state into another, and the order that
+//! applies them without ever opening a window (`Plan`).
 //!
-//! The agent applies `*_upserts` before `*_deletes` (make-before-break): while a policy
-//! changes, a flow allowed by both the old and the new state never sees a moment where
-//! neither entry exists. Only changed entries are listed, so one edited policy costs a
-//! handful of map writes rather than a rewrite of the maps.
+//! Only changed entries are listed, so one edited policy costs a handful of map writes
+//! rather than a rewrite of the maps.
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
@@ -55,6 +54,80 @@ pub fn diff(old: &Compiled, new: &Compiled) -> Diff {
         ipcache_upserts,
         ipcache_deletes,
     }
+}
+
+/// One policy map write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Upsert(PolicyEntryKey, PolicyValue),
+    Delete(PolicyEntryKey),
+}
+
+/// The policy map writes of a diff in a fail-closed order, and the most entries the map
+/// holds at any moment while they are applied:
+/// 1. deny entries (a pod's "isolated" entry, `except` blocks) are written first, so a
+///    pod that becomes isolated is never left open, even when a later write fails;
+/// 2. allow entries that go are removed (a narrowing: closing early is safe);
+/// 3. new allow entries are written;
+/// 4. deny entries that go are removed last: that is the only step that opens.
+///
+/// ipcache updates go between 3 and 4 (`Plan::before_deny_deletes`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+    /// Index in `steps` where the deny deletes start.
+    pub before_deny_deletes: usize,
+    /// The largest number of policy entries the map holds during the plan.
+    pub peak_entries: usize,
+}
+
+/// Orders the policy writes of `d` (computed from `old`) as `Plan` describes.
+#[must_use]
+pub fn plan(old: &Compiled, d: &Diff) -> Plan {
+    let is_allow = |v: &PolicyValue| v.action == ACTION_ALLOW;
+    let old_allows = |k: &PolicyEntryKey| old.policy.get(k).is_some_and(is_allow);
+    let mut steps = Vec::with_capacity(d.policy_upserts.len() + d.policy_deletes.len());
+    let (mut len, mut peak) = (old.policy.len(), old.policy.len());
+    let add = |steps: &mut Vec<Step>, step: Step, len: &mut usize, peak: &mut usize| {
+        match step {
+            Step::Upsert(k, _) if !old.policy.contains_key(&k) => *len += 1,
+            Step::Delete(_) => *len -= 1,
+            Step::Upsert(..) => {}
+        }
+        *peak = (*peak).max(*len);
+        steps.push(step);
+    };
+    for (k, v) in d.policy_upserts.iter().filter(|(_, v)| !is_allow(v)) {
+        add(&mut steps, Step::Upsert(*k, *v), &mut len, &mut peak);
+    }
+    for k in d.policy_deletes.iter().filter(|k| old_allows(k)) {
+        add(&mut steps, Step::Delete(*k), &mut len, &mut peak);
+    }
+    // Longest prefixes first: of two new allow entries, the more specific lands first.
+    let mut allows: Vec<_> = d.policy_upserts.iter().filter(|(_, v)| is_allow(v)).collect();
+    allows.sort_by_key(|e| std::cmp::Reverse(e.0 .0));
+    for (k, v) in allows {
+        add(&mut steps, Step::Upsert(*k, *v), &mut len, &mut peak);
+    }
+    let before_deny_deletes = steps.len();
+    for k in d.policy_deletes.iter().filter(|k| !old_allows(k)) {
+        add(&mut steps, Step::Delete(*k), &mut len, &mut peak);
+    }
+    Plan {
+        steps,
+        before_deny_deletes,
+        peak_entries: peak,
+    }
+}
+
+/// The most ipcache entries the map holds while `d` is applied (upserts before deletes).
+#[must_use]
+pub fn peak_ipcache_entries(old: &Compiled, d: &Diff) -> usize {
+    old.ipcache.len()
+        + d.ipcache_upserts
+            .iter()
+            .filter(|(k, _)| !old.ipcache.contains_key(k))
+            .count()
 }
 
 /// Whether applying `d` on top of `old` may deny a flow that `old` allowed: only then must
@@ -127,6 +200,34 @@ mod tests {
         assert_eq!(d.ipcache_upserts, vec![((Ipv4Addr::new(10, 0, 0, 2), 32), 256)]);
         assert_eq!(d.ipcache_deletes, vec![(Ipv4Addr::new(10, 0, 0, 1), 32)]);
         assert_eq!(d.len(), 5);
+    }
+
+    #[test]
+    fn the_plan_isolates_first_opens_last_and_counts_the_peak() {
+        let val = |action| val(action, 0);
+        let isolate_new = (40, PolicyKey::new(300, 1, 0, 0, 0));
+        let allow_new = (96, PolicyKey::new(300, 1, 5, 6, 80));
+        let allow_gone = (96, PolicyKey::new(256, 1, 5, 6, 80));
+        let isolate_gone = (40, PolicyKey::new(256, 1, 0, 0, 0));
+        let mut old = Compiled::default();
+        old.policy.insert(allow_gone, val(ACTION_ALLOW));
+        old.policy.insert(isolate_gone, val(ACTION_DENY));
+        let mut new = Compiled::default();
+        new.policy.insert(allow_new, val(ACTION_ALLOW));
+        new.policy.insert(isolate_new, val(ACTION_DENY));
+        let p = plan(&old, &diff(&old, &new));
+        assert_eq!(
+            p.steps,
+            vec![
+                Step::Upsert(isolate_new, val(ACTION_DENY)),
+                Step::Delete(allow_gone),
+                Step::Upsert(allow_new, val(ACTION_ALLOW)),
+                Step::Delete(isolate_gone),
+            ]
+        );
+        assert_eq!(p.before_deny_deletes, 3);
+        // 2 entries, +1 (isolate), -1 (allow gone), +1 (allow new) = 3 at most.
+        assert_eq!(p.peak_entries, 3);
     }
 
     #[test]

@@ -320,6 +320,8 @@ impl moat_api::Agent for AgentService {
             policy_entries: u32::try_from(view.compiled.policy.len()).unwrap_or(u32::MAX),
             policy_revision: view.revision,
             state_generation: view.state.generation,
+            policy_error: view.policy_error.clone().unwrap_or_default(),
+            policy_capacity: u32::try_from(view.policy_capacity).unwrap_or(u32::MAX),
             tracked_flows: u32::try_from(stats.map_or(0, Stats::tracked_flows)).unwrap_or(u32::MAX),
         }))
     }

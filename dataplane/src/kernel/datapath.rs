@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, IterableMap as _, MapData, PerCpuArray, RingBuf};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::xdp::XdpLink;
@@ -98,12 +98,40 @@ fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError 
     }
 }
 
+/// Sizes of the maps an operator may tune (`moat-agent --policy-map-entries`, ...).
+/// They apply when a map is created; a map already pinned keeps its size (aya reuses a
+/// pin by name), so the real sizes are read back (`Datapath::capacity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapSizes {
+    pub policy: u32,
+    pub ipcache: u32,
+    pub conntrack: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            policy: moat_dataplane_common::MAX_POLICY_ENTRIES,
+            ipcache: moat_dataplane_common::MAX_IPCACHE_ENTRIES,
+            conntrack: moat_dataplane_common::MAX_CT_ENTRIES,
+        }
+    }
+}
+
 impl Datapath {
-    /// Loads (or re-adopts) the datapath with maps pinned in `pin_dir`.
+    /// Loads (or re-adopts) the datapath with maps pinned in `pin_dir`, default sizes.
     ///
     /// # Errors
     /// When the kernel rejects the object or a pin cannot be created.
     pub fn load(pin_dir: &Path) -> Result<Self, DatapathError> {
+        Self::load_sized(pin_dir, MapSizes::default())
+    }
+
+    /// Loads (or re-adopts) the datapath; new maps get `sizes`.
+    ///
+    /// # Errors
+    /// When the kernel rejects the object or a pin cannot be created.
+    pub fn load_sized(pin_dir: &Path, sizes: MapSizes) -> Result<Self, DatapathError> {
         let links_dir = pin_dir.join("links");
         std::fs::create_dir_all(&links_dir).map_err(|source| DatapathError::Pin {
             path: links_dir.clone(),
@@ -115,6 +143,9 @@ impl Datapath {
         let _ = std::fs::remove_file(pin_dir.join("moat_maglev_v1"));
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
+            .map_max_entries(POLICY_MAP, sizes.policy)
+            .map_max_entries(IPCACHE_MAP, sizes.ipcache)
+            .map_max_entries(CT_MAP, sizes.conntrack)
             .load(EBPF_OBJECT)
             .map_err(|source| DatapathError::Load {
                 pin_dir: pin_dir.to_path_buf(),
@@ -499,6 +530,13 @@ impl Datapath {
 
     /// # Errors
     /// When the kernel refuses the update (e.g. the map is full).
+    /// (policy, ipcache) entries the maps can hold: the kernel's `max_entries`.
+    #[must_use]
+    pub fn capacity(&self) -> (usize, usize) {
+        let size = |m: &MapData| m.info().map_or(0, |i| i.max_entries() as usize);
+        (size(self.policy.map()), size(self.ipcache.map()))
+    }
+
     pub fn upsert_policy(&mut self, prefix: u32, key: PolicyKey, value: PolicyValue) -> Result<(), DatapathError> {
         self.policy
             .insert(&LpmKey::new(prefix, key), value, 0)

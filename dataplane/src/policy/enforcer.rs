@@ -2,9 +2,9 @@
 //!
 //! `sync` builds the compiler's `World` from the local endpoints and the state source,
 //! gives every pod an identity (same labels → same number, persisted), compiles, diffs
-//! against what the maps hold and applies the difference make-before-break: new and
-//! changed entries first (policy, then ipcache), removals last, then the policy revision
-//! is bumped so established flows are re-checked against the new policy.
+//! against what the maps hold, checks that the change fits the maps, and applies it in
+//! the fail-closed order of `diff::plan` (isolating entries first, openings last). Then
+//! the policy revision is bumped so established flows are re-checked.
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -16,11 +16,38 @@ use moat_dataplane_common::{config_flag, Config};
 use moat_identity::{reserved, reserved_name, Allocator, Identity};
 use moat_k8s_model::{self as k8s, Object};
 use moat_policy_compiler::compile::{Compiled, Compiler};
+use moat_policy_compiler::diff::{Plan, Step};
 use moat_policy_compiler::world::{Mode, PodInfo, World};
 
 use crate::endpoint::EndpointRecord;
 use crate::kernel::datapath::Datapath;
 use crate::persist::{read_json, write_json};
+
+/// A compiled policy that does not fit the maps. Nothing was written: the maps keep
+/// what they enforced.
+#[derive(Debug)]
+pub struct DoesNotFit {
+    pub map: &'static str,
+    pub needed: usize,
+    pub capacity: usize,
+}
+
+impl std::fmt::Display for DoesNotFit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let flag = if self.map == "policy" {
+            "--policy-map-entries"
+        } else {
+            "--ipcache-map-entries"
+        };
+        write!(
+            f,
+            "the policy needs {} entries in the {} map, which holds {} (raise {flag}, or select fewer peers and ports)",
+            self.needed, self.map, self.capacity
+        )
+    }
+}
+
+impl std::error::Error for DoesNotFit {}
 
 /// Node-wide policy settings from the command line.
 #[derive(Debug, Clone, Copy)]
@@ -84,8 +111,9 @@ impl Enforcer {
     /// Recomputes and applies. Returns the number of map updates.
     ///
     /// # Errors
-    /// When a map update fails; what was applied so far stays (it only adds entries
-    /// before any removal, so nothing enforced is lost) and the next sync retries.
+    /// `DoesNotFit` when the change would not fit the maps (nothing is written). When a
+    /// map update fails, what was applied so far stays (isolating entries go first and
+    /// openings last, so nothing enforced is lost) and the next sync retries.
     pub fn sync<'a>(
         &mut self,
         dp: &mut Datapath,
@@ -93,8 +121,32 @@ impl Enforcer {
         objects: impl Iterator<Item = &'a Object>,
         host_ips: Vec<Ipv4Addr>,
     ) -> anyhow::Result<usize> {
-        self.world = Arc::new(self.build_world(endpoints, objects, host_ips));
-        self.compiled = Arc::new(self.compiler.compile(&self.world));
+        let world = self.build_world(endpoints, objects, host_ips);
+        let compiled = self.compiler.compile(&world);
+        let d = moat_policy_compiler::diff::diff(&self.applied, &compiled);
+        let plan = moat_policy_compiler::diff::plan(&self.applied, &d);
+        // Check before writing anything: a map that fills up half way would leave the
+        // change half applied.
+        let (policy_cap, ipcache_cap) = dp.capacity();
+        if plan.peak_entries > policy_cap {
+            return Err(DoesNotFit {
+                map: "policy",
+                needed: plan.peak_entries,
+                capacity: policy_cap,
+            }
+            .into());
+        }
+        let ipcache_peak = moat_policy_compiler::diff::peak_ipcache_entries(&self.applied, &d);
+        if ipcache_peak > ipcache_cap {
+            return Err(DoesNotFit {
+                map: "ipcache",
+                needed: ipcache_peak,
+                capacity: ipcache_cap,
+            }
+            .into());
+        }
+        self.world = Arc::new(world);
+        self.compiled = Arc::new(compiled);
         let in_use: BTreeSet<Identity> = self.world.pods.iter().map(|p| p.identity).collect();
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         for id in self.allocator.sweep(&in_use, now) {
@@ -102,10 +154,9 @@ impl Enforcer {
         }
         self.persist_identities();
 
-        let d = moat_policy_compiler::diff::diff(&self.applied, &self.compiled);
         let updates = d.len();
         let narrows = moat_policy_compiler::diff::narrows(&self.applied, &d);
-        let result = apply(dp, &d);
+        let result = apply(dp, &d, &plan);
         if let Err(e) = result {
             // Re-read what the maps really hold so the next diff starts from the truth.
             self.applied = Arc::new(Compiled {
@@ -292,14 +343,19 @@ impl Enforcer {
     }
 }
 
-fn apply(dp: &mut Datapath, d: &moat_policy_compiler::diff::Diff) -> anyhow::Result<()> {
-    // Longest prefixes first: a pod that becomes isolated gets its new allow entries
-    // before the prefix-40 "isolated" entry flips to deny.
-    let mut upserts: Vec<_> = d.policy_upserts.iter().collect();
-    upserts.sort_by_key(|e| std::cmp::Reverse(e.0 .0));
-    for ((prefix, key), value) in upserts {
-        dp.upsert_policy(*prefix, *key, *value)
-            .with_context(|| format!("policy entry {key:?}/{prefix}"))?;
+fn apply(dp: &mut Datapath, d: &moat_policy_compiler::diff::Diff, plan: &Plan) -> anyhow::Result<()> {
+    let write = |dp: &mut Datapath, step: &Step| match *step {
+        Step::Upsert((prefix, key), value) => dp
+            .upsert_policy(prefix, key, value)
+            .with_context(|| format!("policy entry {key:?}/{prefix}")),
+        Step::Delete((prefix, key)) => {
+            dp.delete_policy(prefix, key);
+            Ok(())
+        }
+    };
+    let (first, last) = plan.steps.split_at(plan.before_deny_deletes);
+    for step in first {
+        write(dp, step)?;
     }
     for ((ip, len), id) in &d.ipcache_upserts {
         dp.upsert_ipcache(*ip, *len, *id)
@@ -308,8 +364,8 @@ fn apply(dp: &mut Datapath, d: &moat_policy_compiler::diff::Diff) -> anyhow::Res
     for (ip, len) in &d.ipcache_deletes {
         dp.delete_ipcache(*ip, *len);
     }
-    for (prefix, key) in &d.policy_deletes {
-        dp.delete_policy(*prefix, *key);
+    for step in last {
+        write(dp, step)?;
     }
     Ok(())
 }

@@ -3,4 +3,4 @@
 //! `moat-policy-compiler` crate.
 mod enforcer;
 
-pub use enforcer::{mode_name, Enforcer, Settings};
+pub use enforcer::{mode_name, DoesNotFit, Enforcer, Settings};

@@ -64,7 +64,7 @@ impl EchoServer {
                 let s = UdpSocket::bind(("0.0.0.0", port)).expect("bind udp");
                 s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
                 ready.send(()).unwrap();
-                let mut buf = [0u8; 2048];
+                let mut buf = vec![0u8; 65536];
                 while !stop.load(Ordering::Relaxed) {
                     if let Ok((n, from)) = s.recv_from(&mut buf) {
                         let _ = s.send_to(&buf[..n], from);
@@ -135,7 +135,7 @@ pub fn udp_echo(netns_path: &str, to: Ipv4Addr, port: u16, payload: &[u8]) -> Re
         let s = UdpSocket::bind(("0.0.0.0", 0)).map_err(|e| e.to_string())?;
         s.set_read_timeout(Some(Duration::from_millis(500)))
             .map_err(|e| e.to_string())?;
-        let mut buf = [0u8; 2048];
+        let mut buf = vec![0u8; 65536];
         // UDP may lose the first datagram while neighbours settle: retry a few times.
         for _ in 0..4 {
             s.send_to(&payload, (to, port)).map_err(|e| e.to_string())?;
@@ -501,4 +501,134 @@ pub fn udp_ask(netns_path: &str, to: Ipv4Addr, port: u16) -> Result<(String, Soc
         }
         Err("no UDP reply".into())
     })
+}
+
+/// A raw socket in a netns (created there; it stays in that netns when used elsewhere).
+pub struct RawSocket {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl RawSocket {
+    /// `socket(AF_INET, SOCK_RAW, proto)` inside `netns_path`. With `IPPROTO_RAW` the
+    /// caller writes whole IPv4 headers (`IP_HDRINCL`).
+    ///
+    /// # Panics
+    /// When the socket cannot be created.
+    #[must_use]
+    pub fn open(netns_path: &str, proto: i32) -> Self {
+        let fd = in_netns(netns_path, move || {
+            // SAFETY: plain socket call; the fd is owned below.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, proto) };
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            // SAFETY: a fresh fd we own.
+            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+        });
+        Self { fd }
+    }
+
+    /// Sends `payload` to `to` (the kernel adds the IP header unless `IPPROTO_RAW`).
+    ///
+    /// # Errors
+    /// The socket error, as text.
+    pub fn send_to(&self, to: Ipv4Addr, payload: &[u8]) -> Result<(), String> {
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(to).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: valid buffer and address for the duration of the call.
+        let n = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                payload.as_ptr().cast(),
+                payload.len(),
+                0,
+                std::ptr::addr_of!(sa).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+        Ok(())
+    }
+
+    /// Every IPv4 packet (header included) the socket receives within `wait`.
+    #[must_use]
+    pub fn received(&self, wait: Duration) -> Vec<Vec<u8>> {
+        let deadline = std::time::Instant::now() + wait;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return out;
+            }
+            let mut pfd = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let ready = unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) };
+            if ready <= 0 {
+                continue;
+            }
+            // SAFETY: valid buffer of the given length.
+            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n > 0 {
+                out.push(buf[..n as usize].to_vec());
+            }
+        }
+    }
+}
+
+/// The Internet checksum of `data`.
+#[must_use]
+pub fn inet_checksum(data: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    for c in data.chunks(2) {
+        let word = u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An ICMP error message (header and quote, no IP header) of `icmp_type`/`code` that
+/// quotes a packet `src:sport → dst:dport` of protocol `proto`.
+#[must_use]
+pub fn icmp_error(icmp_type: u8, code: u8, quoted: (Ipv4Addr, u16, Ipv4Addr, u16, u8)) -> Vec<u8> {
+    let (src, sport, dst, dport, proto) = quoted;
+    let mut ip = vec![0x45, 0, 0, 48, 0x12, 0x34, 0, 0, 64, proto, 0, 0];
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let sum = inet_checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    let mut msg = vec![icmp_type, code, 0, 0, 0, 0, 0, 0];
+    msg.extend_from_slice(&ip);
+    msg.extend_from_slice(&sport.to_be_bytes());
+    msg.extend_from_slice(&dport.to_be_bytes());
+    msg.extend_from_slice(&[0, 28, 0, 0]);
+    let sum = inet_checksum(&msg);
+    msg[2..4].copy_from_slice(&sum.to_be_bytes());
+    msg
+}
+
+/// ICMP messages (type, source) among raw IPv4 packets.
+#[must_use]
+pub fn icmp_messages(packets: &[Vec<u8>]) -> Vec<(u8, Ipv4Addr)> {
+    packets
+        .iter()
+        .filter(|p| p.len() > 20 && p[9] == 1)
+        .map(|p| {
+            let ihl = usize::from(p[0] & 0x0f) * 4;
+            (p[ihl], Ipv4Addr::new(p[12], p[13], p[14], p[15]))
+        })
+        .collect()
 }
