@@ -3,6 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod attachment;
+pub mod naming;
+
 pub mod v1 {
     tonic::include_proto!("moat.v1");
 }

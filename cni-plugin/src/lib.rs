@@ -5,10 +5,10 @@
 //! delegated IPAM plugin, and registers the endpoint with the agent, which attaches
 //! the eBPF datapath. stdout carries only the protocol (result or error JSON).
 pub mod agent;
+pub use moat_api::naming;
 pub mod config;
 pub mod delegate;
 pub mod error;
-pub mod naming;
 pub mod result;
 pub mod wire;
 

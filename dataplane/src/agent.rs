@@ -247,7 +247,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
 
     let listener = bind(&cfg.socket)?;
     tracing::info!(socket = %cfg.socket.display(), "serving the agent API");
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let incoming = root_only(tokio_stream::wrappers::UnixListenerStream::new(listener));
     let mut term = signal(SignalKind::terminate())?;
     let shutdown = async move {
         tokio::select! {
@@ -258,6 +258,13 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     };
     let service = crate::api::AgentService::new(handle.clone(), flows, stats);
     let served = tonic::transport::Server::builder()
+        // Every call ends: a unary call within its deadline (mutations wait at most
+        // COMMAND_DEADLINE for the owner), and a stream whose client went away is noticed
+        // by HTTP/2 keepalive even when no event would be sent to it.
+        .timeout(COMMAND_DEADLINE + Duration::from_secs(5))
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .concurrency_limit_per_connection(64)
         .add_service(moat_api::AgentServer::new(service))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
@@ -268,6 +275,28 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let _ = handle.tx.send(Command::Shutdown);
     let _ = tokio::task::spawn_blocking(move || owner.join()).await;
     served
+}
+
+/// Accepts only root peers (`SO_PEERCRED`): the socket file is 0600, but a socket passed
+/// or bind-mounted elsewhere must not give a pod or a user the node's endpoint API.
+fn root_only(
+    incoming: tokio_stream::wrappers::UnixListenerStream,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::UnixStream>> {
+    use tokio_stream::StreamExt as _;
+    incoming.filter(|conn| match conn {
+        Ok(s) => match s.peer_cred() {
+            Ok(cred) if cred.uid() == 0 => true,
+            Ok(cred) => {
+                tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "refused an API connection from a non-root peer");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "refused an API connection whose peer is unknown");
+                false
+            }
+        },
+        Err(_) => true,
+    })
 }
 
 fn bind(socket: &Path) -> anyhow::Result<tokio::net::UnixListener> {

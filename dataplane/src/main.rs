@@ -117,6 +117,10 @@ struct RunArgs {
     /// Size of the ipcache map (prefixes with an identity); created-time like the above.
     #[arg(long, default_value_t = moat_dataplane_common::MAX_IPCACHE_ENTRIES, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     ipcache_map_entries: u32,
+    /// A range a delegated IPAM plugin (e.g. host-local) may hand out pod addresses
+    /// from, besides --pod-cidr (repeatable). Other addresses are refused.
+    #[arg(long = "delegated-ipam-range")]
+    delegated_ipam_ranges: Vec<String>,
     /// Size of the connection tracking table (flows); created-time like the above.
     #[arg(long, default_value_t = moat_dataplane_common::MAX_CT_ENTRIES, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     ct_map_entries: u32,
@@ -188,6 +192,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         service_cidr,
         socket_lb_cgroup,
+        delegated_ranges: args
+            .delegated_ipam_ranges
+            .iter()
+            .map(|r| ipam::parse_cidr(r).with_context(|| format!("--delegated-ipam-range {r}")))
+            .collect::<anyhow::Result<_>>()?,
         map_sizes: moat_dataplane::kernel::datapath::MapSizes {
             policy: args.policy_map_entries,
             ipcache: args.ipcache_map_entries,

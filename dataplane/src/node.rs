@@ -39,6 +39,8 @@ pub struct NodeConfig {
     pub node_devices: Vec<String>,
     /// Sizes for maps created at load (pinned maps keep theirs).
     pub map_sizes: MapSizes,
+    /// Ranges a delegated IPAM plugin may lease pod addresses from, besides the pod CIDR.
+    pub delegated_ranges: Vec<Cidr>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -382,6 +384,13 @@ impl Node {
     /// # Errors
     /// When the host interface is missing or the datapath cannot attach.
     pub fn add_endpoint(&mut self, new: NewEndpoint) -> anyhow::Result<EndpointRecord> {
+        let rules = crate::api::validate::AddressRules {
+            pod_cidr: self.cfg.pod_cidr,
+            delegated_ranges: self.cfg.delegated_ranges.clone(),
+            gateway: self.cfg.gateway,
+            node_ips: netdev::host_ipv4s(),
+        };
+        crate::api::validate::pod_address(new.ipv4, new.ipam != "agent", &rules).map_err(anyhow::Error::msg)?;
         if new.ipam == "agent" && self.ipam.lookup(&new.owner) != Some(new.ipv4) {
             bail!(
                 "endpoint {}/{}: ipv4 {} is not leased to this attachment",
@@ -436,11 +445,11 @@ impl Node {
             state: "ready".into(),
             netns_cookie: 0,
         };
-        match netdev::netns_cookie(Some(Path::new(&rec.netns))) {
-            Ok(c) => rec.netns_cookie = c,
-            Err(e) => {
-                tracing::warn!(netns = %rec.netns, error = %e, "no netns cookie; the pod's sockets are not load-balanced")
-            }
+        // The path must be a network namespace, and not the node's own.
+        rec.netns_cookie = netdev::netns_cookie(Some(Path::new(&rec.netns)))
+            .with_context(|| format!("netns {}: not a network namespace", rec.netns))?;
+        if netdev::netns_cookie(None).is_ok_and(|own| own == rec.netns_cookie) {
+            bail!("netns {}: the node's own network namespace, not a pod's", rec.netns);
         }
         // Identity and policy for the pod go in before its programs are attached, so its
         // first packet already meets its policy.

@@ -82,12 +82,7 @@ fn parse_proto(s: &str) -> Result<u8, Status> {
 
 fn owner(r: Option<&AttachmentRef>) -> Result<Owner, Status> {
     let r = r.ok_or_else(|| Status::invalid_argument("attachment is required"))?;
-    if r.container_id.is_empty() {
-        return Err(Status::invalid_argument("attachment.container_id is empty"));
-    }
-    if r.ifname.is_empty() {
-        return Err(Status::invalid_argument("attachment.ifname is empty"));
-    }
+    super::validate::attachment(&r.container_id, &r.ifname).map_err(Status::invalid_argument)?;
     Ok(Owner {
         container_id: r.container_id.clone(),
         ifname: r.ifname.clone(),
@@ -154,7 +149,12 @@ impl moat_api::Agent for AgentService {
                 return;
             }
             loop {
-                match live.recv().await {
+                // The client going away ends the stream at once, not at the next event.
+                let next = tokio::select! {
+                    () = tx.closed() => return,
+                    next = live.recv() => next,
+                };
+                match next {
                     Ok(f) if matches(&f, &r) => {
                         if tx.send(Ok(f)).await.is_err() {
                             return;
@@ -347,8 +347,26 @@ impl moat_api::Agent for AgentService {
             .ipv4
             .parse()
             .map_err(|_| Status::invalid_argument(format!("ipv4 {:?} is not an IPv4 address", r.ipv4)))?;
-        if r.host_ifname.is_empty() {
-            return Err(Status::invalid_argument("host_ifname is empty"));
+        super::validate::host_ifname(&owner.container_id, &owner.ifname, &r.host_ifname)
+            .map_err(Status::invalid_argument)?;
+        super::validate::pod_ref(&r.pod_namespace, &r.pod_name, &r.pod_uid).map_err(Status::invalid_argument)?;
+        if crate::kernel::netdev::parse_mac(&r.pod_mac).is_none() {
+            return Err(Status::invalid_argument(format!(
+                "pod_mac {:?} is not a MAC address",
+                r.pod_mac
+            )));
+        }
+        if !matches!(r.ipam.as_str(), "" | "agent" | "delegated") {
+            return Err(Status::invalid_argument(format!(
+                "ipam {:?}: expected agent or delegated",
+                r.ipam
+            )));
+        }
+        if !r.netns.starts_with('/') {
+            return Err(Status::invalid_argument(format!(
+                "netns {:?} is not an absolute path",
+                r.netns
+            )));
         }
         let new = NewEndpoint {
             owner,

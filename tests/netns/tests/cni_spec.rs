@@ -369,6 +369,8 @@ fn delegated_host_local_ipam() {
     let subnet = format!("10.250.{}.0/24", std::process::id() % 250);
     let node = Node::start_with(NodeOpts {
         conf_extra: json!({"ipam": {"type": "host-local", "dataDir": dir, "ranges": [[{"subnet": subnet}]]}}),
+        // Addresses outside --pod-cidr are refused unless the range is allowed.
+        agent_args: vec!["--delegated-ipam-range", Box::leak(subnet.clone().into_boxed_str())],
         ..NodeOpts::default()
     });
     let a = node.add_pod("default", "hl-a");
