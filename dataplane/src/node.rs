@@ -16,7 +16,7 @@ use crate::endpoint::{EndpointRecord, NewEndpoint};
 use crate::ipam::{Cidr, Ipam, Owner};
 use crate::kernel::datapath::{Datapath, MapSizes};
 use crate::kernel::netdev;
-use crate::persist::{read_json, write_json};
+use crate::persist::{read_json_recovering, write_json};
 use crate::policy::{DoesNotFit, Enforcer, Settings};
 use crate::services::LoadBalancer;
 use crate::source::Snapshot;
@@ -43,10 +43,39 @@ pub struct NodeConfig {
     pub delegated_ranges: Vec<Cidr>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct EndpointFile {
+/// Endpoints and leases, in one file so they never disagree after a crash.
+#[derive(Debug, Default, Deserialize)]
+struct NodeState {
     next_id: u32,
     endpoints: Vec<EndpointRecord>,
+    ipam: Option<Ipam>,
+}
+
+/// `NodeState` as written (borrowed: no copy of the records per write).
+#[derive(Serialize)]
+struct NodeStateRef<'a> {
+    next_id: u32,
+    endpoints: Vec<&'a EndpointRecord>,
+    ipam: &'a Ipam,
+}
+
+/// Reads the node state, recovering a corrupt or deleted file from its previous
+/// version; state written by older agents (two files) is read once and migrated.
+fn read_node_state(data_dir: &Path) -> anyhow::Result<NodeState> {
+    if let Some(s) = read_json_recovering::<NodeState>(&data_dir.join(STATE_FILE))? {
+        return Ok(s);
+    }
+    #[derive(Default, Deserialize)]
+    struct LegacyEndpoints {
+        next_id: u32,
+        endpoints: Vec<EndpointRecord>,
+    }
+    let legacy: LegacyEndpoints = read_json_recovering(&data_dir.join(LEGACY_ENDPOINTS_FILE))?.unwrap_or_default();
+    Ok(NodeState {
+        next_id: legacy.next_id,
+        endpoints: legacy.endpoints,
+        ipam: read_json_recovering(&data_dir.join(LEGACY_IPAM_FILE))?,
+    })
 }
 
 pub struct Node {
@@ -74,8 +103,9 @@ const GC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 /// How often policy and services are re-synced without a change of desired state.
 const RESYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
-const ENDPOINTS_FILE: &str = "endpoints.json";
-const IPAM_FILE: &str = "ipam.json";
+const STATE_FILE: &str = "node-state.json";
+const LEGACY_ENDPOINTS_FILE: &str = "endpoints.json";
+const LEGACY_IPAM_FILE: &str = "ipam.json";
 
 impl Node {
     /// Loads persisted state and the datapath, then reconciles them.
@@ -86,20 +116,16 @@ impl Node {
     pub fn open(cfg: NodeConfig, state: Snapshot) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
-        let ipam: Ipam = match read_json(&cfg.data_dir.join(IPAM_FILE))? {
-            Some(ipam) => ipam,
-            None => Ipam::new(cfg.pod_cidr),
-        };
-        let ipam: Ipam = ipam;
+        let file = read_node_state(&cfg.data_dir)?;
+        let ipam = file.ipam.unwrap_or_else(|| Ipam::new(cfg.pod_cidr));
         if ipam.cidr() != cfg.pod_cidr {
             bail!(
                 "{}: leases were made from pod CIDR {} but --pod-cidr is {}; release them or keep the CIDR",
-                cfg.data_dir.join(IPAM_FILE).display(),
+                cfg.data_dir.join(STATE_FILE).display(),
                 ipam.cidr(),
                 cfg.pod_cidr
             );
         }
-        let file: EndpointFile = read_json(&cfg.data_dir.join(ENDPOINTS_FILE))?.unwrap_or_default();
         let datapath = Datapath::load_sized(&cfg.pin_dir, cfg.map_sizes).context("loading the eBPF datapath")?;
         let (policy_cap, _) = datapath.capacity();
         if policy_cap != cfg.map_sizes.policy as usize {
@@ -302,8 +328,11 @@ impl Node {
                     "ready".to_string()
                 }
                 Err(err) => {
+                    // Never leave a pod's veth up without its programs: remove it (the
+                    // pod loses its network, and its runtime re-creates it).
                     self.datapath.remove_endpoint(rec.ipv4);
                     self.datapath.detach(&rec.host_ifname);
+                    delete_orphan(&rec.host_ifname);
                     format!("not attached: {err:#}")
                 }
             };
@@ -318,7 +347,9 @@ impl Node {
             .collect();
         for ifname in self.datapath.pinned_interfaces() {
             if !live_ifs.contains(&ifname) {
-                tracing::info!(%ifname, "removing links of an interface no endpoint owns");
+                // Moat attached to it, but no record says whose it is (state lost or
+                // rolled back): detaching alone would leave the pod open.
+                delete_orphan(&ifname);
                 self.datapath.detach(&ifname);
             }
         }
@@ -362,12 +393,16 @@ impl Node {
     }
 
     fn persist(&self) -> anyhow::Result<()> {
-        let file = EndpointFile {
+        let state = NodeStateRef {
             next_id: self.next_id,
-            endpoints: self.endpoints.values().cloned().collect(),
+            endpoints: self.endpoints.values().collect(),
+            ipam: &self.ipam,
         };
-        write_json(&self.cfg.data_dir.join(ENDPOINTS_FILE), &file)?;
-        write_json(&self.cfg.data_dir.join(IPAM_FILE), &self.ipam)
+        write_json(&self.cfg.data_dir.join(STATE_FILE), &state)?;
+        for legacy in [LEGACY_ENDPOINTS_FILE, LEGACY_IPAM_FILE] {
+            let _ = std::fs::remove_file(self.cfg.data_dir.join(legacy));
+        }
+        Ok(())
     }
 
     /// # Errors
@@ -615,6 +650,16 @@ impl Node {
 
 /// Whether the endpoint's host veth no longer exists (only "no such device" counts: any
 /// other error keeps the endpoint).
+/// Deletes a host veth that no endpoint record owns, so its pod is cut off rather than
+/// left without policy.
+fn delete_orphan(ifname: &str) {
+    match netdev::delete_link(ifname) {
+        Ok(true) => tracing::warn!(%ifname, "deleted an orphaned pod interface (no endpoint owns it)"),
+        Ok(false) => {}
+        Err(e) => tracing::error!(%ifname, error = %e, "could not delete an orphaned pod interface"),
+    }
+}
+
 fn host_veth_gone(e: &EndpointRecord) -> bool {
     matches!(netdev::ifindex(&e.host_ifname), Err(err) if err.raw_os_error() == Some(libc::ENODEV) || err.kind() == std::io::ErrorKind::NotFound)
 }

@@ -25,6 +25,19 @@ pub fn ifindex(name: &str) -> io::Result<u32> {
     link(name).map(|(index, _)| index)
 }
 
+/// Deletes the interface `name` (a veth goes with its peer). `Ok(false)`: none existed.
+///
+/// # Errors
+/// Netlink errors other than "no such device".
+pub fn delete_link(name: &str) -> io::Result<bool> {
+    moat_netlink::Netlink::open()
+        .and_then(|mut nl| nl.delete_link(name))
+        .map_err(|e| match e.errno() {
+            Some(errno) => io::Error::from_raw_os_error(errno),
+            None => io::Error::other(e.to_string()),
+        })
+}
+
 /// MAC address of `name` in the current network namespace.
 ///
 /// # Errors

@@ -548,10 +548,10 @@ impl Node {
     /// The leases the agent persisted.
     #[must_use]
     pub fn persisted_leases(&self) -> usize {
-        let text = std::fs::read_to_string(self.dir.join("data/ipam.json")).unwrap_or_default();
+        let text = std::fs::read_to_string(self.dir.join("data/node-state.json")).unwrap_or_default();
         serde_json::from_str::<Value>(&text)
             .ok()
-            .and_then(|v| v["leases"].as_object().map(serde_json::Map::len))
+            .and_then(|v| v["ipam"]["leases"].as_object().map(serde_json::Map::len))
             .unwrap_or(0)
     }
 }
@@ -564,7 +564,7 @@ impl Drop for Node {
         }
         if self.node_ns.is_none() {
             // Host veths live in the root netns here: remove any a failed test left.
-            let text = std::fs::read_to_string(self.dir.join("data/endpoints.json")).unwrap_or_default();
+            let text = std::fs::read_to_string(self.dir.join("data/node-state.json")).unwrap_or_default();
             let eps = serde_json::from_str::<Value>(&text).unwrap_or_default();
             for ep in eps["endpoints"].as_array().into_iter().flatten() {
                 if let Some(ifname) = ep["host_ifname"].as_str() {
