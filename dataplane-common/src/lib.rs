@@ -301,6 +301,39 @@ pub struct FragPorts {
     pub dport: u16,
 }
 
+/// Drops per (pod veth, reason): exact packet counts, and the per-second budget of drop
+/// events (a flood from one pod is counted in full but reported only a few times a
+/// second, so it cannot starve the agent or other pods' events).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DropKey {
+    /// The pod veth's ifindex (the source pod on `from_container`, the destination on
+    /// `to_container`).
+    pub ifindex: u32,
+    pub reason: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<DropKey>() == 8);
+
+/// Per-CPU value of `DropKey` (summed over CPUs by readers).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropCount {
+    pub packets: u64,
+    /// Start of the current one-second event window (ns) and events sent in it.
+    pub window_start: u64,
+    pub events: u64,
+    /// Drops counted but not reported as events.
+    pub suppressed: u64,
+}
+
+/// Drop events per (pod, reason) per second and CPU; the rest are only counted.
+pub const DROP_EVENTS_PER_SEC: u64 = 50;
+/// (pod, reason) pairs tracked (LRU).
+pub const MAX_DROP_KEYS: u32 = 16_384;
+/// Pinned name of the drop counters.
+pub const DROPS_MAP: &str = "moat_drops_v1";
+
 /// Datagrams in flight as fragments, node-wide (an LRU: old datagrams are evicted).
 pub const MAX_FRAGS: u32 = 8192;
 
@@ -638,6 +671,12 @@ unsafe impl aya::Pod for IpcacheInfo {}
 #[cfg(feature = "user")]
 // SAFETY: as above.
 unsafe impl aya::Pod for CtKey {}
+#[cfg(feature = "user")]
+// SAFETY: plain-old-data, no padding.
+unsafe impl aya::Pod for DropKey {}
+#[cfg(feature = "user")]
+// SAFETY: plain-old-data, no padding.
+unsafe impl aya::Pod for DropCount {}
 #[cfg(feature = "user")]
 // SAFETY: as above.
 unsafe impl aya::Pod for CtEntry {}

@@ -1,8 +1,8 @@
 //! Flow and drop events to the agent through the `EVENTS` ring buffer.
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use moat_dataplane_common::{metric, verdict, FlowEvent};
+use moat_dataplane_common::{metric, verdict, DropCount, DropKey, FlowEvent, DROP_EVENTS_PER_SEC};
 
-use crate::maps::{count, EVENTS, EVENT_RATE};
+use crate::maps::{count, DROPS, EVENTS, EVENT_RATE};
 
 /// What the program learned about a packet so far; an event is built from it.
 #[derive(Clone, Copy, Default)]
@@ -59,6 +59,45 @@ pub fn emit(m: &Meta, verdict: u8, reason: u32) {
         netns_cookie: 0,
     });
     slot.submit(0);
+}
+
+/// A dropped packet: counted exactly per (pod veth, reason), reported as an event within
+/// that pair's budget of `DROP_EVENTS_PER_SEC` per second and CPU. A flood from one pod
+/// costs the agent a few events a second instead of one per packet.
+#[inline(always)]
+pub fn emit_drop(m: &Meta, reason: u32) {
+    let key = DropKey {
+        ifindex: m.ifindex,
+        reason,
+    };
+    let slot = match DROPS.get_ptr_mut(&key) {
+        Some(p) => p,
+        None => {
+            let _ = DROPS.insert(&key, &DropCount::default(), 0);
+            match DROPS.get_ptr_mut(&key) {
+                Some(p) => p,
+                None => {
+                    emit(m, verdict::DROPPED, reason);
+                    return;
+                }
+            }
+        }
+    };
+    // SAFETY: per-CPU value, no concurrent writer on this CPU.
+    let c = unsafe { &mut *slot };
+    c.packets += 1;
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.wrapping_sub(c.window_start) >= 1_000_000_000 {
+        c.window_start = now;
+        c.events = 0;
+    }
+    if c.events < DROP_EVENTS_PER_SEC {
+        c.events += 1;
+        emit(m, verdict::DROPPED, reason);
+    } else {
+        c.suppressed += 1;
+    }
 }
 
 /// One event of the per-CPU budget of `per_sec` per second (allowed flows, translations).

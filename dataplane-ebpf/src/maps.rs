@@ -1,12 +1,12 @@
 //! Every map the datapath uses. User space (`dataplane/src/datapath.rs`) owns their contents.
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::LpmTrie, Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{lpm_trie::LpmTrie, Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use moat_dataplane_common::{
-    metric, AffinityKey, AffinityValue, Backend4, Config, CtEntry, CtKey, EndpointInfo, FragKey, FragPorts,
-    IpcacheInfo, MaglevKey, NatKey, NatValue, PolicyKey, PolicyValue, ServiceKey, ServiceValue, SockRevKey,
-    SockRevValue, EVENTS_BYTES, MAX_AFFINITY, MAX_BACKENDS, MAX_CT_ENTRIES, MAX_ENDPOINTS, MAX_FRAGS,
+    metric, AffinityKey, AffinityValue, Backend4, Config, CtEntry, CtKey, DropCount, DropKey, EndpointInfo, FragKey,
+    FragPorts, IpcacheInfo, MaglevKey, NatKey, NatValue, PolicyKey, PolicyValue, ServiceKey, ServiceValue, SockRevKey,
+    SockRevValue, EVENTS_BYTES, MAX_AFFINITY, MAX_BACKENDS, MAX_CT_ENTRIES, MAX_DROP_KEYS, MAX_ENDPOINTS, MAX_FRAGS,
     MAX_IPCACHE_ENTRIES, MAX_MAGLEV_ENTRIES, MAX_NAT_ENTRIES, MAX_POLICY_ENTRIES, MAX_SERVICE_ENTRIES, MAX_SOCK_REVNAT,
 };
 
@@ -35,6 +35,10 @@ pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(MAX_CT_ENTRIES, 0
 /// Fragmented datagrams: the first fragment's ports, for the fragments that follow.
 #[map(name = "moat_frag4_v1")]
 pub static FRAGS: LruHashMap<FragKey, FragPorts> = LruHashMap::pinned(MAX_FRAGS, 0);
+
+/// Drops per (pod veth, reason): exact counts and the drop-event budget.
+#[map(name = "moat_drops_v1")]
+pub static DROPS: LruPerCpuHashMap<DropKey, DropCount> = LruPerCpuHashMap::pinned(MAX_DROP_KEYS, 0);
 
 /// Flow and drop events for the agent.
 #[map(name = "moat_events_v1")]

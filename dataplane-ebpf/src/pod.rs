@@ -13,11 +13,11 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use moat_dataplane_common::{hook, metric, verdict};
+use moat_dataplane_common::{hook, metric};
 
 use crate::{
     conntrack::track,
-    events::{emit, Meta},
+    events::{emit_drop, Meta},
     maps::{count, ENDPOINTS},
     nodeport::Dnat,
     packet::{parse_ipv4, ptr_at, EthHdr, ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPV4_CSUM_OFF, IPV4_TTL_OFF},
@@ -36,11 +36,12 @@ pub fn from_container(ctx: TcContext) -> i32 {
     }
 }
 
-/// Counts and reports a drop. Every dropped packet produces an event.
+/// Counts and reports a drop (events per pod and reason are rate-limited; counts are
+/// exact).
 #[inline(always)]
 fn drop_packet(m: &Meta, reason: u32) -> i32 {
     count(reason);
-    emit(m, verdict::DROPPED, reason);
+    emit_drop(m, reason);
     TC_ACT_SHOT
 }
 
@@ -97,7 +98,7 @@ fn try_from_container(ctx: &TcContext, m: &mut Meta) -> Result<i32, u32> {
     // socket bypassed it): per-packet DNAT to a backend, before policy sees the flow. A
     // service without backends is answered with ICMP port unreachable.
     if let Dnat::NoBackend = crate::nodeport::service_dnat(ctx, m)? {
-        emit(m, verdict::DROPPED, metric::DROP_NO_SERVICE_BACKEND);
+        emit_drop(m, metric::DROP_NO_SERVICE_BACKEND);
         return crate::reject::port_unreachable(ctx, m.ifindex);
     }
 

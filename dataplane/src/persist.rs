@@ -131,7 +131,10 @@ mod tests {
         write_json(&p, &vec![1u32, 2]).unwrap();
         std::fs::write(&p, b"{garbage").unwrap();
         assert_eq!(read_json_recovering::<Vec<u32>>(&p).unwrap(), Some(vec![1]));
-        assert!(dir.join("state.json.corrupt").exists(), "the corrupt file is kept aside");
+        assert!(
+            dir.join("state.json.corrupt").exists(),
+            "the corrupt file is kept aside"
+        );
         write_json(&p, &vec![3u32]).unwrap();
         write_json(&p, &vec![4u32]).unwrap();
         std::fs::remove_file(&p).unwrap();

@@ -268,20 +268,25 @@ impl moat_api::Agent for AgentService {
                 count,
             })
             .collect();
+        // Exact kernel counts per pod veth (events are rate-limited; counts are not).
+        let view = self.node.view();
         let by_pod = self
-            .flows
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .drops_by_pod()
-            .iter()
-            .map(|((pod, code), count)| DropCount {
-                reason: metric_name(*code)
+            .stats
+            .as_ref()
+            .map(Stats::drops)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, count, _)| DropCount {
+                reason: metric_name(k.reason)
                     .unwrap_or("unknown")
                     .trim_start_matches("drop_")
                     .into(),
-                code: *code,
-                pod: pod.clone(),
-                count: *count,
+                code: k.reason,
+                pod: view.endpoints.iter().find(|e| e.host_ifindex == k.ifindex).map_or_else(
+                    || format!("ifindex {}", k.ifindex),
+                    |e| format!("{}/{}", e.pod_namespace, e.pod_name),
+                ),
+                count,
             })
             .collect();
         Ok(Response::new(DropsReply { by_reason, by_pod }))

@@ -1,7 +1,7 @@
 //! The flow store: reads `FlowEvent`s from the ring buffer, names their endpoints,
 //! identities and policy, keeps the most recent ones and fans them out to followers
 //! (`moatctl observe --follow`). Drop counts per pod are kept here too.
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,8 +21,6 @@ const RECENT: usize = 8192;
 pub struct FlowStore {
     recent: VecDeque<Flow>,
     pub tx: broadcast::Sender<Flow>,
-    /// ("ns/name", reason) → count, for drops whose source or destination is a local pod.
-    drops_by_pod: BTreeMap<(String, u32), u64>,
 }
 
 impl Default for FlowStore {
@@ -30,23 +28,12 @@ impl Default for FlowStore {
         Self {
             recent: VecDeque::with_capacity(RECENT),
             tx: broadcast::channel(4096).0,
-            drops_by_pod: BTreeMap::new(),
         }
     }
 }
 
 impl FlowStore {
     fn push(&mut self, f: Flow) {
-        if f.verdict == "DROPPED" {
-            for p in [&f.source, &f.destination].into_iter().flatten() {
-                if !p.pod.is_empty() {
-                    *self
-                        .drops_by_pod
-                        .entry((format!("{}/{}", p.namespace, p.pod), f.drop_reason))
-                        .or_insert(0) += 1;
-                }
-            }
-        }
         if self.recent.len() == RECENT {
             self.recent.pop_front();
         }
@@ -56,11 +43,6 @@ impl FlowStore {
 
     pub fn recent(&self) -> impl DoubleEndedIterator<Item = &Flow> {
         self.recent.iter()
-    }
-
-    #[must_use]
-    pub fn drops_by_pod(&self) -> &BTreeMap<(String, u32), u64> {
-        &self.drops_by_pod
     }
 }
 

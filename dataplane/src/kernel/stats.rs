@@ -3,14 +3,15 @@
 //! owner, so they answer while the owner is busy.
 use std::path::Path;
 
-use aya::maps::{HashMap, Map, MapData, PerCpuArray};
-use moat_dataplane_common::{metric, metric_name, CtEntry, CtKey, CT_MAP, METRICS_MAP};
+use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
+use moat_dataplane_common::{metric, metric_name, CtEntry, CtKey, DropCount, DropKey, CT_MAP, DROPS_MAP, METRICS_MAP};
 
 use super::datapath::DatapathError;
 
 pub struct Stats {
     metrics: PerCpuArray<MapData, u64>,
     ct: HashMap<MapData, CtKey, CtEntry>,
+    drops: PerCpuHashMap<MapData, DropKey, DropCount>,
 }
 
 fn open(pin_dir: &Path, name: &'static str) -> Result<MapData, DatapathError> {
@@ -39,6 +40,9 @@ impl Stats {
             ct: Map::from_map_data(open(pin_dir, CT_MAP)?)
                 .and_then(HashMap::try_from)
                 .map_err(err(CT_MAP))?,
+            drops: Map::from_map_data(open(pin_dir, DROPS_MAP)?)
+                .and_then(PerCpuHashMap::try_from)
+                .map_err(err(DROPS_MAP))?,
         })
     }
 
@@ -52,6 +56,22 @@ impl Stats {
     #[must_use]
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
         named(counter_slots(&self.metrics))
+    }
+
+    /// Exact drops per (pod veth ifindex, reason): (packets, not reported as events).
+    #[must_use]
+    pub fn drops(&self) -> Vec<(DropKey, u64, u64)> {
+        let mut out: Vec<(DropKey, u64, u64)> = self
+            .drops
+            .iter()
+            .flatten()
+            .map(|(k, per_cpu)| {
+                let sum = |f: fn(&DropCount) -> u64| per_cpu.iter().map(f).sum::<u64>();
+                (k, sum(|c| c.packets), sum(|c| c.suppressed))
+            })
+            .collect();
+        out.sort_by_key(|(k, ..)| (k.ifindex, k.reason));
+        out
     }
 
     /// Tracked flows (the LRU map changes while it is read).

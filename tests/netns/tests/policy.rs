@@ -213,14 +213,15 @@ fn removing_an_allow_cuts_the_established_flow_and_observe_says_why() {
     assert!(explain.to_lowercase().contains("denied"), "{explain}");
     assert!(explain.contains("shop/db-from-web"), "{explain}");
 
-    // Drops by reason and by pod.
+    // Drops by reason and by pod (the pod whose interface dropped it: web's, where a
+    // packet to a local pod meets that pod's ingress policy).
     let drops = drops_with_reason(&node, 133);
     assert!(
         drops["byPod"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|d| d["pod"] == "shop/db" && d["code"] == 133),
+            .any(|d| d["pod"] == "shop/web" && d["code"] == 133),
         "{drops}"
     );
     let table = node.moatctl(&["drops"]);

@@ -87,7 +87,11 @@ fn lost_state_deletes_orphaned_veths_instead_of_opening_them() {
         tcp_echo(&web.path(), db.ip, 9000, b"x").is_err(),
         "db is still unreachable after the restart"
     );
-    assert!(node.host_veths().is_empty(), "orphaned veths deleted: {:?}", node.host_veths());
+    assert!(
+        node.host_veths().is_empty(),
+        "orphaned veths deleted: {:?}",
+        node.host_veths()
+    );
     assert!(node.agent_log().contains("deleted an orphaned pod interface"));
     let eps: Value = serde_json::from_str(&node.moatctl(&["endpoints", "-o", "json"])).unwrap();
     assert_eq!(eps.as_array().unwrap().len(), 0);
@@ -97,7 +101,10 @@ fn lost_state_deletes_orphaned_veths_instead_of_opening_them() {
     let _srv2 = EchoServer::start(&db2.path(), 9000);
     node.remove_pod_netns(&web);
     let web2 = node.add_pod("shop", "web");
-    assert!(tcp_echo(&web2.path(), db2.ip, 9000, b"x").is_err(), "the new db is isolated");
+    assert!(
+        tcp_echo(&web2.path(), db2.ip, 9000, b"x").is_err(),
+        "the new db is isolated"
+    );
     assert_eq!(
         tcp_echo(&node.node_netns_path(), db2.ip, 9000, b"probe").unwrap(),
         b"probe",
@@ -120,12 +127,26 @@ fn a_corrupt_state_file_is_recovered_from_its_previous_version() {
     let data = node.dir.join("data");
     std::fs::write(data.join("node-state.json"), b"{\"next_id\": 3, \"endpoints\": [tru").unwrap();
     node.start_agent();
-    assert!(node.agent_log().contains("state file is corrupt"), "{}", node.agent_log());
-    assert!(data.join("node-state.json.corrupt").exists(), "kept aside for inspection");
+    assert!(
+        node.agent_log().contains("state file is corrupt"),
+        "{}",
+        node.agent_log()
+    );
+    assert!(
+        data.join("node-state.json.corrupt").exists(),
+        "kept aside for inspection"
+    );
     let eps: Value = serde_json::from_str(&node.moatctl(&["endpoints", "-o", "json"])).unwrap();
     let ready = eps.as_array().unwrap().iter().filter(|e| e["state"] == "ready").count();
     assert_eq!(ready, 2, "both endpoints re-adopted: {eps}");
-    assert!(tcp_echo(&web.path(), db.ip, 9000, b"x").is_err(), "db still admits nobody");
-    assert_eq!(tcp_echo(&db.path(), web.ip, 9000, b"ok").unwrap(), b"ok", "web still open");
+    assert!(
+        tcp_echo(&web.path(), db.ip, 9000, b"x").is_err(),
+        "db still admits nobody"
+    );
+    assert_eq!(
+        tcp_echo(&db.path(), web.ip, 9000, b"ok").unwrap(),
+        b"ok",
+        "web still open"
+    );
     assert_eq!(node.host_veths().len(), 2, "no veth deleted");
 }
