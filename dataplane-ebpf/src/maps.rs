@@ -64,6 +64,11 @@ pub static BACKENDS: HashMap<u32, Backend4> = HashMap::pinned(MAX_BACKENDS, 0);
 #[map(name = "moat_sknat_v1")]
 pub static SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> = LruHashMap::pinned(MAX_SOCK_REVNAT, 0);
 
+/// Socket cookie → its `SOCK_REVNAT` key, so the entry goes when the socket is released
+/// (one socket's churn must not evict other pods' entries from the shared LRU).
+#[map(name = "moat_skkeys_v1")]
+pub static SOCK_KEYS: LruHashMap<u64, SockRevKey> = LruHashMap::pinned(MAX_SOCK_REVNAT, 0);
+
 /// Network namespace cookies the socket load balancer serves: the node's and its pods'.
 /// Sockets elsewhere (another node's namespaces on a shared host, a test's "outside")
 /// are left alone, as they would be on a different machine.

@@ -6,13 +6,13 @@
 //! applies to the backend's identity like to any pod-to-pod flow.
 use aya_ebpf::{
     helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns},
-    macros::cgroup_sock_addr,
-    programs::SockAddrContext,
+    macros::{cgroup_sock, cgroup_sock_addr},
+    programs::{SockAddrContext, SockContext},
     EbpfContext as _,
 };
 use moat_dataplane_common::{hook, metric, verdict, FlowEvent, ServiceKey, SockRevKey, SockRevValue};
 
-use crate::maps::{count, BACKENDS, SERVICES, SOCK_LB_NETNS, SOCK_REVNAT};
+use crate::maps::{count, BACKENDS, SERVICES, SOCK_KEYS, SOCK_LB_NETNS, SOCK_REVNAT};
 use crate::select;
 
 const ALLOW: i32 = 1;
@@ -38,6 +38,19 @@ pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername4)]
 pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
     reverse(&ctx);
+    ALLOW
+}
+
+/// A socket is gone: its reverse translation goes with it.
+#[cgroup_sock(sock_release)]
+pub fn sock_release(ctx: SockContext) -> i32 {
+    // SAFETY: plain helper call on the hook's context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: copied out at once.
+    if let Some(key) = unsafe { SOCK_KEYS.get(&cookie) }.copied() {
+        let _ = SOCK_REVNAT.remove(&key);
+        let _ = SOCK_KEYS.remove(&cookie);
+    }
     ALLOW
 }
 
@@ -92,16 +105,20 @@ fn translate(ctx: &SockAddrContext) -> i32 {
     if proto == IPPROTO_UDP || be.addr != addr || be.port != port {
         // SAFETY: plain helper call on the hook's context.
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-        let _ = SOCK_REVNAT.insert(
-            &SockRevKey {
-                cookie,
-                addr: be.addr,
-                port: be.port,
-                _pad: 0,
-            },
-            &SockRevValue { addr, port, _pad: 0 },
-            0,
-        );
+        let key = SockRevKey {
+            cookie,
+            addr: be.addr,
+            port: be.port,
+            _pad: 0,
+        };
+        if SOCK_REVNAT
+            .insert(&key, &SockRevValue { addr, port, _pad: 0 }, 0)
+            .is_ok()
+        {
+            // A UDP socket sending to several services keeps only its latest key here;
+            // its older entries age out of the LRU.
+            let _ = SOCK_KEYS.insert(&cookie, &key, 0);
+        }
     }
     // SAFETY: writable fields in connect4/sendmsg4.
     unsafe {

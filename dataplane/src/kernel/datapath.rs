@@ -13,7 +13,9 @@ use aya::maps::{Array, HashMap, IterableMap as _, MapData, PerCpuArray, RingBuf}
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::xdp::XdpLink;
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode};
+use aya::programs::{
+    CgroupAttachMode, CgroupSock, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+};
 use aya::sys::SyscallError;
 use aya::{Ebpf, EbpfLoader};
 use moat_dataplane_common::{
@@ -31,6 +33,8 @@ const NODE_PROGRAM: &str = "node_ingress";
 
 /// The socket load balancer's cgroup programs (attached at the cgroup root).
 const SOCK_PROGRAMS: [&str; 4] = ["sock_connect4", "sock_sendmsg4", "sock_recvmsg4", "sock_getpeername4"];
+/// The cgroup `sock_release` hook: drops a closed socket's reverse translation.
+const SOCK_RELEASE: &str = "sock_release";
 
 /// (program, hook, pin suffix) for each pod-facing program.
 const POD_PROGRAMS: [(&str, TcAttachType, &str); 2] = [
@@ -183,6 +187,12 @@ impl Datapath {
                     source: Box::new(source),
                 })?;
         }
+        release_program(&mut ebpf)?
+            .load()
+            .map_err(|source| DatapathError::Program {
+                name: SOCK_RELEASE,
+                source: Box::new(source),
+            })?;
         let endpoints =
             HashMap::try_from(take_map(&mut ebpf, ENDPOINTS_MAP)?).map_err(|source| DatapathError::Map {
                 name: ENDPOINTS_MAP,
@@ -364,16 +374,37 @@ impl Datapath {
                 .map_err(|e| attach_err(Box::new(e)))?
                 .try_into()
                 .map_err(|e: LinkError| attach_err(Box::new(e)))?;
-            let pin = self.sock_dir().join(name);
-            // bpffs refuses dots in names.
-            let fresh = self.sock_dir().join(format!("{name}_new"));
-            let _ = std::fs::remove_file(&fresh);
-            link.pin(&fresh).map_err(|e| attach_err(Box::new(e)))?;
-            if let Ok(old) = PinnedLink::from_pin(&pin) {
-                let _ = old.unpin();
-            }
-            std::fs::rename(&fresh, &pin).map_err(|source| DatapathError::Pin { path: pin, source })?;
+            self.pin_sock_link(name, link).map_err(attach_err)?;
         }
+        let attach_err = |source: Box<dyn std::error::Error + Send + Sync>| DatapathError::Attach {
+            program: SOCK_RELEASE,
+            ifname: cgroup.display().to_string(),
+            source,
+        };
+        let prog = release_program(&mut self.ebpf)?;
+        let id = prog
+            .attach(&dir, CgroupAttachMode::Single)
+            .map_err(|e| attach_err(Box::new(e)))?;
+        let link: FdLink = prog
+            .take_link(id)
+            .map_err(|e| attach_err(Box::new(e)))?
+            .try_into()
+            .map_err(|e: LinkError| attach_err(Box::new(e)))?;
+        self.pin_sock_link(SOCK_RELEASE, link).map_err(attach_err)
+    }
+
+    /// Pins a socket load balancer link under `name`, replacing an earlier agent's only
+    /// once the new one is in place.
+    fn pin_sock_link(&self, name: &str, link: FdLink) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let pin = self.sock_dir().join(name);
+        // bpffs refuses dots in names.
+        let fresh = self.sock_dir().join(format!("{name}_new"));
+        let _ = std::fs::remove_file(&fresh);
+        link.pin(&fresh)?;
+        if let Ok(old) = PinnedLink::from_pin(&pin) {
+            let _ = old.unpin();
+        }
+        std::fs::rename(&fresh, &pin)?;
         Ok(())
     }
 
@@ -449,7 +480,7 @@ impl Datapath {
 
     /// Removes the socket load balancer's cgroup links (`--socket-lb=false`).
     pub fn detach_socket_lb(&mut self) {
-        for name in SOCK_PROGRAMS {
+        for name in SOCK_PROGRAMS.into_iter().chain([SOCK_RELEASE]) {
             let pin = self.sock_dir().join(name);
             if let Ok(link) = PinnedLink::from_pin(&pin) {
                 let _ = link.unpin();
@@ -641,6 +672,17 @@ fn sock_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Cg
     })?;
     prog.try_into().map_err(|source| DatapathError::Program {
         name,
+        source: Box::new(source),
+    })
+}
+
+fn release_program(ebpf: &mut Ebpf) -> Result<&mut CgroupSock, DatapathError> {
+    let prog = ebpf.program_mut(SOCK_RELEASE).ok_or_else(|| DatapathError::Program {
+        name: SOCK_RELEASE,
+        source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
+    })?;
+    prog.try_into().map_err(|source| DatapathError::Program {
+        name: SOCK_RELEASE,
         source: Box::new(source),
     })
 }

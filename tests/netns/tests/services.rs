@@ -156,6 +156,25 @@ fn udp_request_response_comes_back_from_the_service_address() {
     assert!(names.len() >= 2, "datagrams spread over backends: {names:?}");
 }
 
+/// A socket's reverse translation (kept so getpeername and UDP replies show the service
+/// address) goes when the socket is closed. Before, entries stayed until the shared LRU
+/// evicted them, so one pod's connect loop pushed out other pods' live entries.
+#[test]
+fn closed_sockets_leave_no_reverse_translation_behind() {
+    root_or_skip!();
+    let s = setup(&service("web", vip(29), ""));
+    let hits = spread(&s, vip(29), 200);
+    assert_eq!(hits.values().sum::<usize>(), 200);
+    for _ in 0..30 {
+        let _ = udp_ask(&s.client.path(), vip(29), 53).expect("UDP answer through the service");
+    }
+    let left = s.node.pinned_map_len("moat_sknat_v1");
+    assert!(left <= 2, "{left} reverse translations left after 230 closed sockets");
+    // Open sockets keep theirs: a UDP reply still shows the service address.
+    let (_, from) = udp_ask(&s.client.path(), vip(29), 53).unwrap();
+    assert_eq!(from, std::net::SocketAddr::from((vip(29), 53)));
+}
+
 /// A connected UDP socket is translated once; when its backend leaves, the agent
 /// closes it (as Cilium does; kube-proxy flushes UDP conntrack) so the application
 /// reconnects to a live backend instead of sending to the old one forever.
