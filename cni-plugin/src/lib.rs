@@ -41,6 +41,29 @@ pub fn run(var: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Option<
     }
 }
 
+/// The pod address and gateway, checked before anything is wired with them: replies
+/// from the agent or an IPAM plugin are input too.
+fn checked_addresses(ip: &str, gateway: &str) -> Result<(String, String)> {
+    let bad = |what: &str, v: &str| {
+        CniError::new(
+            code::AGENT_ERROR,
+            format!("invalid {what} in the IPAM reply"),
+            format!("{v:?} is not a usable IPv4 address"),
+        )
+    };
+    let addr: std::net::Ipv4Addr = ip.parse().map_err(|_| bad("pod address", ip))?;
+    let gw: std::net::Ipv4Addr = gateway.parse().map_err(|_| bad("gateway", gateway))?;
+    let usable =
+        |a: std::net::Ipv4Addr| !(a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_broadcast());
+    if !usable(addr) || addr == gw {
+        return Err(bad("pod address", ip));
+    }
+    if !usable(gw) {
+        return Err(bad("gateway", gateway));
+    }
+    Ok((addr.to_string(), gw.to_string()))
+}
+
 fn version(stdin: &[u8]) -> Value {
     json!({ "cniVersion": config::sniff_version(stdin), "supportedVersions": SUPPORTED_VERSIONS })
 }
@@ -85,14 +108,27 @@ fn add(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<Value> {
                 .await
                 .map_err(|s| agent::status_error("asking the agent for its status", &s))?;
             let res = delegate::exec(ipam, "ADD", env, &raw(stdin))?;
-            (delegate::first_ipv4(&res)?, st.into_inner().gateway)
+            // From here a failure must give the lease back to the IPAM plugin.
+            match delegate::first_ipv4(&res).and_then(|ip| checked_addresses(&ip, &st.into_inner().gateway)) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    let _ = delegate::exec(ipam, "DEL", env, &raw(stdin));
+                    return Err(e);
+                }
+            }
         } else {
             let lease = client
                 .allocate_ip(att.clone())
                 .await
                 .map_err(|s| agent::status_error("leasing a pod address", &s))?
                 .into_inner();
-            (lease.ipv4, lease.gateway)
+            match checked_addresses(&lease.ipv4, &lease.gateway) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    let _ = client.delete_endpoint(att.clone()).await;
+                    return Err(e);
+                }
+            }
         };
         let release = |client: &mut agent::Client| {
             let att = att.clone();
@@ -323,4 +359,27 @@ fn gc(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_are_checked_before_use() {
+        assert_eq!(
+            checked_addresses("10.1.0.5", "169.254.1.1").unwrap(),
+            ("10.1.0.5".to_string(), "169.254.1.1".to_string())
+        );
+        for (ip, gw) in [
+            ("10.1.0.5; rm -rf /", "169.254.1.1"),
+            ("10.1.0.5", "fe80::1"),
+            ("0.0.0.0", "169.254.1.1"),
+            ("224.0.0.1", "169.254.1.1"),
+            ("169.254.1.1", "169.254.1.1"),
+            ("", ""),
+        ] {
+            assert!(checked_addresses(ip, gw).is_err(), "{ip} {gw}");
+        }
+    }
 }

@@ -490,3 +490,50 @@ fn a_repeated_add_leaves_the_first_attachment_intact() {
         "{again:?}"
     );
 }
+
+/// A delegated IPAM lease is given back when the ADD fails after it was taken: the agent
+/// refuses an address outside its allowed ranges, or the IPAM result has no IPv4 address.
+/// Nothing is left behind (no lease file, no veth).
+#[test]
+fn a_failed_delegated_add_gives_its_lease_back() {
+    root_or_skip!();
+    for (tag, subnet, expect) in [
+        (
+            "-hl-range",
+            format!("10.251.{}.0/24", std::process::id() % 250),
+            "--delegated-ipam-range",
+        ),
+        ("-hl-v6", "fd00:77::/64".to_string(), "no IPv4 address"),
+    ] {
+        let dir = std::env::temp_dir().join(moat_netns_tests::unique(tag));
+        let node = Node::start_with(NodeOpts {
+            conf_extra: json!({"ipam": {"type": "host-local", "dataDir": dir, "ranges": [[{"subnet": subnet}]]}}),
+            ..NodeOpts::default()
+        });
+        let ns = moat_netns_tests::Netns::new(&moat_netns_tests::unique("-hlpod"));
+        let id = format!("{}-refused", node.id);
+        let out = node.cni(
+            &Node::env(
+                "ADD",
+                &id,
+                &ns.path(),
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=p",
+            ),
+            &node.conf().to_string(),
+        );
+        assert!(!out.success, "{subnet}: ADD succeeded: {}", out.stdout);
+        assert!(out.stdout.contains(expect), "{subnet}: {}", out.stdout);
+        let leases = std::fs::read_dir(dir.join("moat-test"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| {
+                        !e.file_name().to_string_lossy().starts_with("last_reserved") && e.file_name() != "lock"
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        assert_eq!(leases, 0, "{subnet}: the lease was given back");
+        assert!(node.host_veths().is_empty(), "{subnet}: no veth left");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
