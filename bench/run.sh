@@ -17,6 +17,9 @@
 #     KUBE-SVC → KUBE-SEP chains), the target being the last service.
 #  7. Service update latency: a service without endpoints gets one; time until the first
 #     connection succeeds — Moat (manifest change) vs iptables-restore of the same rules.
+#  8. Pod churn vs pod-to-pod RR, and CNI ADD+DEL while 10,000 policies recompile.
+#  9. Attach cost per pod: the two pod programs as tcx links vs legacy TC (cls_bpf, what
+#     Moat uses) vs no programs: attach, then delete the veth.
 #
 # Everything lives in namespaces this script creates and removes.
 set -euo pipefail
@@ -30,7 +33,7 @@ CYCLES=${CYCLES:-100}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
 ROUNDS=${ROUNDS:-3}
 RR_COUNT=${RR_COUNT:-20000}
-SECTIONS=${SECTIONS:-12345678}  # e.g. SECTIONS=67 runs only the service benchmarks
+SECTIONS=${SECTIONS:-123456789}  # e.g. SECTIONS=67 runs only the service benchmarks
 want() { [[ $SECTIONS == *$1* ]]; }
 
 ID=moatbench$$
@@ -407,4 +410,9 @@ lp50=$(echo "$loaded" | json '["p50_ms"]'); lp99=$(echo "$loaded" | json '["p99_
 printf '  CNI ADD+DEL idle: p50 %s ms, p99 %s ms;  while recompiling 10,000 policies: p50 %s ms, p99 %s ms\n' "$ip50" "$ip99" "$lp50" "$lp99"
 printf '  ratio loaded/idle: p50 %s, p99 %s (goal p99 <= 2)\n' "$(ratio "$lp50" "$ip50")" "$(ratio "$lp99" "$ip99")"
 rm -f "$RUN/state/big.yaml"
+fi
+if want 9; then
+echo "== 9. Attach cost per pod: tcx links vs legacy TC (cls_bpf) vs no programs (${CYCLES} veths each)"
+mkns $ID-attach
+nsenter --net=/run/netns/$ID-attach "$B/moat-bench-attach" "$CYCLES"
 fi

@@ -62,11 +62,17 @@ fn fill_meta(ctx: &TcContext, m: &mut Meta) -> Result<u8, u32> {
     Ok(flow.ttl)
 }
 
-/// Whether the frame is IPv4 (go on) or ARP (pass untouched); anything else, IPv6
-/// included, is dropped with its own reason: it would skip policy, and until Moat has
+/// Whether the frame is IPv4 (go on) or ARP (pass untouched); anything else, IPv6 and
+/// VLAN-tagged frames included, is dropped with its own reason: it would skip policy, and until Moat has
 /// IPv6 pods there is nothing it may legitimately reach.
 #[inline(always)]
 fn is_ipv4(ctx: &TcContext) -> Result<bool, u32> {
+    // A VLAN tag the stack already took off (it is metadata by now): pods send untagged
+    // frames only, and a tagged one would reach its peer with the tag still attached.
+    // SAFETY: reading a field of the skb the program was given.
+    if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
+        return Err(metric::DROP_UNSUPPORTED_L3);
+    }
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: `ptr_at` checked the header lies inside the packet.
     let proto = unsafe { (*eth).proto };

@@ -359,8 +359,16 @@ impl Node {
             .filter(|e| e.state == "ready")
             .map(|e| e.ipv4)
             .collect();
-        for (ip, _) in self.datapath.endpoint_entries() {
+        for (ip, info) in self.datapath.endpoint_entries() {
             if !live_ips.contains(&ip) {
+                // Attached to (the entry goes in before the filters) but owned by no
+                // record: the pod's veth must not stay without its programs. Only a pod
+                // veth name, and none a live endpoint uses (the index may be reused).
+                if let Some(ifname) = netdev::link_name(info.ifindex) {
+                    if ifname.starts_with("lxc") && !live_ifs.contains(&ifname) {
+                        delete_orphan(&ifname);
+                    }
+                }
                 self.datapath.remove_endpoint(ip);
             }
         }

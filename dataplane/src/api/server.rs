@@ -302,7 +302,7 @@ impl moat_api::Agent for AgentService {
             pod_cidr: view.pod_cidr.clone(),
             gateway: view.gateway.to_string(),
             pin_dir: view.pin_dir.clone(),
-            datapath: "tcx".into(),
+            datapath: "tc".into(),
             endpoints: u32::try_from(view.endpoints.len()).unwrap_or(u32::MAX),
             leases: u32::try_from(view.leases).unwrap_or(u32::MAX),
             uptime_seconds: view.uptime_seconds(),

@@ -25,6 +25,22 @@ pub fn ifindex(name: &str) -> io::Result<u32> {
     link(name).map(|(index, _)| index)
 }
 
+/// The name of the interface with index `ifindex` in the current netns, if any.
+#[must_use]
+pub fn link_name(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has the IF_NAMESIZE bytes if_indextoname may write.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into `buf`.
+    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+        .to_str()
+        .ok()
+        .map(str::to_string)
+}
+
 /// Deletes the interface `name` (a veth goes with its peer). `Ok(false)`: none existed.
 ///
 /// # Errors

@@ -522,16 +522,28 @@ impl Node {
             .unwrap_or(0)
     }
 
-    /// Files under the pin dir's `links/`.
+    /// Moat's pod programs attached in the node's netns, as "ifname/kind" (e.g.
+    /// "lxc0123/clsact/ingress"), from `bpftool net show`: what the kernel really runs.
     #[must_use]
-    pub fn link_pins(&self) -> Vec<String> {
-        std::fs::read_dir(self.pin_dir.join("links"))
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
+    pub fn attachments(&self) -> Vec<String> {
+        let out = sh(self.in_node(Path::new("bpftool")).args(["-j", "net", "show"]));
+        let v: Value = serde_json::from_str(&out).unwrap_or_default();
+        let mut found: Vec<String> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|section| section["tc"].as_array().cloned().unwrap_or_default())
+            .filter(|f| matches!(f["name"].as_str(), Some("from_container" | "to_container")))
+            .map(|f| {
+                format!(
+                    "{}/{}",
+                    f["devname"].as_str().unwrap_or_default(),
+                    f["kind"].as_str().unwrap_or_default()
+                )
             })
-            .unwrap_or_default()
+            .collect();
+        found.sort();
+        found
     }
 
     /// Host-side pod veths (`lxc…`) in the node netns.

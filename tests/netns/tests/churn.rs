@@ -35,10 +35,10 @@ fn two_hundred_add_del_cycles_leave_nothing_behind() {
     assert_eq!(node.persisted_leases(), 1, "only the anchor's lease remains");
     assert_eq!(node.map_entries(), 1, "only the anchor's map entry remains");
     assert_eq!(
-        node.link_pins().len(),
+        node.attachments().len(),
         2,
-        "only the anchor's two link pins remain: {:?}",
-        node.link_pins()
+        "only the anchor's two programs remain attached: {:?}",
+        node.attachments()
     );
     let eps = node.moatctl(&["endpoints", "-o", "json"]);
     assert_eq!(

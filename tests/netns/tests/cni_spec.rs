@@ -279,7 +279,7 @@ fn del_is_idempotent_even_after_the_netns_is_gone() {
     assert!(node.host_veths().is_empty(), "{:?}", node.host_veths());
     assert_eq!(node.persisted_leases(), 0);
     assert_eq!(node.map_entries(), 0);
-    assert!(node.link_pins().is_empty(), "{:?}", node.link_pins());
+    assert!(node.attachments().is_empty(), "{:?}", node.attachments());
     assert!(node.moatctl(&["endpoints", "-o", "json"]).trim() == "[]");
 }
 
@@ -480,7 +480,7 @@ fn a_repeated_add_leaves_the_first_attachment_intact() {
     assert_eq!(first["ipv4"], a.ip.to_string());
     assert_eq!(node.persisted_leases(), 2);
     assert_eq!(node.map_entries(), 2);
-    assert_eq!(node.link_pins().len(), 4, "{:?}", node.link_pins());
+    assert_eq!(node.attachments().len(), 4, "{:?}", node.attachments());
     assert!(
         moat_netns_tests::net::ping(&b.path(), a.ip),
         "the first pod still works"

@@ -80,7 +80,7 @@ fn containerd_containers_reach_each_other_and_clean_up() {
         "leases left after the containers were removed"
     );
     assert_eq!(node.map_entries(), 0);
-    assert!(node.link_pins().is_empty());
+    assert!(node.attachments().is_empty());
     assert!(node.host_veths().is_empty(), "{:?}", node.host_veths());
     assert!(
         node.agent_log().contains("endpoint deleted by CNI DEL"),
@@ -111,7 +111,7 @@ fn assert_all_gone(node: &Node, within: Duration, what: &str) {
     }
     assert_eq!(node.persisted_leases(), 0, "lease left {what}");
     assert_eq!(node.map_entries(), 0, "map entry left {what}");
-    assert!(node.link_pins().is_empty(), "{what}: {:?}", node.link_pins());
+    assert!(node.attachments().is_empty(), "{what}: {:?}", node.attachments());
     assert!(node.host_veths().is_empty(), "{what}: {:?}", node.host_veths());
 }
 

@@ -43,10 +43,10 @@ fn wait_collected(node: &Node, keep: &Pod, within: Duration) {
     assert_eq!(node.persisted_leases(), 1, "the vanished pod's lease was freed");
     assert_eq!(node.map_entries(), 1, "only the live pod's map entry remains");
     assert_eq!(
-        node.link_pins().len(),
+        node.attachments().len(),
         2,
-        "only the live pod's link pins remain: {:?}",
-        node.link_pins()
+        "only the live pod's two programs remain attached: {:?}",
+        node.attachments()
     );
     assert_eq!(node.host_veths().len(), 1, "{:?}", node.host_veths());
     assert!(
