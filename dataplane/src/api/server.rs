@@ -151,7 +151,10 @@ impl moat_api::Agent for AgentService {
             loop {
                 // The client going away ends the stream at once, not at the next event.
                 let next = tokio::select! {
-                    () = tx.closed() => return,
+                    () = tx.closed() => {
+                        tracing::info!("observe stream closed: the client went away");
+                        return;
+                    }
                     next = live.recv() => next,
                 };
                 match next {

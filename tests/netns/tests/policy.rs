@@ -279,6 +279,15 @@ fn observe_filters_and_follow() {
     let line = rx.recv_timeout(Duration::from_secs(5)).expect("a followed drop event");
     let _ = follow.kill();
     let _ = follow.wait();
+    // The agent ends the stream at once, without waiting for another event to send.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !node.agent_log().contains("observe stream closed") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the follow stream outlived its client"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let f: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(f["verdict"], "DROPPED");
     assert_eq!(f["destination"]["namespace"], "ops");
