@@ -155,6 +155,8 @@ pub struct NodeOpts {
     pub manifests: Vec<(&'static str, String)>,
     /// Extra `moat-agent` flags.
     pub agent_args: Vec<&'static str>,
+    /// Run the agent and the plugin with an empty `PATH`: no iproute2, no tools at all.
+    pub bare_path: bool,
 }
 
 impl Default for NodeOpts {
@@ -165,6 +167,7 @@ impl Default for NodeOpts {
             root_netns: false,
             manifests: Vec::new(),
             agent_args: Vec::new(),
+            bare_path: false,
         }
     }
 }
@@ -202,6 +205,7 @@ impl Node {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst) % 200 + 20;
         let dir = std::env::temp_dir().join(format!("moat-test-{id}"));
         std::fs::create_dir_all(dir.join("state")).expect("test dir");
+        std::fs::create_dir_all(dir.join("empty-path")).expect("test dir");
         for (name, content) in &opts.manifests {
             std::fs::write(dir.join("state").join(name), content).expect("write manifest");
         }
@@ -264,14 +268,19 @@ impl Node {
     /// A command that runs `program` in the node's netns.
     #[must_use]
     pub fn in_node(&self, program: &Path) -> Command {
-        match &self.node_ns {
+        let mut c = match &self.node_ns {
             Some(ns) => {
-                let mut c = Command::new("nsenter");
+                // By absolute path: `PATH` may be empty for the program (`bare_path`).
+                let mut c = Command::new(which("nsenter"));
                 c.arg(format!("--net={}", ns.path())).arg(program);
                 c
             }
             None => Command::new(program),
+        };
+        if self.opts.bare_path {
+            c.env("PATH", self.dir.join("empty-path"));
         }
+        c
     }
 
     /// Name of the node netns for `ip -n` (None: the root netns).
@@ -335,21 +344,22 @@ impl Node {
     }
 
     /// Stops the agent we started (SIGTERM to its pid) and waits for it.
-    pub fn stop_agent(&self) {
+    pub fn stop_agent(&self) -> Option<std::process::ExitStatus> {
         let child = locked(&self.agent).take();
         if let Some(mut child) = child {
             // SAFETY: signalling a child we spawned and have not reaped.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
-                if child.try_wait().ok().flatten().is_some() {
-                    return;
+                if let Some(status) = child.try_wait().ok().flatten() {
+                    return Some(status);
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
             let _ = child.kill();
             let _ = child.wait();
         }
+        None
     }
 
     #[must_use]
@@ -380,7 +390,14 @@ impl Node {
     pub fn cni_with(&self, plugin: &Path, env: &[(&str, &str)], stdin: &str) -> CniOut {
         use std::io::Write as _;
         let mut cmd = self.in_node(plugin);
-        cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        cmd.env_clear().env(
+            "PATH",
+            if self.opts.bare_path {
+                self.dir.join("empty-path").into_os_string()
+            } else {
+                "/usr/sbin:/usr/bin:/sbin:/bin".into()
+            },
+        );
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -621,6 +638,17 @@ pub fn result_ip(result: &Value) -> Ipv4Addr {
         .unwrap_or_default()
         .parse()
         .unwrap_or_else(|e| panic!("{addr}: {e}"))
+}
+
+/// The absolute path of `program` on this process's `PATH` (or the bare name).
+#[must_use]
+pub fn which(program: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(program))
 }
 
 /// Whether a root test may run here. Without root it prints why and the test returns

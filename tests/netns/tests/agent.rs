@@ -59,3 +59,53 @@ fn bad_flags_are_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--pod-cidr") && err.contains("10.1.2.3/40"), "{err}");
 }
+
+/// Neither the agent nor the plugin runs any program: with an empty `PATH` (no
+/// iproute2, no iptables, nothing) pods are wired, talk, pass CHECK and go with DEL.
+#[test]
+fn no_tools_are_needed_at_run_time() {
+    root_or_skip!();
+    let node = Node::start_with(NodeOpts {
+        bare_path: true,
+        ..NodeOpts::default()
+    });
+    let a = node.add_pod("default", "a");
+    let b = node.add_pod("default", "b");
+    let _srv = moat_netns_tests::net::EchoServer::start(&b.path(), 7000);
+    assert_eq!(
+        moat_netns_tests::net::tcp_echo(&a.path(), b.ip, 7000, b"bare").unwrap(),
+        b"bare"
+    );
+    let mut conf = node.conf();
+    conf["prevResult"] = a.result.clone();
+    let check = node.cni(&Node::env("CHECK", &a.container_id, &a.path(), ""), &conf.to_string());
+    assert!(check.success, "{check:?}");
+    assert!(node.del_pod(&a).success);
+    assert!(node.del_pod(&b).success);
+    assert!(node.host_veths().is_empty(), "{:?}", node.host_veths());
+    let log = node.agent_log();
+    assert!(
+        !log.contains("No such file"),
+        "the agent tried to run something:\n{log}"
+    );
+}
+
+/// SIGTERM: the agent stops serving, removes its socket and exits 0; the pinned
+/// datapath stays and keeps forwarding.
+#[test]
+fn sigterm_shuts_down_cleanly_and_leaves_the_datapath() {
+    root_or_skip!();
+    let node = Node::start();
+    let a = node.add_pod("default", "a");
+    let b = node.add_pod("default", "b");
+    let _srv = moat_netns_tests::net::EchoServer::start(&b.path(), 7000);
+    let status = node.stop_agent().expect("the agent exited within 10 s of SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    assert!(!node.socket.exists(), "socket removed");
+    assert!(node.agent_log().contains("shutting down"), "{}", node.agent_log());
+    assert_eq!(
+        moat_netns_tests::net::tcp_echo(&a.path(), b.ip, 7000, b"on").unwrap(),
+        b"on",
+        "pods still talk with no agent"
+    );
+}
