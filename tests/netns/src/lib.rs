@@ -8,6 +8,7 @@
 //! Names carry the test process id and a counter, so parallel tests and a previous
 //! failed run never collide. Requires root and the binaries from `cargo build --release`.
 pub mod containerd;
+pub mod manifest;
 pub mod net;
 
 use std::net::Ipv4Addr;
@@ -511,6 +512,19 @@ impl Node {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("the agent did not re-read {} within 5s", self.state_dir().display());
+    }
+
+    /// Packets dropped with reason `code` (`moatctl drops`, the kernel's counters).
+    #[must_use]
+    pub fn drop_count(&self, code: u64) -> u64 {
+        let drops: Value = serde_json::from_str(&self.moatctl(&["-o", "json", "drops"])).expect("drops JSON");
+        drops["byReason"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|d| d["code"] == code)
+            .and_then(|d| d["count"].as_u64())
+            .unwrap_or(0)
     }
 
     /// Runs `moatctl` against this node's agent.

@@ -5,17 +5,9 @@
 use std::net::{Ipv4Addr, UdpSocket};
 use std::time::Duration;
 
+use moat_netns_tests::manifest::{namespace, pod};
 use moat_netns_tests::net::{icmp_error, icmp_messages, in_netns, udp_echo, EchoServer, RawSocket};
 use moat_netns_tests::{ip, root_or_skip, Node, NodeOpts};
-use serde_json::Value;
-
-fn namespace(name: &str) -> String {
-    format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{team: {name}}}}}\n---\n")
-}
-
-fn pod(ns: &str, name: &str, app: &str) -> String {
-    format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: {app}}}}}\nspec: {{containers: [{{name: c, image: i}}]}}\n---\n")
-}
 
 /// shop/db accepts only UDP 7001 and 7002 from shop/web; web and ops/admin are open.
 fn world() -> String {
@@ -34,18 +26,6 @@ fn start() -> Node {
         manifests: vec![("world.yaml", world())],
         ..NodeOpts::default()
     })
-}
-
-/// How many packets `moatctl drops` counts with reason `code`.
-fn drops(node: &Node, code: u64) -> u64 {
-    let drops: Value = serde_json::from_str(&node.moatctl(&["-o", "json", "drops"])).unwrap();
-    drops["byReason"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["code"] == code)
-        .and_then(|d| d["count"].as_u64())
-        .unwrap_or(0)
 }
 
 /// Sends one UDP datagram from `netns` (bound to `from`) and waits for the echo.
@@ -87,7 +67,10 @@ fn a_forged_icmp_error_does_not_reach_an_isolated_pod() {
         got.iter().all(|(_, src)| *src != web.ip),
         "forged ICMP errors reached the isolated pod: {got:?}"
     );
-    assert!(drops(&node, 168) >= 3, "drops name reason 168 (unrelated ICMP error)");
+    assert!(
+        node.drop_count(168) >= 3,
+        "drops name reason 168 (unrelated ICMP error)"
+    );
 
     // A real error about web's own flow still comes back: UDP to a closed port on
     // admin is refused at once.
@@ -129,7 +112,10 @@ fn a_pod_cannot_send_errors_about_flows_it_is_not_part_of() {
         got.iter().all(|(_, src)| *src != admin.ip),
         "errors forged by a third pod reached web: {got:?}"
     );
-    assert!(drops(&node, 168) >= 3, "drops name reason 168 (unrelated ICMP error)");
+    assert!(
+        node.drop_count(168) >= 3,
+        "drops name reason 168 (unrelated ICMP error)"
+    );
     udp_flow(&web.path(), (Ipv4Addr::UNSPECIFIED, 40002), (db.ip, 7001)).expect("the flow still works");
 }
 
@@ -171,7 +157,10 @@ fn a_neighbour_claiming_a_local_pod_address_is_dropped() {
     });
     let got = recv_from(&receiver);
     assert!(got.is_empty(), "a spoofed datagram reached db: {got:?}");
-    assert!(drops(&node, 169) >= 1, "drops name reason 169 (spoofed local source)");
+    assert!(
+        node.drop_count(169) >= 1,
+        "drops name reason 169 (spoofed local source)"
+    );
 
     // The real web gets through (the receiver works).
     in_netns(&web.path(), move || {
@@ -206,7 +195,7 @@ fn fragments_follow_their_flow() {
     );
 
     // A lone non-first fragment (offset 1480) with a fresh IP id.
-    let before = drops(&node, 167);
+    let before = node.drop_count(167);
     let raw = RawSocket::open(&web.path(), libc::IPPROTO_RAW);
     let mut pkt = vec![0x45, 0, 0, 120, 0xbe, 0xef, 0x00, 185, 64, 17, 0, 0];
     pkt.extend_from_slice(&web.ip.octets());
@@ -215,7 +204,7 @@ fn fragments_follow_their_flow() {
     raw.send_to(db.ip, &pkt).expect("send a lone fragment");
     std::thread::sleep(Duration::from_millis(200));
     assert!(
-        drops(&node, 167) > before,
+        node.drop_count(167) > before,
         "a fragment without its first is dropped (reason 167)"
     );
 }

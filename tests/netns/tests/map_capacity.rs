@@ -3,17 +3,10 @@
 //! is a flag.
 use std::time::{Duration, Instant};
 
+use moat_netns_tests::manifest::{namespace, pod};
 use moat_netns_tests::net::{tcp_echo, EchoServer};
 use moat_netns_tests::{root_or_skip, Node, NodeOpts};
 use serde_json::Value;
-
-fn namespace(name: &str) -> String {
-    format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{team: {name}}}}}\n---\n")
-}
-
-fn pod(ns: &str, name: &str, app: &str) -> String {
-    format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: {app}}}}}\nspec: {{containers: [{{name: c, image: i}}]}}\n---\n")
-}
 
 /// web admits TCP 8080 from namespace ops only.
 fn world() -> String {

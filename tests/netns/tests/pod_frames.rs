@@ -8,17 +8,6 @@ use moat_netns_tests::net::{in_netns, send_frame, udp_frame};
 use moat_netns_tests::{root_or_skip, Node};
 use serde_json::Value;
 
-fn reason_count(node: &Node, code: u64) -> u64 {
-    let drops: Value = serde_json::from_str(&node.moatctl(&["-o", "json", "drops"])).unwrap();
-    drops["byReason"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["code"] == code)
-        .and_then(|d| d["count"].as_u64())
-        .unwrap_or(0)
-}
-
 fn mac(s: &str) -> [u8; 6] {
     let v: Vec<u8> = s.split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect();
     v.try_into().unwrap()
@@ -83,10 +72,10 @@ fn forged_and_malformed_frames_from_a_pod_are_dropped_with_their_reason() {
         ("an unknown EtherType", other_type, 139),
     ];
     for (what, frame, code) in cases {
-        let before = reason_count(&node, code);
+        let before = node.drop_count(code);
         send_frame(&web.path(), "eth0", &frame).unwrap_or_else(|e| panic!("{what}: {e}"));
         std::thread::sleep(Duration::from_millis(100));
-        assert!(reason_count(&node, code) > before, "{what}: no drop with reason {code}");
+        assert!(node.drop_count(code) > before, "{what}: no drop with reason {code}");
     }
     let mut buf = [0u8; 64];
     assert!(receiver.recv_from(&mut buf).is_err(), "nothing forged reached db");

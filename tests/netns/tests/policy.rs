@@ -3,17 +3,10 @@
 //! enforcement modes, identities across restarts, and malformed manifests.
 use std::time::{Duration, Instant};
 
+use moat_netns_tests::manifest::{namespace, pod};
 use moat_netns_tests::net::{tcp_echo, udp_echo, EchoServer, HeldConnection};
 use moat_netns_tests::{root_or_skip, Node, NodeOpts};
 use serde_json::Value;
-
-fn namespace(name: &str) -> String {
-    format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{team: {name}}}}}\n---\n")
-}
-
-fn pod(ns: &str, name: &str, app: &str) -> String {
-    format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: {app}}}}}\nspec: {{containers: [{{name: c, image: i}}]}}\n---\n")
-}
 
 fn policy(ns: &str, name: &str, spec: &str) -> String {
     format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n{spec}\n---\n")
