@@ -282,7 +282,7 @@ const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
 /// A fragmented datagram: its first fragment's ports are remembered under this key so
 /// later fragments (which carry no L4 header) join the same flow, as Cilium does.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FragKey {
     pub saddr: u32,
     pub daddr: u32,

@@ -25,6 +25,10 @@ pub struct Meta {
     pub icmp_error: bool,
     /// An ICMP error's quoted tuple (`proto` 0: not parseable).
     pub quoted: crate::packet::Quoted,
+    /// A first fragment's key and its ports as parsed (before any service translation).
+    pub first_fragment: bool,
+    pub frag_key: moat_dataplane_common::FragKey,
+    pub frag_ports: (u16, u16),
 }
 
 #[inline(always)]

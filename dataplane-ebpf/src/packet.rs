@@ -69,6 +69,11 @@ pub struct Flow {
     pub icmp_error: bool,
     /// For an ICMP error: the tuple of the packet it quotes (`proto` 0: not parseable).
     pub quoted: Quoted,
+    /// A first fragment (more follow), and its key for `remember_fragment` once the
+    /// packet has passed anti-spoofing and policy. (A plain flag and an always-initialised
+    /// key, not an `Option`: the verifier rejects copying an enum's uninitialised payload.)
+    pub first_fragment: bool,
+    pub frag_key: FragKey,
 }
 
 /// The tuple an ICMP error quotes (the offending packet as its sender sent it).
@@ -87,7 +92,8 @@ const IP_OFFSET: u16 = 0x1fff;
 /// Parses the IPv4 header at `ETH_HLEN` and the first bytes of L4.
 ///
 /// Non-first fragments carry no L4 header: they get the ports their first fragment
-/// carried (remembered in `FRAGS` by source, destination, protocol and IP id), so they
+/// carried (remembered in `FRAGS` by source, destination, protocol and IP id, see
+/// `remember_fragment`), so they
 /// pass or fail with their flow. One whose first fragment was not seen is dropped.
 #[inline(always)]
 pub fn parse_ipv4(ctx: &TcContext) -> Result<Flow, u32> {
@@ -134,14 +140,21 @@ pub fn parse_ipv4(ctx: &TcContext) -> Result<Flow, u32> {
     }
     parse_l4(ctx, &mut flow, ETH_HLEN + ihl)?;
     if frag_off & IP_MF != 0 {
-        let ports = FragPorts {
-            sport: flow.sport,
-            dport: flow.dport,
-        };
-        // A full table evicts the oldest datagram; its later fragments then drop.
-        let _ = FRAGS.insert(&frag, &ports, 0);
+        flow.first_fragment = true;
+        flow.frag_key = frag;
     }
     Ok(flow)
+}
+
+/// Records a first fragment's ports for the fragments that follow. Called only after the
+/// packet passed anti-spoofing and policy, so a pod cannot fill the table with entries
+/// under addresses that are not its own, nor for flows it may not open. A full table
+/// evicts the oldest datagram; its later fragments then drop (fail closed).
+#[inline(always)]
+pub fn remember_fragment(first: bool, key: &FragKey, sport: u16, dport: u16) {
+    if first {
+        let _ = FRAGS.insert(key, &FragPorts { sport, dport }, 0);
+    }
 }
 
 /// Ports (or ICMP echo id), TCP flags and an ICMP error's quoted tuple, from L4 at `l4`.

@@ -20,7 +20,9 @@ use crate::{
     events::{emit_drop, Meta},
     maps::{count, ENDPOINTS},
     nodeport::Dnat,
-    packet::{parse_ipv4, ptr_at, EthHdr, ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPV4_CSUM_OFF, IPV4_TTL_OFF},
+    packet::{
+        parse_ipv4, ptr_at, remember_fragment, EthHdr, ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPV4_CSUM_OFF, IPV4_TTL_OFF,
+    },
     policy::{IDENTITY_INIT, IDENTITY_WORLD},
 };
 
@@ -59,6 +61,9 @@ fn fill_meta(ctx: &TcContext, m: &mut Meta) -> Result<u8, u32> {
     m.tcp_flags = flow.tcp_flags;
     m.icmp_error = flow.icmp_error;
     m.quoted = flow.quoted;
+    m.first_fragment = flow.first_fragment;
+    m.frag_key = flow.frag_key;
+    m.frag_ports = (flow.sport, flow.dport);
     Ok(flow.ttl)
 }
 
@@ -111,6 +116,7 @@ fn try_from_container(ctx: &TcContext, m: &mut Meta) -> Result<i32, u32> {
     // SAFETY: the map value is only read; copied out before any map update.
     let dst = unsafe { ENDPOINTS.get(&m.daddr) }.map(|d| (d.ifindex, d.pod_mac, d.host_mac));
     track(m, true, dst.is_some(), IDENTITY_INIT)?;
+    remember_fragment(m.first_fragment, &m.frag_key, m.frag_ports.0, m.frag_ports.1);
     // A reply of a translated flow: the frontend becomes the source again. A NodePort
     // client's reply leaves through the device the request came in on.
     let ifindex = crate::nodeport::reverse(ctx, m)?;
@@ -179,6 +185,7 @@ fn try_to_container(ctx: &TcContext, m: &mut Meta) -> Result<i32, u32> {
         return Err(metric::DROP_SPOOFED_LOCAL_SOURCE);
     }
     track(m, false, true, IDENTITY_WORLD)?;
+    remember_fragment(m.first_fragment, &m.frag_key, m.frag_ports.0, m.frag_ports.1);
     // The reply of a flow this pod sent to a service and `from_container` translated per
     // packet, from a backend that is not a local pod (another node, the host network):
     // the frontend becomes the source again.

@@ -194,6 +194,41 @@ fn fragments_follow_their_flow() {
         "fragments of a denied flow are dropped"
     );
 
+    // A first fragment under another pod's address is dropped by anti-spoofing and
+    // leaves nothing in the fragment table (a pod must not fill it for others).
+    let frags_before = node.pinned_map_len("moat_frag4_v1");
+    let eps: serde_json::Value = serde_json::from_str(&node.moatctl(&["endpoints", "-o", "json"])).unwrap();
+    let web_ep = eps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["pod"]["name"] == "web")
+        .unwrap()
+        .clone();
+    let mac = |s: &str| -> [u8; 6] {
+        let v: Vec<u8> = s.split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect();
+        v.try_into().unwrap()
+    };
+    let (host_mac, pod_mac) = (
+        mac(web_ep["hostMAC"].as_str().unwrap()),
+        mac(web_ep["podMAC"].as_str().unwrap()),
+    );
+    for id in 0..50u16 {
+        let mut f = moat_netns_tests::net::udp_frame(host_mac, pod_mac, admin.ip, db.ip, 7001, &[0u8; 64]);
+        f[18..20].copy_from_slice(&(0x7000 + id).to_be_bytes());
+        f[20..22].copy_from_slice(&0x2000u16.to_be_bytes()); // MF, offset 0
+        f[24..26].copy_from_slice(&[0, 0]);
+        let sum = moat_netns_tests::net::inet_checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&sum.to_be_bytes());
+        moat_netns_tests::net::send_frame(&web.path(), "eth0", &f).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        node.pinned_map_len("moat_frag4_v1"),
+        frags_before,
+        "spoofed first fragments left entries"
+    );
+
     // A lone non-first fragment (offset 1480) with a fresh IP id.
     let before = node.drop_count(167);
     let raw = RawSocket::open(&web.path(), libc::IPPROTO_RAW);
