@@ -18,6 +18,7 @@ pub mod ports;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use moat_dataplane_common::{
     direction, PolicyKey, PolicyValue, ACTION_ALLOW, ACTION_DENY, ANY_PEER, PREFIX_FULL, PREFIX_PEER, PREFIX_PROTO,
@@ -102,7 +103,8 @@ pub struct Compiled {
     pub policy: BTreeMap<PolicyEntryKey, PolicyValue>,
     /// Prefix → identity: pod /32s, node /32s (`HOST`), ipBlock prefixes (CIDR identities).
     pub ipcache: BTreeMap<(Ipv4Addr, u8), Identity>,
-    pub rules: BTreeMap<u32, RuleRef>,
+    /// Shared: it depends on the policies only, so a recompute for changed pods keeps it.
+    pub rules: Arc<BTreeMap<u32, RuleRef>>,
 }
 
 impl Compiled {
@@ -130,10 +132,23 @@ impl Compiled {
     }
 }
 
+/// Whether a policy entry names one of `ids` as its subject or its peer.
+#[must_use]
+pub fn involves(key: &PolicyKey, ids: &BTreeSet<Identity>) -> bool {
+    ids.contains(&key.subject) || ids.contains(&u32::from_be_bytes(key.peer))
+}
+
+/// Cookies by policy namespace, policy name, and (direction, rule index).
+type CookieTable = BTreeMap<String, BTreeMap<String, BTreeMap<(u8, usize), u32>>>;
+
 /// Keeps cookies and CIDR identities stable across compiles.
+///
+/// Numbering (`prepare`, needs `&mut`) is separate from compiling (`compile_prepared`,
+/// `recompute`, `&self`), so one owner can number a new set of policies and hand a copy
+/// to a thread that compiles it, while the owner keeps recomputing for pod changes.
 #[derive(Debug, Clone)]
 pub struct Compiler {
-    cookies: BTreeMap<(String, String, u8, usize), u32>,
+    cookies: CookieTable,
     next_cookie: u32,
     cidr_ids: BTreeMap<(Ipv4Addr, u8), Identity>,
     next_cidr: Identity,
@@ -155,6 +170,24 @@ fn allow(out: &mut BTreeMap<PolicyEntryKey, PolicyValue>, prefix: u32, key: Poli
         });
 }
 
+/// Policies in compile order (namespace, name): cookies are handed out in this order.
+fn sorted(policies: &[NetworkPolicy]) -> Vec<&NetworkPolicy> {
+    let mut v: Vec<&NetworkPolicy> = policies.iter().collect();
+    v.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    v
+}
+
+/// The directions a policy isolates, with their rules.
+fn directions(p: &NetworkPolicy) -> impl Iterator<Item = (u8, &[Rule])> {
+    [
+        (direction::INGRESS, p.ingress, p.ingress_rules.as_slice()),
+        (direction::EGRESS, p.egress, p.egress_rules.as_slice()),
+    ]
+    .into_iter()
+    .filter(|(_, on, _)| *on)
+    .map(|(d, _, r)| (d, r))
+}
+
 impl Compiler {
     #[must_use]
     pub fn new() -> Self {
@@ -166,44 +199,150 @@ impl Compiler {
         }
     }
 
-    fn cookie(&mut self, p: &NetworkPolicy, dir: u8, index: usize) -> u32 {
-        let key = (p.namespace.clone(), p.name.clone(), dir, index);
-        if let Some(&c) = self.cookies.get(&key) {
-            return c;
+    /// Numbers every rule and ipBlock prefix of `policies` that has no number yet.
+    pub fn prepare(&mut self, policies: &[NetworkPolicy]) {
+        for p in sorted(policies) {
+            for rule in p.ingress_rules.iter().chain(&p.egress_rules) {
+                for prefix in peers::ip_prefixes(rule) {
+                    if prefix.1 > 0 && !self.cidr_ids.contains_key(&prefix) {
+                        self.cidr_ids.insert(prefix, LOCAL_SCOPE | self.next_cidr);
+                        self.next_cidr += 1;
+                    }
+                }
+            }
+            for (dir, rules) in directions(p) {
+                let table = self
+                    .cookies
+                    .entry(p.namespace.clone())
+                    .or_default()
+                    .entry(p.name.clone())
+                    .or_default();
+                for index in std::iter::once(ISOLATION_INDEX).chain(0..rules.len()) {
+                    table.entry((dir, index)).or_insert_with(|| {
+                        self.next_cookie += 1;
+                        self.next_cookie - 1
+                    });
+                }
+            }
         }
-        let c = self.next_cookie;
-        self.next_cookie += 1;
-        self.cookies.insert(key, c);
-        c
     }
 
-    fn cidr_identity(&mut self, prefix: (Ipv4Addr, u8)) -> Identity {
-        if let Some(&id) = self.cidr_ids.get(&prefix) {
-            return id;
-        }
-        let id = LOCAL_SCOPE | self.next_cidr;
-        self.next_cidr += 1;
-        self.cidr_ids.insert(prefix, id);
-        id
+    /// The cookie of a rule of a prepared policy.
+    fn cookie(&self, p: &NetworkPolicy, dir: u8, index: usize) -> u32 {
+        self.cookies
+            .get(&p.namespace)
+            .and_then(|t| t.get(&p.name))
+            .and_then(|t| t.get(&(dir, index)))
+            .copied()
+            .unwrap_or_else(|| panic!("policy {}/{} was not prepared", p.namespace, p.name))
     }
 
     /// Compiles `world` into map contents.
     pub fn compile(&mut self, world: &World) -> Compiled {
-        let mut policies: Vec<&NetworkPolicy> = world.policies.iter().collect();
-        policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        let mut out = Compiled {
-            ipcache: self.ipcache(world, &policies),
-            ..Compiled::default()
-        };
+        self.prepare(&world.policies);
+        self.compile_prepared(world)
+    }
+
+    /// Compiles a world whose policies were `prepare`d.
+    ///
+    /// # Panics
+    /// When they were not.
+    #[must_use]
+    pub fn compile_prepared(&self, world: &World) -> Compiled {
+        let policies = sorted(&world.policies);
+        let mut rules = BTreeMap::new();
+        for p in &policies {
+            for (dir, rs) in directions(p) {
+                rules.insert(
+                    self.cookie(p, dir, ISOLATION_INDEX),
+                    RuleRef {
+                        namespace: p.namespace.clone(),
+                        policy: p.name.clone(),
+                        direction: dir,
+                        index: ISOLATION_INDEX,
+                        summary: format!("selects pods {}", p.pod_selector),
+                    },
+                );
+                for (index, rule) in rs.iter().enumerate() {
+                    rules.insert(
+                        self.cookie(p, dir, index),
+                        RuleRef {
+                            namespace: p.namespace.clone(),
+                            policy: p.name.clone(),
+                            direction: dir,
+                            index,
+                            summary: peers::summary(rule, dir),
+                        },
+                    );
+                }
+            }
+        }
+        let ipcache = self.ipcache(world, &policies);
+        let policy = self.entries(world, &policies, &ipcache, None);
+        Compiled {
+            policy,
+            ipcache,
+            rules: Arc::new(rules),
+        }
+    }
+
+    /// Compiles `world` when it differs from the world `prev` was compiled from only in
+    /// pods whose identity is in `changed` (pods added or removed, their addresses; the
+    /// policies, namespaces, node addresses and mode are the same). Entries naming no
+    /// changed identity cannot differ, so only those naming one are recompiled: a pod added
+    /// to a node with 10,000 policies costs what its own identity needs. Equal to
+    /// `compile_prepared(world)` (a property test holds it to that).
+    ///
+    /// # Panics
+    /// When the policies of `world` were not `prepare`d.
+    #[must_use]
+    pub fn recompute(&self, world: &World, prev: &Compiled, changed: &BTreeSet<Identity>) -> Compiled {
+        let policies = sorted(&world.policies);
+        let ipcache = self.ipcache(world, &policies);
+        // An identity whose prefixes changed may enter or leave an ipBlock: a pod's /32
+        // can shadow an ipBlock /32 (its CIDR identity then has no prefix).
+        let mut changed = changed.clone();
+        for (prefix, id) in &prev.ipcache {
+            if ipcache.get(prefix) != Some(id) {
+                changed.insert(*id);
+                changed.extend(ipcache.get(prefix));
+            }
+        }
+        for (prefix, id) in &ipcache {
+            if !prev.ipcache.contains_key(prefix) {
+                changed.insert(*id);
+            }
+        }
+        let mut policy = prev.policy.clone();
+        policy.retain(|(_, key), _| !involves(key, &changed));
+        policy.extend(self.entries(world, &policies, &ipcache, Some(&changed)));
+        Compiled {
+            policy,
+            ipcache,
+            rules: Arc::clone(&prev.rules),
+        }
+    }
+
+    /// The policy-map entries of `world`; with `only`, just those whose subject or peer
+    /// is one of `only`.
+    fn entries(
+        &self,
+        world: &World,
+        policies: &[&NetworkPolicy],
+        ipcache: &BTreeMap<(Ipv4Addr, u8), Identity>,
+        only: Option<&BTreeSet<Identity>>,
+    ) -> BTreeMap<PolicyEntryKey, PolicyValue> {
+        let mut out = BTreeMap::new();
+        let wanted = |s: Identity| only.is_none_or(|o| o.contains(&s));
         // Subjects: local pods grouped by identity, and by namespace for selection.
         let mut subjects: BTreeMap<Identity, Vec<&PodInfo>> = BTreeMap::new();
         for p in world.pods.iter().filter(|p| p.local) {
             subjects.entry(p.identity).or_default().push(p);
         }
         if world.mode == Mode::Never {
-            for &s in subjects.keys() {
+            for &s in subjects.keys().filter(|&&s| wanted(s)) {
                 for d in [direction::INGRESS, direction::EGRESS] {
-                    out.policy.insert(
+                    out.insert(
                         (PREFIX_SUBJECT_DIR, PolicyKey::new(s, d, 0, 0, 0)),
                         PolicyValue {
                             action: ACTION_ALLOW,
@@ -220,8 +359,11 @@ impl Compiler {
         }
         // isolation[(subject, dir)] = cookie of the first isolating policy.
         let mut isolation: BTreeMap<(Identity, u8), u32> = BTreeMap::new();
-        let mut resolver = peers::Resolver::new(world, &out.ipcache);
-        for p in &policies {
+        let mut resolver = peers::Resolver::new(world, ipcache, None);
+        // For a policy that selects none of `only`, entries can only name one of them as
+        // the peer: peers are resolved among their pods alone.
+        let mut only_resolver = only.map(|o| peers::Resolver::new(world, ipcache, Some(o)));
+        for p in policies {
             let selected: BTreeSet<Identity> = by_ns
                 .get(p.namespace.as_str())
                 .into_iter()
@@ -229,42 +371,22 @@ impl Compiler {
                 .filter(|pod| p.pod_selector.matches(&pod.pod.labels))
                 .map(|pod| pod.identity)
                 .collect();
-            for (dir, on, rules) in [
-                (direction::INGRESS, p.ingress, &p.ingress_rules),
-                (direction::EGRESS, p.egress, &p.egress_rules),
-            ] {
-                if !on {
-                    continue;
-                }
+            if selected.is_empty() {
+                continue;
+            }
+            let r = match (&mut only_resolver, only) {
+                (Some(r), Some(o)) if selected.is_disjoint(o) => r,
+                _ => &mut resolver,
+            };
+            for (dir, rules) in directions(p) {
                 let iso = self.cookie(p, dir, ISOLATION_INDEX);
-                out.rules.insert(
-                    iso,
-                    RuleRef {
-                        namespace: p.namespace.clone(),
-                        policy: p.name.clone(),
-                        direction: dir,
-                        index: ISOLATION_INDEX,
-                        summary: format!("selects pods {}", p.pod_selector),
-                    },
-                );
                 for &s in &selected {
                     isolation.entry((s, dir)).or_insert(iso);
                 }
                 for (index, rule) in rules.iter().enumerate() {
                     let c = self.cookie(p, dir, index);
-                    out.rules.insert(
-                        c,
-                        RuleRef {
-                            namespace: p.namespace.clone(),
-                            policy: p.name.clone(),
-                            direction: dir,
-                            index,
-                            summary: peers::summary(rule, dir),
-                        },
-                    );
-                    if !selected.is_empty() {
-                        emit_rule(&mut out.policy, &mut resolver, &subjects, &selected, p, dir, rule, c);
-                    }
+                    let mut emit = Emit { out: &mut out, only };
+                    emit.rule(r, &subjects, &selected, p, dir, rule, c);
                 }
             }
         }
@@ -285,26 +407,32 @@ impl Compiler {
                         cookie: cookie::NOT_ISOLATED,
                     },
                 };
+                let mut emit = Emit { out: &mut out, only };
                 if value.action == ACTION_DENY && d == direction::INGRESS {
                     let key = PolicyKey::new(s, d, reserved::HOST, 0, 0);
-                    allow(&mut out.policy, PREFIX_PEER, key, cookie::HOST_ALLOWED);
+                    emit.allow(PREFIX_PEER, key, cookie::HOST_ALLOWED);
                 }
-                out.policy
-                    .insert((PREFIX_SUBJECT_DIR, PolicyKey::new(s, d, 0, 0, 0)), value);
+                if wanted(s) {
+                    out.insert((PREFIX_SUBJECT_DIR, PolicyKey::new(s, d, 0, 0, 0)), value);
+                }
             }
         }
         out
     }
 
     /// ipBlock prefixes (CIDR identities), then pod /32s, then node /32s (later wins).
-    fn ipcache(&mut self, world: &World, policies: &[&NetworkPolicy]) -> BTreeMap<(Ipv4Addr, u8), Identity> {
+    fn ipcache(&self, world: &World, policies: &[&NetworkPolicy]) -> BTreeMap<(Ipv4Addr, u8), Identity> {
         let mut m = BTreeMap::new();
         for p in policies {
             for rule in p.ingress_rules.iter().chain(&p.egress_rules) {
                 for prefix in peers::ip_prefixes(rule) {
                     // 0.0.0.0/0 needs no entry: an ipcache miss already means WORLD.
                     if prefix.1 > 0 {
-                        m.insert(prefix, self.cidr_identity(prefix));
+                        let id = self.cidr_ids.get(&prefix).copied();
+                        m.insert(
+                            prefix,
+                            id.unwrap_or_else(|| panic!("ipBlock {prefix:?} was not prepared")),
+                        );
                     }
                 }
             }
@@ -321,81 +449,94 @@ impl Compiler {
     }
 }
 
-/// Emits the ALLOW entries of one rule for every selected subject.
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one call site; a struct would only rename them"
-)]
-fn emit_rule(
-    out: &mut BTreeMap<PolicyEntryKey, PolicyValue>,
-    resolver: &mut peers::Resolver<'_>,
-    subjects: &BTreeMap<Identity, Vec<&PodInfo>>,
-    selected: &BTreeSet<Identity>,
-    p: &NetworkPolicy,
-    dir: u8,
-    rule: &Rule,
-    c: u32,
-) {
-    let peer_ids: Vec<Identity> = match &rule.peers {
-        None => vec![ANY_PEER],
-        Some(ps) if ps.is_empty() => vec![ANY_PEER],
-        Some(ps) => resolver.peers(&p.namespace, ps).iter().copied().collect(),
-    };
-    let ports = match &rule.ports {
-        Some(ports) if !ports.is_empty() => ports,
-        _ => {
-            for &s in selected {
-                for &peer in &peer_ids {
-                    allow(out, PREFIX_PEER, PolicyKey::new(s, dir, peer, 0, 0), c);
-                }
-            }
-            return;
+/// Where one rule's entries go; with `only`, just entries naming one of those identities.
+struct Emit<'o> {
+    out: &'o mut BTreeMap<PolicyEntryKey, PolicyValue>,
+    only: Option<&'o BTreeSet<Identity>>,
+}
+
+impl Emit<'_> {
+    fn allow(&mut self, prefix: u32, key: PolicyKey, c: u32) {
+        if self.only.is_none_or(|o| involves(&key, o)) {
+            allow(self.out, prefix, key, c);
         }
-    };
-    for spec in ports {
-        let proto = spec.protocol;
-        match (&spec.port, spec.end_port) {
-            (None, _) => {
+    }
+    /// Emits the ALLOW entries of one rule for every selected subject.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call site; a struct would only rename them"
+    )]
+    fn rule(
+        &mut self,
+        resolver: &mut peers::Resolver<'_>,
+        subjects: &BTreeMap<Identity, Vec<&PodInfo>>,
+        selected: &BTreeSet<Identity>,
+        p: &NetworkPolicy,
+        dir: u8,
+        rule: &Rule,
+        c: u32,
+    ) {
+        let peer_ids: Vec<Identity> = match &rule.peers {
+            None => vec![ANY_PEER],
+            Some(ps) if ps.is_empty() => vec![ANY_PEER],
+            Some(ps) => resolver.peers(&p.namespace, ps).iter().copied().collect(),
+        };
+        let ports = match &rule.ports {
+            Some(ports) if !ports.is_empty() => ports,
+            _ => {
                 for &s in selected {
                     for &peer in &peer_ids {
-                        allow(out, PREFIX_PROTO, PolicyKey::new(s, dir, peer, proto, 0), c);
+                        self.allow(PREFIX_PEER, PolicyKey::new(s, dir, peer, 0, 0), c);
                     }
                 }
+                return;
             }
-            (Some(PortRef::Number(n)), end) => {
-                let blocks = ports::blocks(*n, end.unwrap_or(*n));
-                for &s in selected {
-                    for &peer in &peer_ids {
-                        for &(start, prefix) in &blocks {
-                            allow(out, prefix, PolicyKey::new(s, dir, peer, proto, start), c);
-                        }
-                    }
-                }
-            }
-            (Some(PortRef::Name(name)), _) if dir == direction::INGRESS => {
-                // The port is the subject's own container port of that name.
-                for &s in selected {
-                    let pods = subjects.get(&s).map(Vec::as_slice).unwrap_or_default();
-                    for port in peers::named_ports(pods.iter().copied(), name, proto) {
-                        for &peer in &peer_ids {
-                            allow(out, PREFIX_FULL, PolicyKey::new(s, dir, peer, proto, port), c);
-                        }
-                    }
-                }
-            }
-            (Some(PortRef::Name(name)), _) => {
-                // Egress: the port is the destination's container port of that name, so
-                // each peer gets its own entries; "any peer" expands to every pod identity.
-                let targets: Vec<Identity> = if peer_ids == [ANY_PEER] {
-                    resolver.pod_identities().collect()
-                } else {
-                    peer_ids.clone()
-                };
-                for peer in targets {
-                    let ports = peers::named_ports(resolver.pods_of(peer).iter().copied(), name, proto);
+        };
+        for spec in ports {
+            let proto = spec.protocol;
+            match (&spec.port, spec.end_port) {
+                (None, _) => {
                     for &s in selected {
-                        for &port in &ports {
-                            allow(out, PREFIX_FULL, PolicyKey::new(s, dir, peer, proto, port), c);
+                        for &peer in &peer_ids {
+                            self.allow(PREFIX_PROTO, PolicyKey::new(s, dir, peer, proto, 0), c);
+                        }
+                    }
+                }
+                (Some(PortRef::Number(n)), end) => {
+                    let blocks = ports::blocks(*n, end.unwrap_or(*n));
+                    for &s in selected {
+                        for &peer in &peer_ids {
+                            for &(start, prefix) in &blocks {
+                                self.allow(prefix, PolicyKey::new(s, dir, peer, proto, start), c);
+                            }
+                        }
+                    }
+                }
+                (Some(PortRef::Name(name)), _) if dir == direction::INGRESS => {
+                    // The port is the subject's own container port of that name.
+                    for &s in selected {
+                        let pods = subjects.get(&s).map(Vec::as_slice).unwrap_or_default();
+                        for port in peers::named_ports(pods.iter().copied(), name, proto) {
+                            for &peer in &peer_ids {
+                                self.allow(PREFIX_FULL, PolicyKey::new(s, dir, peer, proto, port), c);
+                            }
+                        }
+                    }
+                }
+                (Some(PortRef::Name(name)), _) => {
+                    // Egress: the port is the destination's container port of that name, so
+                    // each peer gets its own entries; "any peer" expands to every pod identity.
+                    let targets: Vec<Identity> = if peer_ids == [ANY_PEER] {
+                        resolver.pod_identities().collect()
+                    } else {
+                        peer_ids.clone()
+                    };
+                    for peer in targets {
+                        let ports = peers::named_ports(resolver.pods_of(peer).iter().copied(), name, proto);
+                        for &s in selected {
+                            for &port in &ports {
+                                self.allow(PREFIX_FULL, PolicyKey::new(s, dir, peer, proto, port), c);
+                            }
                         }
                     }
                 }

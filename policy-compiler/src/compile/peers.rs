@@ -13,9 +13,10 @@ use crate::world::{PodInfo, World};
 
 /// Resolves peers against one world, caching per (policy namespace, peer).
 pub struct Resolver<'a> {
-    world: &'a World,
     ns_labels: BTreeMap<&'a str, BTreeMap<String, String>>,
-    /// Pods (all, local or not) by identity.
+    /// The pods resolved among (all, local or not, or those of some identities).
+    pods: Vec<&'a PodInfo>,
+    /// Those pods by identity.
     by_identity: BTreeMap<Identity, Vec<&'a PodInfo>>,
     /// ipcache prefixes by identity.
     prefixes: BTreeMap<Identity, Vec<(Ipv4Addr, u8)>>,
@@ -23,21 +24,29 @@ pub struct Resolver<'a> {
 }
 
 impl<'a> Resolver<'a> {
-    pub fn new(world: &'a World, ipcache: &BTreeMap<(Ipv4Addr, u8), Identity>) -> Self {
+    /// A resolver over every pod of `world`, or with `among`, over the pods (and prefixes)
+    /// of those identities only: it then finds only those identities as peers.
+    pub fn new(
+        world: &'a World,
+        ipcache: &BTreeMap<(Ipv4Addr, u8), Identity>,
+        among: Option<&BTreeSet<Identity>>,
+    ) -> Self {
         let mut ns_labels = BTreeMap::new();
         let mut by_identity: BTreeMap<Identity, Vec<&PodInfo>> = BTreeMap::new();
-        for p in &world.pods {
+        let counts = |id: &Identity| among.is_none_or(|a| a.contains(id));
+        let pods: Vec<&PodInfo> = world.pods.iter().filter(|p| counts(&p.identity)).collect();
+        for &p in &pods {
             ns_labels
                 .entry(p.pod.namespace.as_str())
                 .or_insert_with(|| world.namespace_labels(&p.pod.namespace));
             by_identity.entry(p.identity).or_default().push(p);
         }
         let mut prefixes: BTreeMap<Identity, Vec<(Ipv4Addr, u8)>> = BTreeMap::new();
-        for (&prefix, &id) in ipcache {
+        for (&prefix, &id) in ipcache.iter().filter(|(_, id)| counts(id)) {
             prefixes.entry(id).or_default().push(prefix);
         }
         Self {
-            world,
+            pods,
             ns_labels,
             by_identity,
             prefixes,
@@ -74,7 +83,6 @@ impl<'a> Resolver<'a> {
                 pod_selector,
                 namespace_selector,
             } => self
-                .world
                 .pods
                 .iter()
                 .filter(|p| match namespace_selector {

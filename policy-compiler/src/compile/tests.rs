@@ -736,3 +736,126 @@ fn explain_display_reads_as_a_sentence_per_direction() {
 "
     );
 }
+
+/// `recompute` after pods of some identities come or go equals a full compile, over many
+/// random worlds: selectors on pods and namespaces, ipBlocks with excepts around pod
+/// addresses, named and numbered ports, ranges, and each mode.
+#[test]
+fn recompute_for_changed_pods_equals_a_full_compile() {
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut rnd = move |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    let apps = ["a", "b", "c", "d"];
+    for case in 0..2000 {
+        let mut yaml = String::new();
+        for i in 0..1 + rnd(6) {
+            let ns = ["x", "y", "z"][rnd(3)];
+            let sel = |r: usize| match r {
+                0 => "{}".to_string(),
+                _ => format!("{{matchLabels: {{app: {}}}}}", apps[r % 4]),
+            };
+            let peer = |r: &mut dyn FnMut(usize) -> usize| match r(5) {
+                0 => format!("podSelector: {}", sel(r(5))),
+                1 => format!("namespaceSelector: {{matchLabels: {{ns: {}}}}}", ["x", "y", "z"][r(3)]),
+                2 => format!("namespaceSelector: {{}}\n      podSelector: {}", sel(r(5))),
+                3 => format!(
+                    "ipBlock: {{cidr: 10.0.0.0/{}, except: [10.0.{}.0/24]}}",
+                    8 + r(9),
+                    1 + r(3)
+                ),
+                _ => format!("ipBlock: {{cidr: 10.0.{}.{}/32}}", 1 + r(3), 1 + r(4)),
+            };
+            let ports = |r: &mut dyn FnMut(usize) -> usize| match r(4) {
+                0 => String::new(),
+                1 => format!("    ports: [{{port: {}}}]\n", 80 + r(3)),
+                2 => format!("    ports: [{{port: {}, endPort: {}}}]\n", 1000, 1000 + r(40)),
+                _ => "    ports: [{port: web}]\n".to_string(),
+            };
+            let mut spec = format!("  podSelector: {}\n", sel(rnd(5)));
+            for (dir, word) in [("ingress", "from"), ("egress", "to")] {
+                match rnd(3) {
+                    0 => {}
+                    1 => spec.push_str(&format!("  {dir}: []\n")),
+                    _ => {
+                        spec.push_str(&format!("  {dir}:\n"));
+                        for _ in 0..1 + rnd(2) {
+                            spec.push_str(&format!("  - {word}:\n    - {}\n{}", peer(&mut rnd), ports(&mut rnd)));
+                        }
+                    }
+                }
+            }
+            let types = ["[Ingress]", "[Egress]", "[Ingress, Egress]"][rnd(3)];
+            yaml.push_str(&format!(
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p{i}, namespace: {ns}}}\nspec:\n{spec}  policyTypes: {types}\n---\n"
+            ));
+        }
+        let mut full = world(&yaml);
+        full.mode = [Mode::Default, Mode::Always, Mode::Never][rnd(3)];
+        // Pods: labels app=<a..d> (identity per namespace and app), some remote, some
+        // with a named port.
+        full.pods.clear();
+        for k in 0..2 + rnd(12) {
+            let ns = rnd(3);
+            let app = rnd(4);
+            let mut info = pod_info(&format!("{}/a", ["x", "y", "z"][ns]));
+            info.pod.name = format!("p{k}");
+            info.pod.labels = BTreeMap::from([("app".to_string(), apps[app].to_string())]);
+            info.identity = 300 + (ns * 4 + app) as u32;
+            let addr = Ipv4Addr::new(10, 0, 1 + rnd(3) as u8, 1 + k as u8);
+            info.ipv4 = Some(addr);
+            info.pod.ip = Some(addr);
+            info.local = rnd(3) > 0;
+            if rnd(2) == 0 {
+                info.pod.ports = vec![ContainerPort {
+                    name: "web".into(),
+                    port: 8000 + rnd(3) as u16,
+                    protocol: TCP,
+                }];
+            }
+            full.pods.push(info);
+        }
+        // Take some pods away: `less` is the world before they came (or after they left).
+        let mut less = full.clone();
+        let mut changed = BTreeSet::new();
+        for _ in 0..1 + rnd(3) {
+            if less.pods.is_empty() {
+                break;
+            }
+            let gone = less.pods.remove(rnd(less.pods.len()));
+            changed.insert(gone.identity);
+        }
+        if rnd(4) == 0 {
+            // The node gains an address (found through the ipcache, not `changed`).
+            less.host_ips
+                .push(Ipv4Addr::new(10, 0, 1 + rnd(3) as u8, 1 + rnd(6) as u8));
+        }
+        let mut compiler = Compiler::new();
+        compiler.prepare(&full.policies);
+        for (from, to, what) in [(&less, &full, "added"), (&full, &less, "removed")] {
+            let prev = compiler.compile_prepared(from);
+            let want = compiler.compile_prepared(to);
+            let got = compiler.recompute(to, &prev, &changed);
+            let differ: Vec<_> = got
+                .policy
+                .iter()
+                .filter(|(k, v)| want.policy.get(k) != Some(v))
+                .map(|(k, v)| ("extra", *k, *v))
+                .chain(
+                    want.policy
+                        .iter()
+                        .filter(|(k, v)| got.policy.get(k) != Some(v))
+                        .map(|(k, v)| ("missing", *k, *v)),
+                )
+                .collect();
+            assert!(
+                differ.is_empty() && got == want,
+                "case {case}: pods of {changed:?} {what}: {differ:?}\n{:?}\n{yaml}",
+                to.pods
+            );
+        }
+    }
+}
