@@ -5,7 +5,11 @@
 //!  (reads + decodes manifests)       │
 //!  gRPC mutations ── Command ────────┼──► node owner thread: the only owner of `Node`
 //!  (CNI ADD/DEL/GC, IP leases)       │    (IPAM, endpoints, BPF maps, policy, services);
-//!  periodic tick (GC, re-sync) ──────┘    handles one command at a time
+//!  periodic tick (GC, re-sync) ──────┤    handles one command at a time
+//!  compile thread ── Compiled ───────┘      │ ▲
+//!     ▲                                     │ │ a new state's full policy compile
+//!     └──────────── CompileJob ─────────────┘ │ runs there; pods added or removed
+//!                                              │ recompile only their identities here
 //!                                              │ publishes Arc<View> after each change
 //!                                              ▼
 //!  gRPC reads, event reader ◄──── watch channel (latest View, never waits)
@@ -13,8 +17,10 @@
 //! ```
 //!
 //! Nothing slow runs under a lock a request waits for: manifests are read and decoded
-//! on the source thread, events are decoded against the published view, and reads are
-//! answered from the view. A CNI request waits only for its own command.
+//! on the source thread, whole-policy compiles run on the compile thread, events are
+//! decoded against the published view, and reads are answered from the view. A CNI
+//! request waits only for its own command, whose policy work is proportional to the pod
+//! it adds or removes.
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -29,10 +35,11 @@ use tokio::sync::{oneshot, watch};
 use crate::endpoint::{EndpointRecord, NewEndpoint, Owner};
 use crate::events::FlowStore;
 use crate::kernel::{masquerade, netdev};
-use crate::node::{Node, NodeConfig};
+use crate::node::{CompileJob, Node, NodeConfig};
 use crate::source::manifest_dir::ManifestDir;
 use crate::source::{Snapshot, StateSource};
 use crate::view::View;
+use moat_policy_compiler::compile::Compiled;
 
 /// Everything `moat-agent` needs to run a node.
 pub struct AgentConfig {
@@ -54,6 +61,8 @@ pub enum Command {
     Gc(Vec<Owner>, Reply<(Vec<EndpointRecord>, u32)>),
     /// A new desired state from the state source.
     State(Snapshot),
+    /// A full policy compile finished on the compile thread.
+    Compiled(Box<CompileJob>, Box<Compiled>),
     /// Finish the current work and stop (the pinned datapath stays).
     Shutdown,
 }
@@ -112,15 +121,42 @@ impl NodeHandle {
 pub fn spawn_owner(node: Node) -> std::io::Result<(NodeHandle, std::thread::JoinHandle<()>)> {
     let (tx, rx) = std::sync::mpsc::channel();
     let (view_tx, view_rx) = watch::channel(Arc::new(node.view()));
+    let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<CompileJob>();
+    let results = tx.clone();
+    // The compile thread ends when the owner drops its job sender.
+    std::thread::Builder::new()
+        .name("policy-compile".into())
+        .spawn(move || {
+            for job in jobs_rx {
+                let t = std::time::Instant::now();
+                let compiled = job.job.run();
+                tracing::debug!(
+                    generation = job.snapshot.generation,
+                    compile_ms = t.elapsed().as_secs_f64() * 1e3,
+                    "full policy compile"
+                );
+                if results
+                    .send(Command::Compiled(Box::new(job), Box::new(compiled)))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        })?;
     let thread = std::thread::Builder::new()
         .name("node-owner".into())
-        .spawn(move || owner_loop(node, &rx, &view_tx))?;
+        .spawn(move || owner_loop(node, &rx, &view_tx, &jobs_tx))?;
     Ok((NodeHandle { tx, view: view_rx }, thread))
 }
 
-fn owner_loop(mut node: Node, rx: &Receiver<Command>, view: &watch::Sender<Arc<View>>) {
+fn owner_loop(mut node: Node, rx: &Receiver<Command>, view: &watch::Sender<Arc<View>>, jobs: &Sender<CompileJob>) {
     let publish = |node: &Node| {
         view.send_replace(Arc::new(node.view()));
+    };
+    let submit = |job: Option<CompileJob>| {
+        if let Some(job) = job {
+            let _ = jobs.send(job);
+        }
     };
     loop {
         match rx.recv_timeout(TICK) {
@@ -134,22 +170,24 @@ fn owner_loop(mut node: Node, rx: &Receiver<Command>, view: &watch::Sender<Arc<V
                         c => others.push(c),
                     }
                 }
-                node.set_state(s);
+                submit(node.set_state(s));
                 publish(&node);
                 for c in others {
-                    if !handle(&mut node, c, &publish) {
+                    if !handle(&mut node, c, &publish, &submit) {
                         return;
                     }
                 }
             }
             Ok(c) => {
-                if !handle(&mut node, c, &publish) {
+                if !handle(&mut node, c, &publish, &submit) {
                     return;
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
         }
-        if node.tick() {
+        let (did, job) = node.tick();
+        submit(job);
+        if did {
             publish(&node);
         }
     }
@@ -157,7 +195,7 @@ fn owner_loop(mut node: Node, rx: &Receiver<Command>, view: &watch::Sender<Arc<V
 
 /// Runs one command; the view is published before the answer is sent, so a client that
 /// reads right after its request sees the change. Returns false on shutdown.
-fn handle(node: &mut Node, c: Command, publish: &impl Fn(&Node)) -> bool {
+fn handle(node: &mut Node, c: Command, publish: &impl Fn(&Node), submit: &impl Fn(Option<CompileJob>)) -> bool {
     match c {
         Command::AllocateIp(owner, reply) => {
             let r = node.allocate_ip(&owner);
@@ -189,7 +227,11 @@ fn handle(node: &mut Node, c: Command, publish: &impl Fn(&Node)) -> bool {
             let _ = reply.send(r);
         }
         Command::State(s) => {
-            node.set_state(s);
+            submit(node.set_state(s));
+            publish(node);
+        }
+        Command::Compiled(job, compiled) => {
+            submit(node.compiled(*job, *compiled));
             publish(node);
         }
         Command::Shutdown => return false,

@@ -6,10 +6,12 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
 use moat_dataplane_common::EndpointInfo;
+use moat_policy_compiler::compile::Compiled;
 use serde::{Deserialize, Serialize};
 
 use crate::endpoint::{EndpointRecord, NewEndpoint};
@@ -17,6 +19,7 @@ use crate::ipam::{Cidr, Ipam, Owner};
 use crate::kernel::datapath::{Datapath, MapSizes};
 use crate::kernel::netdev;
 use crate::persist::{read_json_recovering, write_json};
+use crate::policy::enforcer::{Inputs, Job};
 use crate::policy::{DoesNotFit, Enforcer, Settings};
 use crate::services::LoadBalancer;
 use crate::source::Snapshot;
@@ -78,6 +81,12 @@ fn read_node_state(data_dir: &Path) -> anyhow::Result<NodeState> {
     })
 }
 
+/// A full policy compile for the compile thread, with the state it compiles.
+pub struct CompileJob {
+    pub snapshot: Snapshot,
+    pub job: Job,
+}
+
 pub struct Node {
     pub cfg: NodeConfig,
     pub ipam: Ipam,
@@ -87,11 +96,15 @@ pub struct Node {
     pub started: Instant,
     /// The desired state from the state source (services follow it at once).
     pub state: Snapshot,
-    /// The last state whose policy fit the maps: policy is enforced from it while a
-    /// newer one does not fit.
-    pub policy_state: Snapshot,
+    /// The newest state whose policy compile has finished (applied, or refused because
+    /// it does not fit): what `moatctl status` reports as the state generation.
+    pub done_state: Snapshot,
     /// Why the newest state's policy is not enforced, for `moatctl status`.
     pub policy_error: Option<String>,
+    /// A full compile is running on the compile thread.
+    compiling: bool,
+    /// Another full compile is wanted when it ends (a newer state, or the re-sync).
+    compile_again: bool,
     pub enforcer: Enforcer,
     pub lb: LoadBalancer,
     last_sync: Instant,
@@ -162,8 +175,10 @@ impl Node {
             endpoints,
             datapath,
             started: Instant::now(),
-            policy_state: state.clone(),
+            done_state: state.clone(),
             policy_error: None,
+            compiling: false,
+            compile_again: false,
             state,
             enforcer,
             lb,
@@ -185,117 +200,162 @@ impl Node {
     /// A policy that does not fit the maps does not stop the agent: the maps keep what
     /// the previous agent enforced, status reports it, and ADDs fail until it fits.
     fn sync_policy_at_start(&mut self) -> anyhow::Result<()> {
-        match self.sync_policy() {
+        let inputs = Arc::new(Inputs::new(self.state.generation, self.state.objects.iter()));
+        let r = self.enforcer.sync(
+            &mut self.datapath,
+            self.endpoints.values(),
+            inputs,
+            netdev::host_ipv4s(),
+        );
+        match r {
             Err(e) if e.is::<DoesNotFit>() => {
                 tracing::error!("applying policy: {e:#}; the maps keep what they hold");
-                Ok(())
+                self.policy_error = Some(format!("{e:#}"));
             }
-            r => r.map(drop).context("applying policy"),
+            r => {
+                r.context("applying policy")?;
+            }
         }
+        self.sync_services().context("applying services")?;
+        self.last_sync = Instant::now();
+        Ok(())
     }
 
-    /// Recompiles policy from the endpoints and the state source and applies the diff.
+    /// Recompiles policy for pods that came or went (only their identities' entries),
+    /// under the state whose policy is in force.
     ///
     /// # Errors
-    /// When a map update fails (what is enforced stays; the next sync retries).
-    pub fn sync_policy(&mut self) -> anyhow::Result<usize> {
-        let host_ips = netdev::host_ipv4s();
-        self.last_sync = Instant::now();
+    /// When the change does not fit the maps or a map update fails (what is enforced
+    /// stays).
+    pub fn refresh_policy(&mut self) -> anyhow::Result<usize> {
+        let r = self
+            .enforcer
+            .refresh(&mut self.datapath, self.endpoints.values(), netdev::host_ipv4s());
+        Ok(r? + self.sync_services()?)
+    }
+
+    /// Services follow the newest state and the endpoints at once (their compile is
+    /// cheap); UDP sockets connected to removed backends are closed.
+    fn sync_services(&mut self) -> anyhow::Result<usize> {
         // Node addresses that NodePorts listen on: not loopback, not link-local.
-        let node_ips: Vec<Ipv4Addr> = host_ips
-            .iter()
-            .copied()
+        let node_ips: Vec<Ipv4Addr> = netdev::host_ipv4s()
+            .into_iter()
             .filter(|ip| !ip.is_loopback() && !ip.is_link_local())
             .collect();
-        let updates = match self.enforcer.sync(
+        let lb_updates = self.lb.sync(
             &mut self.datapath,
             self.endpoints.values(),
             self.state.objects.iter(),
-            host_ips.clone(),
-        ) {
-            Ok(n) => {
-                self.policy_state = self.state.clone();
-                self.policy_error = None;
-                n
-            }
-            Err(e) if e.is::<DoesNotFit>() && self.policy_state.generation != self.state.generation => {
-                // Keep enforcing the last state that fit (with today's endpoints, so new
-                // pods get its policy); the newer one waits for a change that fits.
-                let msg = format!(
-                    "state generation {}: {e:#}; enforcing the policy of generation {} instead",
-                    self.state.generation, self.policy_state.generation
-                );
-                if self.policy_error.as_deref() != Some(msg.as_str()) {
-                    tracing::error!("{msg}");
-                }
-                self.policy_error = Some(msg);
-                self.enforcer.sync(
-                    &mut self.datapath,
-                    self.endpoints.values(),
-                    self.policy_state.objects.iter(),
-                    host_ips,
-                )?
-            }
-            Err(e) => {
-                self.policy_error = Some(format!("{e:#}"));
-                return Err(e);
-            }
-        };
-        let lb_updates = self
-            .lb
-            .sync(
-                &mut self.datapath,
-                self.endpoints.values(),
-                self.state.objects.iter(),
-                self.state.generation,
-                &self.cfg.node_name,
-                node_ips,
-            )
-            .context("applying services")?;
+            self.state.generation,
+            &self.cfg.node_name,
+            node_ips,
+        )?;
         let removed_udp = std::mem::take(&mut self.lb.removed_udp);
         if !removed_udp.is_empty() {
             // Connected UDP sockets translated to a removed backend would keep sending to
             // it: close them so their applications reconnect.
             let sockets = self.datapath.translated_sockets(&removed_udp);
-            let pods: std::collections::BTreeSet<std::path::PathBuf> = self
-                .endpoints
-                .values()
-                .map(|e| std::path::PathBuf::from(&e.netns))
-                .collect();
-            let netns: Vec<Option<std::path::PathBuf>> =
-                std::iter::once(None).chain(pods.into_iter().map(Some)).collect();
+            let pods: std::collections::BTreeSet<PathBuf> =
+                self.endpoints.values().map(|e| PathBuf::from(&e.netns)).collect();
+            let netns: Vec<Option<PathBuf>> = std::iter::once(None).chain(pods.into_iter().map(Some)).collect();
             let n = crate::services::sock_destroy::destroy_connected_udp(&netns, &sockets);
             if n > 0 {
                 tracing::info!(sockets = n, "closed UDP sockets connected to removed backends");
             }
         }
-        Ok(updates + lb_updates)
+        Ok(lb_updates)
     }
 
-    /// Takes a new desired state from the state source and applies it.
-    pub fn set_state(&mut self, state: Snapshot) {
+    /// Takes a new desired state from the state source: services follow at once; the
+    /// policy compile is returned to run on the compile thread (or queued behind the one
+    /// running there).
+    pub fn set_state(&mut self, state: Snapshot) -> Option<CompileJob> {
         self.state = state;
-        if let Err(e) = self.sync_policy() {
-            tracing::error!("applying policy: {e:#}");
+        if let Err(e) = self.sync_services() {
+            tracing::error!("applying services: {e:#}");
+        }
+        self.start_compile()
+    }
+
+    /// A full compile of the newest state, unless one is running (then it follows it).
+    fn start_compile(&mut self) -> Option<CompileJob> {
+        if self.compiling {
+            self.compile_again = true;
+            return None;
+        }
+        self.compiling = true;
+        self.compile_again = false;
+        self.last_sync = Instant::now();
+        let inputs = Arc::new(Inputs::new(self.state.generation, self.state.objects.iter()));
+        let job = self
+            .enforcer
+            .prepare(inputs, self.endpoints.values(), netdev::host_ipv4s());
+        Some(CompileJob {
+            snapshot: self.state.clone(),
+            job,
+        })
+    }
+
+    /// Applies a finished compile (brought up to the endpoints of now). Returns the next
+    /// compile when one was asked for meanwhile.
+    pub fn compiled(&mut self, done: CompileJob, compiled: Compiled) -> Option<CompileJob> {
+        self.compiling = false;
+        let generation = done.snapshot.generation;
+        let r = self.enforcer.finish(
+            &mut self.datapath,
+            done.job,
+            compiled,
+            self.endpoints.values(),
+            netdev::host_ipv4s(),
+        );
+        match r {
+            Ok(_) => self.policy_error = None,
+            Err(e) if e.is::<DoesNotFit>() => {
+                // Keep enforcing the last state that fit (kept up to date with the
+                // endpoints); the newer one waits for a change that fits.
+                let msg = format!(
+                    "state generation {generation}: {e:#}; enforcing the policy of generation {} instead",
+                    self.enforcer.inputs.generation
+                );
+                if self.policy_error.as_deref() != Some(msg.as_str()) {
+                    tracing::error!("{msg}");
+                }
+                self.policy_error = Some(msg);
+            }
+            Err(e) => {
+                tracing::error!("applying policy: {e:#}");
+                self.policy_error = Some(format!("{e:#}"));
+            }
+        }
+        if generation >= self.done_state.generation {
+            self.done_state = done.snapshot;
+        }
+        if self.compile_again {
+            self.start_compile()
+        } else {
+            None
         }
     }
 
-    /// Periodic work: endpoint garbage collection, and a re-sync every few seconds (node
-    /// addresses may change, identities past their grace period are released). Returns
-    /// whether anything was done that readers may see.
-    pub fn tick(&mut self) -> bool {
+    /// Periodic work: endpoint garbage collection, and a full re-compile every few
+    /// seconds (node addresses may change, identities past their grace period are
+    /// released). Returns whether anything was done that readers may see, and the
+    /// compile to run.
+    pub fn tick(&mut self) -> (bool, Option<CompileJob>) {
         let mut did = false;
         if self.last_gc.elapsed() >= GC_INTERVAL {
             self.last_gc = Instant::now();
             did |= !self.collect_vanished().is_empty();
         }
-        if self.last_sync.elapsed() >= RESYNC_INTERVAL {
-            if let Err(e) = self.sync_policy() {
-                tracing::error!("applying policy: {e:#}");
+        let mut job = None;
+        if self.last_sync.elapsed() >= RESYNC_INTERVAL && !self.compiling {
+            if let Err(e) = self.sync_services() {
+                tracing::error!("applying services: {e:#}");
             }
+            job = self.start_compile();
             did = true;
         }
-        did
+        (did, job)
     }
 
     /// The event ring buffer (once).
@@ -498,7 +558,7 @@ impl Node {
         // first packet already meets its policy.
         let previous = self.endpoints.insert(new.owner.clone(), rec.clone());
         let t = Instant::now();
-        let synced = self.sync_policy().context("applying policy for the new endpoint");
+        let synced = self.refresh_policy().context("applying policy for the new endpoint");
         let policy_ms = t.elapsed().as_secs_f64() * 1e3;
         let installed = synced.and_then(|_| self.install(&rec));
         tracing::debug!(
@@ -518,7 +578,7 @@ impl Node {
                     Some(p) => self.endpoints.insert(new.owner, p),
                     None => self.endpoints.remove(&new.owner),
                 };
-                let _ = self.sync_policy();
+                let _ = self.refresh_policy();
                 return Err(e);
             }
         }
@@ -566,7 +626,7 @@ impl Node {
             self.datapath.forget_netns(rec.netns_cookie);
         }
         tracing::info!(endpoint = rec.id, ip = %rec.ipv4, detach_ms = t.elapsed().as_secs_f64() * 1e3, "endpoint released");
-        if let Err(e) = self.sync_policy() {
+        if let Err(e) = self.refresh_policy() {
             tracing::error!("applying policy after deleting an endpoint: {e:#}");
         }
     }

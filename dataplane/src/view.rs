@@ -28,12 +28,13 @@ pub struct View {
     pub started: Instant,
     pub endpoints: Vec<EndpointRecord>,
     pub leases: usize,
+    /// The newest state whose policy compile finished.
     pub state: Snapshot,
     pub world: Arc<World>,
     pub compiled: Arc<Compiled>,
     /// (identity, labels, in use, local pods "ns/name"), reserved ones included.
-    pub identities: Vec<(Identity, Vec<String>, bool, Vec<String>)>,
-    identity_names: BTreeMap<Identity, String>,
+    pub identities: Arc<Vec<crate::policy::enforcer::IdentityRow>>,
+    identity_names: Arc<BTreeMap<Identity, String>>,
     pub services: Arc<Vec<LbService>>,
     pub mode: Mode,
     pub audit: bool,
@@ -47,11 +48,6 @@ pub struct View {
 impl View {
     #[must_use]
     pub fn new(node: &Node) -> Self {
-        let identities = node.enforcer.identities();
-        let identity_names = identities
-            .iter()
-            .map(|(id, ..)| (*id, node.enforcer.identity_name(*id)))
-            .collect();
         Self {
             node_name: node.cfg.node_name.clone(),
             pod_cidr: node.cfg.pod_cidr.to_string(),
@@ -66,11 +62,11 @@ impl View {
             started: node.started,
             endpoints: node.endpoints.values().cloned().collect(),
             leases: node.ipam.len(),
-            state: node.state.clone(),
+            state: node.done_state.clone(),
             world: Arc::clone(&node.enforcer.world),
             compiled: Arc::clone(&node.enforcer.compiled),
-            identities,
-            identity_names,
+            identities: Arc::clone(&node.enforcer.identities),
+            identity_names: Arc::clone(&node.enforcer.identity_names),
             services: Arc::clone(&node.lb.services),
             mode: node.enforcer.settings.mode,
             audit: node.enforcer.settings.audit,
@@ -95,8 +91,8 @@ impl View {
             state: Snapshot::default(),
             world: Arc::default(),
             compiled: Arc::default(),
-            identities: Vec::new(),
-            identity_names: BTreeMap::new(),
+            identities: Arc::default(),
+            identity_names: Arc::default(),
             services: Arc::default(),
             mode: Mode::Default,
             audit: false,

@@ -214,7 +214,7 @@ fn world(rng: &mut Rng) -> World {
     for i in 0..1 + rng.below(5) {
         let ingress = rng.chance(70);
         let egress = !ingress || rng.chance(40);
-        w.policies.push(NetworkPolicy {
+        std::sync::Arc::make_mut(&mut w.policies).push(NetworkPolicy {
             namespace: (*rng.pick(&NAMESPACES)).into(),
             name: format!("np{i}"),
             pod_selector: selector(rng, &[("app", &APPS), ("tier", &["front", "back"])]),

@@ -36,7 +36,8 @@ pub struct World {
     pub mode: Mode,
     pub namespaces: BTreeMap<String, k8s::Namespace>,
     pub pods: Vec<PodInfo>,
-    pub policies: Vec<k8s::NetworkPolicy>,
+    /// Shared: a world rebuilt for changed pods keeps the same policies.
+    pub policies: std::sync::Arc<Vec<k8s::NetworkPolicy>>,
     /// The node's addresses: traffic from them carries the reserved `HOST` identity.
     pub host_ips: Vec<Ipv4Addr>,
 }
@@ -85,7 +86,7 @@ impl World {
             mode,
             namespaces,
             pods: Vec::new(),
-            policies: policies.into_values().collect(),
+            policies: std::sync::Arc::new(policies.into_values().collect()),
             host_ips: Vec::new(),
         };
         let sets: Vec<LabelSet> = pods.values().map(|p| world.label_set(p)).collect();

@@ -1,10 +1,17 @@
 //! From desired state to the policy maps: identities, compile, diff, apply.
 //!
-//! `sync` builds the compiler's `World` from the local endpoints and the state source,
-//! gives every pod an identity (same labels → same number, persisted), compiles, diffs
-//! against what the maps hold, checks that the change fits the maps, and applies it in
-//! the fail-closed order of `diff::plan` (isolating entries first, openings last). Then
-//! the policy revision is bumped so established flows are re-checked.
+//! The compiler's `World` is built from the local endpoints and the decoded state
+//! (`Inputs`); every pod gets an identity (same labels → same number, persisted). Two
+//! ways lead to the maps:
+//! - a new state: `prepare` numbers its rules and returns a `Job` that a compile thread
+//!   runs (`Job::run`, the expensive part); `finish` brings the result up to the endpoints
+//!   of now (pods that came or went while it compiled) and applies it;
+//! - a pod added or removed: `refresh` recompiles only the entries that name identities
+//!   whose pods changed (`Compiler::recompute`), on the caller's thread, in milliseconds.
+//!
+//! Applying diffs against what the maps hold, checks that the change fits the maps, and
+//! writes in the fail-closed order of `diff::plan` (isolating entries first, openings
+//! last). The policy revision is bumped when established flows must re-check.
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -67,18 +74,79 @@ pub fn mode_name(m: Mode) -> &'static str {
     }
 }
 
+/// What the compiler reads from one desired state, decoded once per state generation.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    pub generation: u64,
+    namespaces: BTreeMap<String, k8s::Namespace>,
+    policies: Arc<Vec<k8s::NetworkPolicy>>,
+    /// Pod manifests by (namespace, name): labels of local endpoints, and remote peers.
+    pods: BTreeMap<(String, String), k8s::Pod>,
+}
+
+impl Inputs {
+    #[must_use]
+    pub fn new<'a>(generation: u64, objects: impl Iterator<Item = &'a Object>) -> Self {
+        let mut inputs = Self {
+            generation,
+            ..Self::default()
+        };
+        let mut policies = Vec::new();
+        for o in objects {
+            match o {
+                Object::Namespace(n) => {
+                    inputs.namespaces.insert(n.name.clone(), n.clone());
+                }
+                Object::Pod(p) => {
+                    inputs.pods.insert((p.namespace.clone(), p.name.clone()), p.clone());
+                }
+                Object::NetworkPolicy(p) => policies.push(p.clone()),
+                Object::Service(_) | Object::EndpointSlice(_) | Object::Node(_) | Object::Other { .. } => {}
+            }
+        }
+        inputs.policies = Arc::new(policies);
+        inputs
+    }
+}
+
+/// A full compile to run off the owner thread: the world and a copy of the numbering.
+pub struct Job {
+    pub inputs: Arc<Inputs>,
+    world: Arc<World>,
+    compiler: Arc<Compiler>,
+}
+
+impl Job {
+    /// The expensive part, on the compile thread.
+    #[must_use]
+    pub fn run(&self) -> Compiled {
+        self.compiler.compile_prepared(&self.world)
+    }
+}
+
+/// (identity, labels, in use, local pods "ns/name"), for `moatctl identities`.
+pub type IdentityRow = (Identity, Vec<String>, bool, Vec<String>);
+
 pub struct Enforcer {
     pub settings: Settings,
-    compiler: Compiler,
+    /// The numbering of rules and ipBlocks (only this owner changes it).
+    compiler: Arc<Compiler>,
     allocator: Allocator,
     allocator_file: PathBuf,
     /// What the maps hold (read from them at start, then what we applied).
     applied: Arc<Compiled>,
+    /// The state whose policy the maps hold.
+    pub inputs: Arc<Inputs>,
     /// The last compiled world and its result (shared with the read-only view).
     pub world: Arc<World>,
     pub compiled: Arc<Compiled>,
+    /// (identity, labels, in use, local pods "ns/name") and names, for the view.
+    pub identities: Arc<Vec<IdentityRow>>,
+    pub identity_names: Arc<BTreeMap<Identity, String>>,
     pub revision: u32,
-    /// Map updates made by the last sync.
+    /// The identities as last written.
+    persisted_identities: Vec<u8>,
+    /// Map updates made by the last apply.
     pub last_updates: usize,
 }
 
@@ -93,36 +161,113 @@ impl Enforcer {
         let applied = Arc::new(Compiled {
             policy: dp.policy_entries().into_iter().collect(),
             ipcache: dp.ipcache_entries().into_iter().collect(),
-            rules: BTreeMap::new(),
+            rules: Arc::default(),
         });
         Ok(Self {
             settings,
-            compiler: Compiler::new(),
+            compiler: Arc::new(Compiler::new()),
             allocator,
             allocator_file,
             applied,
+            inputs: Arc::default(),
             world: Arc::default(),
             compiled: Arc::default(),
+            identities: Arc::default(),
+            identity_names: Arc::default(),
             revision: dp.config().policy_rev,
+            persisted_identities: Vec::new(),
             last_updates: 0,
         })
     }
 
-    /// Recomputes and applies. Returns the number of map updates.
+    /// A full compile of `inputs` with today's endpoints, to `run` anywhere and `finish`
+    /// here.
+    pub fn prepare<'a>(
+        &mut self,
+        inputs: Arc<Inputs>,
+        endpoints: impl Iterator<Item = &'a EndpointRecord>,
+        host_ips: Vec<Ipv4Addr>,
+    ) -> Job {
+        let world = self.build_world(&inputs, endpoints, host_ips);
+        Arc::make_mut(&mut self.compiler).prepare(&world.policies);
+        Job {
+            inputs,
+            world: Arc::new(world),
+            compiler: Arc::clone(&self.compiler),
+        }
+    }
+
+    /// Applies a finished job, first bringing it up to today's endpoints and node
+    /// addresses. Returns the number of map updates.
+    ///
+    /// # Errors
+    /// As `apply`; nothing changes then, and the maps keep the policy of `self.inputs`.
+    pub fn finish<'a>(
+        &mut self,
+        dp: &mut Datapath,
+        job: Job,
+        compiled: Compiled,
+        endpoints: impl Iterator<Item = &'a EndpointRecord>,
+        host_ips: Vec<Ipv4Addr>,
+    ) -> anyhow::Result<usize> {
+        let world = self.build_world(&job.inputs, endpoints, host_ips);
+        let compiled = if world.pods == job.world.pods && world.host_ips == job.world.host_ips {
+            compiled
+        } else {
+            let changed = changed_identities(&job.world, &world);
+            job.compiler.recompute(&world, &compiled, &changed)
+        };
+        self.apply(dp, job.inputs, world, compiled)
+    }
+
+    /// Recompiles for today's endpoints and node addresses under the policy in force:
+    /// only entries naming identities whose pods or prefixes changed are recompiled.
+    ///
+    /// # Errors
+    /// As `apply`.
+    pub fn refresh<'a>(
+        &mut self,
+        dp: &mut Datapath,
+        endpoints: impl Iterator<Item = &'a EndpointRecord>,
+        host_ips: Vec<Ipv4Addr>,
+    ) -> anyhow::Result<usize> {
+        let inputs = Arc::clone(&self.inputs);
+        let world = self.build_world(&inputs, endpoints, host_ips);
+        let changed = changed_identities(&self.world, &world);
+        let compiled = self.compiler.recompute(&world, &self.compiled, &changed);
+        self.apply(dp, inputs, world, compiled)
+    }
+
+    /// A full compile on this thread (at start, before the compile thread runs).
+    ///
+    /// # Errors
+    /// As `apply`.
+    pub fn sync<'a>(
+        &mut self,
+        dp: &mut Datapath,
+        endpoints: impl Iterator<Item = &'a EndpointRecord> + Clone,
+        inputs: Arc<Inputs>,
+        host_ips: Vec<Ipv4Addr>,
+    ) -> anyhow::Result<usize> {
+        let job = self.prepare(inputs, endpoints.clone(), host_ips.clone());
+        let compiled = job.run();
+        self.finish(dp, job, compiled, endpoints, host_ips)
+    }
+
+    /// Diffs `compiled` against the maps, checks it fits, and applies it. Returns the
+    /// number of map updates.
     ///
     /// # Errors
     /// `DoesNotFit` when the change would not fit the maps (nothing is written). When a
     /// map update fails, what was applied so far stays (isolating entries go first and
     /// openings last, so nothing enforced is lost) and the next sync retries.
-    pub fn sync<'a>(
+    fn apply(
         &mut self,
         dp: &mut Datapath,
-        endpoints: impl Iterator<Item = &'a EndpointRecord>,
-        objects: impl Iterator<Item = &'a Object>,
-        host_ips: Vec<Ipv4Addr>,
+        inputs: Arc<Inputs>,
+        world: World,
+        compiled: Compiled,
     ) -> anyhow::Result<usize> {
-        let world = self.build_world(endpoints, objects, host_ips);
-        let compiled = self.compiler.compile(&world);
         let d = moat_policy_compiler::diff::diff(&self.applied, &compiled);
         let plan = moat_policy_compiler::diff::plan(&self.applied, &d);
         // Check before writing anything: a map that fills up half way would leave the
@@ -145,6 +290,7 @@ impl Enforcer {
             }
             .into());
         }
+        self.inputs = inputs;
         self.world = Arc::new(world);
         self.compiled = Arc::new(compiled);
         let in_use: BTreeSet<Identity> = self.world.pods.iter().map(|p| p.identity).collect();
@@ -153,16 +299,24 @@ impl Enforcer {
             tracing::info!(identity = id, "released identity after its grace period");
         }
         self.persist_identities();
+        let identities = self.list_identities();
+        self.identity_names = Arc::new(
+            identities
+                .iter()
+                .map(|(id, ..)| (*id, self.identity_name(*id)))
+                .collect(),
+        );
+        self.identities = Arc::new(identities);
 
         let updates = d.len();
         let narrows = moat_policy_compiler::diff::narrows(&self.applied, &d);
-        let result = apply(dp, &d, &plan);
+        let result = write_plan(dp, &d, &plan);
         if let Err(e) = result {
             // Re-read what the maps really hold so the next diff starts from the truth.
             self.applied = Arc::new(Compiled {
                 policy: dp.policy_entries().into_iter().collect(),
                 ipcache: dp.ipcache_entries().into_iter().collect(),
-                rules: BTreeMap::new(),
+                rules: Arc::default(),
             });
             return Err(e);
         }
@@ -211,28 +365,18 @@ impl Enforcer {
 
     fn build_world<'a>(
         &mut self,
+        inputs: &Inputs,
         endpoints: impl Iterator<Item = &'a EndpointRecord>,
-        objects: impl Iterator<Item = &'a Object>,
         host_ips: Vec<Ipv4Addr>,
     ) -> World {
         let mut world = World {
             mode: self.settings.mode,
             host_ips,
-            ..World::default()
+            namespaces: inputs.namespaces.clone(),
+            policies: Arc::clone(&inputs.policies),
+            pods: Vec::new(),
         };
-        let mut pods: BTreeMap<(String, String), k8s::Pod> = BTreeMap::new();
-        for o in objects {
-            match o {
-                Object::Namespace(n) => {
-                    world.namespaces.insert(n.name.clone(), n.clone());
-                }
-                Object::Pod(p) => {
-                    pods.insert((p.namespace.clone(), p.name.clone()), p.clone());
-                }
-                Object::NetworkPolicy(p) => world.policies.push(p.clone()),
-                Object::Service(_) | Object::EndpointSlice(_) | Object::Node(_) | Object::Other { .. } => {}
-            }
-        }
+        let pods = &inputs.pods;
         // Local endpoints: labels from the matching Pod manifest (CNI_ARGS name it).
         let mut seen = BTreeSet::new();
         for ep in endpoints.filter(|e| e.state == "ready") {
@@ -263,17 +407,17 @@ impl Enforcer {
         // endpoint owns the address.
         let local_ips: BTreeSet<Ipv4Addr> = world.pods.iter().filter_map(|p| p.ipv4).collect();
         for (key, pod) in pods {
-            if seen.contains(&key) || pod.ip.is_none() {
+            if seen.contains(key) || pod.ip.is_none() {
                 continue;
             }
             if pod.ip.is_some_and(|ip| local_ips.contains(&ip)) {
                 tracing::warn!(pod = %format!("{}/{}", key.0, key.1), ip = ?pod.ip, "ignoring a Pod manifest whose status.podIP belongs to a local endpoint");
                 continue;
             }
-            let identity = self.allocator.allocate(&world.label_set(&pod));
+            let identity = self.allocator.allocate(&world.label_set(pod));
             world.pods.push(PodInfo {
                 ipv4: pod.ip,
-                pod,
+                pod: pod.clone(),
                 identity,
                 local: false,
             });
@@ -281,15 +425,20 @@ impl Enforcer {
         world
     }
 
-    fn persist_identities(&self) {
-        if let Err(e) = write_json(&self.allocator_file, &self.allocator) {
-            tracing::warn!("persisting identities: {e:#}");
+    /// Writes the identities when they changed (a write syncs to disk: not per pod).
+    fn persist_identities(&mut self) {
+        let now = serde_json::to_vec(&self.allocator).unwrap_or_default();
+        if now == self.persisted_identities {
+            return;
+        }
+        match write_json(&self.allocator_file, &self.allocator) {
+            Ok(()) => self.persisted_identities = now,
+            Err(e) => tracing::warn!("persisting identities: {e:#}"),
         }
     }
 
     /// (identity, labels, in use, local pods "ns/name"), reserved ones included.
-    #[must_use]
-    pub fn identities(&self) -> Vec<(Identity, Vec<String>, bool, Vec<String>)> {
+    fn list_identities(&self) -> Vec<IdentityRow> {
         let mut out = Vec::new();
         for id in [reserved::HOST, reserved::WORLD, reserved::UNMANAGED, reserved::INIT] {
             out.push((
@@ -323,8 +472,7 @@ impl Enforcer {
     }
 
     /// Human name of an identity: reserved name, CIDR, or its labels.
-    #[must_use]
-    pub fn identity_name(&self, id: Identity) -> String {
+    fn identity_name(&self, id: Identity) -> String {
         if let Some(n) = reserved_name(id) {
             return n.to_string();
         }
@@ -343,7 +491,31 @@ impl Enforcer {
     }
 }
 
-fn apply(dp: &mut Datapath, d: &moat_policy_compiler::diff::Diff, plan: &Plan) -> anyhow::Result<()> {
+/// Identities whose pods differ between two worlds (added, removed, moved, relabelled).
+fn changed_identities(before: &World, after: &World) -> BTreeSet<Identity> {
+    type Index<'w> = BTreeMap<(&'w str, &'w str, bool, Option<Ipv4Addr>), Vec<&'w PodInfo>>;
+    fn index(w: &World) -> Index<'_> {
+        let mut m: Index<'_> = BTreeMap::new();
+        for p in &w.pods {
+            m.entry((p.pod.namespace.as_str(), p.pod.name.as_str(), p.local, p.ipv4))
+                .or_default()
+                .push(p);
+        }
+        m
+    }
+    let (old, new): (Index<'_>, Index<'_>) = (index(before), index(after));
+    let mut changed = BTreeSet::new();
+    for (a, b) in [(&old, &new), (&new, &old)] {
+        for (k, pods) in a {
+            if b.get(k) != Some(pods) {
+                changed.extend(pods.iter().map(|p| p.identity));
+            }
+        }
+    }
+    changed
+}
+
+fn write_plan(dp: &mut Datapath, d: &moat_policy_compiler::diff::Diff, plan: &Plan) -> anyhow::Result<()> {
     let write = |dp: &mut Datapath, step: &Step| match *step {
         Step::Upsert((prefix, key), value) => dp
             .upsert_policy(prefix, key, value)

@@ -76,7 +76,7 @@ fn world(yaml: &str) -> World {
         mode: Mode::Default,
         namespaces,
         pods: ALL.iter().map(|n| pod_info(n)).collect(),
-        policies: policies(yaml),
+        policies: policies(yaml).into(),
         host_ips: vec![HOST_IP],
     }
 }
