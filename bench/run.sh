@@ -56,6 +56,8 @@ cleanup() {
   for n in "${NS[@]}"; do ip netns del "$n" 2>/dev/null; done
   # A churn loop (section 8) stopped mid-cycle leaves its last pod netns.
   for n in $(ip netns list | awk '{print $1}' | grep -E "^$ID-c[0-9]+$"); do ip netns del "$n" 2>/dev/null; done
+  # MOAT_LOG=moat_dataplane=debug KEEP_AGENT_LOG=/tmp/agent.log keeps the agent's log.
+  [ -n "${KEEP_AGENT_LOG:-}" ] && cp "$RUN/agent.log" "$KEEP_AGENT_LOG"
   rm -rf "$PIN" "$RUN"
 }
 trap cleanup EXIT

@@ -151,7 +151,7 @@ pub fn spawn_owner(node: Node) -> std::io::Result<(NodeHandle, std::thread::Join
 
 fn owner_loop(mut node: Node, rx: &Receiver<Command>, view: &watch::Sender<Arc<View>>, jobs: &Sender<CompileJob>) {
     let publish = |node: &Node| {
-        view.send_replace(Arc::new(node.view()));
+        crate::reap::later(view.send_replace(Arc::new(node.view())));
     };
     let submit = |job: Option<CompileJob>| {
         if let Some(job) = job {
@@ -170,8 +170,10 @@ fn owner_loop(mut node: Node, rx: &Receiver<Command>, view: &watch::Sender<Arc<V
                         c => others.push(c),
                     }
                 }
+                let t = std::time::Instant::now();
                 submit(node.set_state(s));
                 publish(&node);
+                tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "owner: new state");
                 for c in others {
                     if !handle(&mut node, c, &publish, &submit) {
                         return;
@@ -203,7 +205,9 @@ fn handle(node: &mut Node, c: Command, publish: &impl Fn(&Node), submit: &impl F
             let _ = reply.send(r);
         }
         Command::AddEndpoint(new, reply) => {
+            let t = std::time::Instant::now();
             let r = node.add_endpoint(*new);
+            tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "owner: add endpoint");
             publish(node);
             let _ = reply.send(r);
         }
@@ -217,8 +221,10 @@ fn handle(node: &mut Node, c: Command, publish: &impl Fn(&Node), submit: &impl F
             let _ = reply.send(r);
             if let Some(rec) = forgotten {
                 tracing::info!(endpoint = rec.id, pod = %rec.pod(), "endpoint deleted by CNI DEL");
+                let t = std::time::Instant::now();
                 node.release_endpoint(&rec);
                 publish(node);
+                tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "owner: release endpoint");
             }
         }
         Command::Gc(valid, reply) => {
@@ -231,8 +237,10 @@ fn handle(node: &mut Node, c: Command, publish: &impl Fn(&Node), submit: &impl F
             publish(node);
         }
         Command::Compiled(job, compiled) => {
+            let t = std::time::Instant::now();
             submit(node.compiled(*job, *compiled));
             publish(node);
+            tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "owner: compile applied");
         }
         Command::Shutdown => return false,
     }

@@ -7,6 +7,7 @@
 //!   datapath, policy and services, kept consistent and persisted.
 //! - [`view`]: the read-only snapshot the owner publishes for readers.
 //! - [`endpoint`], [`ipam`], [`persist`]: leaf types, address management, state files.
+//! - [`reap`]: frees large replaced values on a background thread.
 //! - [`source`]: where desired state comes from (the manifest directory now).
 //! - [`policy`], [`services`]: desired state → map entries (agent side).
 //! - [`kernel`]: eBPF loading, maps, attachment, device queries.
@@ -24,6 +25,7 @@ pub mod kernel;
 pub mod node;
 pub mod persist;
 pub mod policy;
+pub mod reap;
 pub mod services;
 pub mod source;
 pub mod view;

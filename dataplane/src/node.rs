@@ -19,7 +19,7 @@ use crate::ipam::{Cidr, Ipam, Owner};
 use crate::kernel::datapath::{Datapath, MapSizes};
 use crate::kernel::netdev;
 use crate::persist::{read_json_recovering, write_json};
-use crate::policy::enforcer::{Inputs, Job};
+use crate::policy::enforcer::Job;
 use crate::policy::{DoesNotFit, Enforcer, Settings};
 use crate::services::LoadBalancer;
 use crate::source::Snapshot;
@@ -200,7 +200,7 @@ impl Node {
     /// A policy that does not fit the maps does not stop the agent: the maps keep what
     /// the previous agent enforced, status reports it, and ADDs fail until it fits.
     fn sync_policy_at_start(&mut self) -> anyhow::Result<()> {
-        let inputs = Arc::new(Inputs::new(self.state.generation, self.state.objects.iter()));
+        let inputs = Arc::clone(&self.state.policy);
         let r = self.enforcer.sync(
             &mut self.datapath,
             self.endpoints.values(),
@@ -270,7 +270,7 @@ impl Node {
     /// policy compile is returned to run on the compile thread (or queued behind the one
     /// running there).
     pub fn set_state(&mut self, state: Snapshot) -> Option<CompileJob> {
-        self.state = state;
+        crate::reap::later(std::mem::replace(&mut self.state, state));
         if let Err(e) = self.sync_services() {
             tracing::error!("applying services: {e:#}");
         }
@@ -286,7 +286,7 @@ impl Node {
         self.compiling = true;
         self.compile_again = false;
         self.last_sync = Instant::now();
-        let inputs = Arc::new(Inputs::new(self.state.generation, self.state.objects.iter()));
+        let inputs = Arc::clone(&self.state.policy);
         let job = self
             .enforcer
             .prepare(inputs, self.endpoints.values(), netdev::host_ipv4s());
@@ -328,7 +328,7 @@ impl Node {
             }
         }
         if generation >= self.done_state.generation {
-            self.done_state = done.snapshot;
+            crate::reap::later(std::mem::replace(&mut self.done_state, done.snapshot));
         }
         if self.compile_again {
             self.start_compile()

@@ -215,8 +215,11 @@ impl Enforcer {
             compiled
         } else {
             let changed = changed_identities(&job.world, &world);
-            job.compiler.recompute(&world, &compiled, &changed)
+            let now = job.compiler.recompute(&world, &compiled, &changed);
+            crate::reap::later(compiled);
+            now
         };
+        crate::reap::later((job.world, job.compiler));
         self.apply(dp, job.inputs, world, compiled)
     }
 

@@ -269,6 +269,8 @@ impl StateDir {
             objects: std::sync::Arc::new(self.objects().cloned().collect()),
             generation: self.generation,
             errors: std::sync::Arc::new(self.errors.iter().map(ToString::to_string).collect()),
+            // Decoded here, on the source thread, not by the node owner.
+            policy: std::sync::Arc::new(crate::policy::enforcer::Inputs::new(self.generation, self.objects())),
         }
     }
 

@@ -24,6 +24,8 @@ pub struct Snapshot {
     pub generation: u64,
     /// Documents rejected at the last read, as "file: object: field: why".
     pub errors: Arc<Vec<String>>,
+    /// What the policy compiler reads from `objects`.
+    pub policy: Arc<crate::policy::enforcer::Inputs>,
 }
 
 impl Snapshot {

@@ -648,3 +648,78 @@ fn ipv6_from_a_pod_is_dropped_and_reported() {
         "IPv4 to the node"
     );
 }
+
+/// Pods added and removed while the agent compiles a large new state on its compile
+/// thread end up with exactly the new state's policy: the finished compile is brought
+/// up to the endpoints of the moment it is applied (pods that came meanwhile get their
+/// labels' identity and entries, pods that left lose theirs).
+#[test]
+fn pods_changed_during_a_large_compile_get_the_new_policy() {
+    root_or_skip!();
+    let node = start(vec![]);
+    let web = node.add_pod("shop", "web");
+    let db = node.add_pod("shop", "db");
+    let _srv = EchoServer::start(&db.path(), 5432);
+    let gone = node.add_pod("shop", "gone");
+    let generation = |node: &Node| node.status()["stateGeneration"].as_u64().unwrap_or(0);
+    let before = generation(&node);
+
+    // 5,000 policies elsewhere (a compile of tens of ms, after a longer read), and the
+    // policy that matters: db admits only app=late, on 5432.
+    let mut big = namespace("filler");
+    for i in 0..5000 {
+        big += &policy(
+            "filler",
+            &format!("np{i}"),
+            &format!(
+                "  podSelector: {{matchLabels: {{app: f{}}}}}\n  ingress:\n  - from:\n    - podSelector: {{matchLabels: {{app: f{}}}}}\n    ports:\n    - port: {}",
+                i % 300,
+                (i * 7) % 300,
+                1000 + i % 3000
+            ),
+        );
+    }
+    big += &policy(
+        "shop",
+        "db-from-late",
+        "  podSelector: {matchLabels: {app: db}}\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {app: late}}\n    ports:\n    - port: 5432",
+    );
+    for i in 0..4 {
+        big += &pod("shop", &format!("late{i}"), "late");
+    }
+    std::fs::write(node.state_dir().join("big.yaml"), &big).unwrap();
+    // While the agent reads and compiles it: pods come and go.
+    let late: Vec<_> = (0..4).map(|i| node.add_pod("shop", &format!("late{i}"))).collect();
+    let stranger = node.add_pod("shop", "stranger");
+    assert!(node.del_pod(&gone).success);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while generation(&node) <= before {
+        assert!(Instant::now() < deadline, "the big state was never applied");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(node.status()["policyError"], Value::Null, "{}", node.status());
+    for p in &late {
+        assert_eq!(
+            tcp_echo(&p.path(), db.ip, 5432, b"hi").as_deref(),
+            Ok(&b"hi"[..]),
+            "{} (app=late, added during the compile) must reach db",
+            p.name
+        );
+    }
+    for p in [&web, &stranger] {
+        assert!(
+            tcp_echo(&p.path(), db.ip, 5432, b"hi").is_err(),
+            "{} must not reach db under db-from-late",
+            p.name
+        );
+    }
+    let ids: Value = serde_json::from_str(&node.moatctl(&["-o", "json", "identities"])).unwrap();
+    let late_identity = ids
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["labels"].as_array().unwrap().iter().any(|l| l == "k8s:app=late"))
+        .unwrap_or_else(|| panic!("no identity for app=late: {ids}"));
+    assert_eq!(late_identity["endpoints"].as_array().map(Vec::len), Some(4), "{late_identity}");
+}
