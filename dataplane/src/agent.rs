@@ -123,12 +123,25 @@ pub fn spawn_owner(node: Node) -> std::io::Result<(NodeHandle, std::thread::Join
     let (view_tx, view_rx) = watch::channel(Arc::new(node.view()));
     let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<CompileJob>();
     let results = tx.clone();
+    // Test hook: a slower compile makes the window in which CNI requests overtake a
+    // compile wide enough to test (it only delays; default none).
+    let delay = std::env::var("MOAT_TEST_COMPILE_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis);
     // The compile thread ends when the owner drops its job sender.
     std::thread::Builder::new()
         .name("policy-compile".into())
         .spawn(move || {
             for job in jobs_rx {
+                tracing::info!(
+                    generation = job.snapshot.generation,
+                    "compiling the policy of a new state"
+                );
                 let t = std::time::Instant::now();
+                if let Some(d) = delay {
+                    std::thread::sleep(d);
+                }
                 let compiled = job.job.run();
                 tracing::debug!(
                     generation = job.snapshot.generation,

@@ -158,6 +158,8 @@ pub struct NodeOpts {
     pub agent_args: Vec<&'static str>,
     /// Run the agent and the plugin with an empty `PATH`: no iproute2, no tools at all.
     pub bare_path: bool,
+    /// Extra environment for `moat-agent`.
+    pub agent_env: Vec<(&'static str, String)>,
 }
 
 impl Default for NodeOpts {
@@ -169,6 +171,7 @@ impl Default for NodeOpts {
             manifests: Vec::new(),
             agent_args: Vec::new(),
             bare_path: false,
+            agent_env: Vec::new(),
         }
     }
 }
@@ -313,6 +316,7 @@ impl Node {
             .args(["--pod-cidr", &self.pod_cidr])
             .args(["--node-name", &self.id])
             .args(&self.opts.agent_args)
+            .envs(self.opts.agent_env.iter().map(|(k, v)| (k, v)))
             // In the root netns the devices are the machine's own: no NodePort XDP there.
             .args(if self.node_ns.is_none() {
                 &["--node-device", "none"][..]

@@ -656,7 +656,13 @@ fn ipv6_from_a_pod_is_dropped_and_reported() {
 #[test]
 fn pods_changed_during_a_large_compile_get_the_new_policy() {
     root_or_skip!();
-    let node = start(vec![]);
+    moat_netns_tests::require_root();
+    // Each full compile takes 1.5 s longer: the pods below are added while it runs.
+    let node = Node::start_with(NodeOpts {
+        manifests: vec![("base.yaml", base())],
+        agent_env: vec![("MOAT_TEST_COMPILE_DELAY_MS", "1500".into())],
+        ..NodeOpts::default()
+    });
     let web = node.add_pod("shop", "web");
     let db = node.add_pod("shop", "db");
     let _srv = EchoServer::start(&db.path(), 5432);
@@ -687,12 +693,28 @@ fn pods_changed_during_a_large_compile_get_the_new_policy() {
     for i in 0..4 {
         big += &pod("shop", &format!("late{i}"), "late");
     }
+    let compiles = |node: &Node| node.agent_log().matches("compiling the policy of a new state").count();
+    let compiles_before = compiles(&node);
     std::fs::write(node.state_dir().join("big.yaml"), &big).unwrap();
-    // While the agent reads and compiles it: pods come and go.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while compiles(&node) == compiles_before {
+        assert!(
+            Instant::now() < deadline,
+            "the agent never started compiling the big state"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // While the agent compiles it: pods come and go (and status still reports the
+    // generation before it).
     let late: Vec<_> = (0..4).map(|i| node.add_pod("shop", &format!("late{i}"))).collect();
     let stranger = node.add_pod("shop", "stranger");
     assert!(node.del_pod(&gone).success);
 
+    assert_eq!(
+        generation(&node),
+        before,
+        "applied before the pods came: the test proves nothing"
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while generation(&node) <= before {
         assert!(Instant::now() < deadline, "the big state was never applied");
@@ -721,5 +743,9 @@ fn pods_changed_during_a_large_compile_get_the_new_policy() {
         .iter()
         .find(|i| i["labels"].as_array().unwrap().iter().any(|l| l == "k8s:app=late"))
         .unwrap_or_else(|| panic!("no identity for app=late: {ids}"));
-    assert_eq!(late_identity["endpoints"].as_array().map(Vec::len), Some(4), "{late_identity}");
+    assert_eq!(
+        late_identity["endpoints"].as_array().map(Vec::len),
+        Some(4),
+        "{late_identity}"
+    );
 }
