@@ -202,7 +202,7 @@ echo("after the restart, same connection")' "${IP[shop/cart]}" "$RUN/restarted" 
 CLIENT=$!
 sleep 0.5
 kill "$AGENT"; wait "$AGENT" 2>/dev/null || true
-echo "  agent stopped (tcx links and maps stay pinned in $PIN)"
+echo "  agent stopped (the pod filters stay attached and the maps pinned in $PIN)"
 start_agent; echo "  agent started again; it re-adopted the pinned datapath"
 touch "$RUN/restarted"; wait $CLIENT
 echo; echo "\$ moatctl endpoints   (re-adopted after the restart)"; moatctl endpoints
