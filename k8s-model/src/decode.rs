@@ -230,7 +230,7 @@ pub(super) fn object(v: &Value) -> Result<Object, DecodeError> {
             message,
         }
     };
-    if matches!(kind, "Pod" | "NetworkPolicy" | "EndpointSlice") {
+    if matches!(kind, "Pod" | "NetworkPolicy" | "EndpointSlice" | "MoatNetworkPolicy") {
         syntax::check_object_name(name).map_err(named_at("metadata.name"))?;
     }
     if kind == "Namespace" {
@@ -248,7 +248,15 @@ pub(super) fn object(v: &Value) -> Result<Object, DecodeError> {
         field,
         message,
     };
-    const KNOWN: [&str; 6] = ["Namespace", "Pod", "NetworkPolicy", "Service", "EndpointSlice", "Node"];
+    const KNOWN: [&str; 7] = [
+        "Namespace",
+        "Pod",
+        "NetworkPolicy",
+        "Service",
+        "EndpointSlice",
+        "Node",
+        "MoatNetworkPolicy",
+    ];
     if let Some(k) = KNOWN.iter().find(|k| k.eq_ignore_ascii_case(kind) && **k != kind) {
         return Err(named((
             "kind".into(),
@@ -258,6 +266,7 @@ pub(super) fn object(v: &Value) -> Result<Object, DecodeError> {
     let group_kinds: &[&str] = match api_version {
         "networking.k8s.io/v1" => &["NetworkPolicy", "Ingress", "IngressClass"],
         "discovery.k8s.io/v1" => &["EndpointSlice"],
+        super::moat_policy::API_VERSION => &["MoatNetworkPolicy"],
         _ => &[],
     };
     if !group_kinds.is_empty() && !group_kinds.contains(&kind) {
@@ -273,6 +282,7 @@ pub(super) fn object(v: &Value) -> Result<Object, DecodeError> {
         "Namespace" | "Pod" | "Service" | "Node" => "v1",
         "NetworkPolicy" => "networking.k8s.io/v1",
         "EndpointSlice" => "discovery.k8s.io/v1",
+        "MoatNetworkPolicy" => super::moat_policy::API_VERSION,
         _ => api_version,
     };
     if api_version != want_version {
@@ -300,6 +310,7 @@ pub(super) fn object(v: &Value) -> Result<Object, DecodeError> {
             Object::NetworkPolicy(network_policy(namespace, name, &strict(v).map_err(err)?).map_err(err)?)
         }
         "Node" => Object::Node(node(name, meta_labels, &strict(v).map_err(err)?).map_err(err)?),
+        "MoatNetworkPolicy" => Object::MoatNetworkPolicy(super::moat_policy::decode(namespace, name, v).map_err(err)?),
         "Service" => {
             syntax::check_dns_label(name).map_err(named_at("metadata.name"))?;
             Object::Service(super::service::service(namespace, name, &strict(v).map_err(err)?).map_err(err)?)

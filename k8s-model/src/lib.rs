@@ -18,6 +18,7 @@
 //! A bad document is rejected whole with an error naming the file, document, object and
 //! field, while the other documents still load.
 mod decode;
+pub mod moat_policy;
 pub mod selector;
 pub mod service;
 pub mod syntax;
@@ -28,6 +29,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 pub use ipnetwork::{self, IpNetwork, Ipv4Network};
+pub use moat_policy::{HttpPort, HttpRule, MoatNetworkPolicy};
 pub use selector::{LabelSelector, Operator, Requirement};
 
 /// Label Kubernetes puts on every namespace (value: the namespace's name).
@@ -176,6 +178,8 @@ pub enum Object {
     Service(service::Service),
     EndpointSlice(service::EndpointSlice),
     Node(Node),
+    /// `moat.io/v1alpha1` NetworkPolicy with HTTP rules.
+    MoatNetworkPolicy(moat_policy::MoatNetworkPolicy),
     /// Any other kind (Service, Deployment, …): kept, not interpreted.
     Other {
         kind: String,
@@ -194,6 +198,7 @@ impl Object {
             Self::Service(_) => "Service",
             Self::EndpointSlice(_) => "EndpointSlice",
             Self::Node(_) => "Node",
+            Self::MoatNetworkPolicy(_) => "MoatNetworkPolicy",
             Self::Other { kind, .. } => kind,
         }
     }

@@ -844,3 +844,120 @@ fn nodes_decode_with_pod_cidrs_and_addresses() {
         "",
     );
 }
+
+fn mnp(spec: &str) -> String {
+    format!("apiVersion: moat.io/v1alpha1\nkind: MoatNetworkPolicy\nmetadata: {{name: m, namespace: x}}\nspec:\n{spec}")
+}
+
+/// A CiliumNetworkPolicy with apiVersion and kind changed: label sources, the namespace
+/// label, string ports.
+#[test]
+fn moat_network_policy_reads_a_cilium_policy() {
+    let text = mnp(
+        "  endpointSelector: {matchLabels: {'k8s:app': backend}}\n  ingress:\n  - fromEndpoints:\n    - matchLabels: {'k8s:app': frontend}\n    - matchLabels: {'k8s:io.kubernetes.pod.namespace': ops, 'any:role': admin}\n    toPorts:\n    - ports: [{port: '80', protocol: TCP}, {port: '8080'}]\n  egress:\n  - toEndpoints:\n    - matchExpressions: [{key: 'k8s:io.cilium.k8s.namespace.labels.team', operator: In, values: [db]}]\n",
+    );
+    let (objects, errors) = parse(&text);
+    assert!(errors.is_empty(), "{errors:?}");
+    let [Object::MoatNetworkPolicy(m)] = objects.as_slice() else {
+        panic!("{objects:?}")
+    };
+    let p = &m.policy;
+    assert_eq!((p.namespace.as_str(), p.name.as_str()), ("x", "m"));
+    assert!(p.ingress && p.egress);
+    assert_eq!(p.pod_selector.match_labels, labels(&[("app", "backend")]));
+    let peers = p.ingress_rules[0].peers.as_ref().unwrap();
+    assert_eq!(
+        peers[0],
+        Peer::Pods {
+            pod_selector: Some(LabelSelector {
+                match_labels: labels(&[("app", "frontend")]),
+                match_expressions: vec![]
+            }),
+            namespace_selector: None,
+        },
+        "no namespace label: the policy's own namespace"
+    );
+    assert_eq!(
+        peers[1],
+        Peer::Pods {
+            pod_selector: Some(LabelSelector {
+                match_labels: labels(&[("role", "admin")]),
+                match_expressions: vec![]
+            }),
+            namespace_selector: Some(LabelSelector {
+                match_labels: labels(&[(NAMESPACE_NAME_LABEL, "ops")]),
+                match_expressions: vec![]
+            }),
+        }
+    );
+    let ports: Vec<String> = p.ingress_rules[0]
+        .ports
+        .iter()
+        .flatten()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(ports, ["TCP/80", "TCP/8080"]);
+    let Peer::Pods {
+        namespace_selector: Some(ns),
+        ..
+    } = &p.egress_rules[0].peers.as_ref().unwrap()[0]
+    else {
+        panic!("{:?}", p.egress_rules)
+    };
+    assert_eq!(ns.match_expressions[0].key, "team");
+    assert_eq!(p.egress_rules[0].ports, None, "no toPorts: every port");
+    assert!(m.http.is_empty());
+}
+
+#[test]
+fn moat_network_policy_errors_name_the_field() {
+    let obj = "MoatNetworkPolicy x/m";
+    rejects(
+        &mnp("  endpointSelector: {}\n  ingress:\n  - fromEndpoint: [{}]\n"),
+        obj,
+        "spec.ingress[0].fromEndpoint",
+        "unknown field",
+    );
+    rejects(
+        &mnp("  endpointSelector: {}\n  ingress:\n  - toPorts:\n    - ports: [{port: http}]\n"),
+        obj,
+        "spec.ingress[0].toPorts[0].ports[0].port",
+        "not a port number",
+    );
+    rejects(
+        &mnp("  endpointSelector: {matchLabels: {'k8s:io.kubernetes.pod.namespace': y}}\n  ingress: []\n"),
+        obj,
+        "spec.endpointSelector",
+        "own namespace",
+    );
+    rejects(
+        &mnp("  endpointSelector: {matchLabels: {'reserved:host': ''}}\n"),
+        obj,
+        "spec.endpointSelector.matchLabels.reserved:host",
+        "label source",
+    );
+    rejects(
+        &mnp("  endpointSelector: {}\n  ingress:\n  - toPorts:\n    - ports: [{port: '53', protocol: UDP}]\n      rules:\n        http: [{path: /}]\n"),
+        obj,
+        "spec.ingress[0].toPorts[0].ports[0].protocol",
+        "need protocol TCP",
+    );
+    rejects(
+        &mnp("  endpointSelector: {}\n  ingress:\n  - toPorts:\n    - ports: [{port: '80'}]\n      rules:\n        http: [{headers: ['Bad Header: x']}]\n"),
+        obj,
+        "spec.ingress[0].toPorts[0].rules.http[0].headers[0]",
+        "not a header name",
+    );
+    rejects(
+        &mnp("  endpointSelector: {}\n  ingress:\n  - toPorts:\n    - ports: [{port: '80'}]\n      rules:\n        http: [{method: GET, path: '/api/.*'}]\n"),
+        obj,
+        "spec.ingress[0].toPorts[0].rules.http",
+        "HTTP rules are not enforced by this version",
+    );
+    rejects(
+        &mnp("  endpointSelector: {}\n  ingress: []\n").replace("moat.io/v1alpha1", "cilium.io/v2"),
+        obj,
+        "apiVersion",
+        "served as moat.io/v1alpha1",
+    );
+}

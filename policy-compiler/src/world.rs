@@ -79,6 +79,12 @@ impl World {
                 Object::NetworkPolicy(p) => {
                     policies.insert((p.namespace.clone(), p.name.clone()), p.clone());
                 }
+                // Its L3/L4 meaning (ones with HTTP rules are refused when decoded).
+                Object::MoatNetworkPolicy(p) => {
+                    let mut np = p.policy.clone();
+                    np.name = format!("{}:{}", k8s::moat_policy::KIND, np.name);
+                    policies.insert((np.namespace.clone(), np.name.clone()), np);
+                }
                 Object::Service(_) | Object::EndpointSlice(_) | Object::Node(_) | Object::Other { .. } => {}
             }
         }

@@ -101,12 +101,22 @@ impl Inputs {
                     inputs.pods.insert((p.namespace.clone(), p.name.clone()), p.clone());
                 }
                 Object::NetworkPolicy(p) => policies.push(p.clone()),
+                // Its L3/L4 meaning (ones with HTTP rules are refused when decoded).
+                Object::MoatNetworkPolicy(p) => policies.push(moat_policy(p)),
                 Object::Service(_) | Object::EndpointSlice(_) | Object::Node(_) | Object::Other { .. } => {}
             }
         }
         inputs.policies = Arc::new(policies);
         inputs
     }
+}
+
+/// A MoatNetworkPolicy as the compiler sees it: a NetworkPolicy whose name says its kind
+/// (so rules and flows name it, and it never collides with a NetworkPolicy's name).
+fn moat_policy(p: &k8s::MoatNetworkPolicy) -> k8s::NetworkPolicy {
+    let mut np = p.policy.clone();
+    np.name = format!("{}:{}", k8s::moat_policy::KIND, np.name);
+    np
 }
 
 /// A full compile to run off the owner thread: the world and a copy of the numbering.

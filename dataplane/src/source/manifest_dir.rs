@@ -77,6 +77,7 @@ pub fn object_key(o: &Object) -> String {
         Object::Service(s) => format!("Service {}/{}", s.namespace, s.name),
         Object::EndpointSlice(s) => format!("EndpointSlice {}/{}", s.namespace, s.name),
         Object::Node(n) => format!("Node {}", n.name),
+        Object::MoatNetworkPolicy(p) => format!("MoatNetworkPolicy {}/{}", p.policy.namespace, p.policy.name),
         Object::Other { kind, namespace, name } if namespace.is_empty() => format!("{kind} {name}"),
         Object::Other { kind, namespace, name } => format!("{kind} {namespace}/{name}"),
     }

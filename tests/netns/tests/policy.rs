@@ -749,3 +749,68 @@ fn pods_changed_during_a_large_compile_get_the_new_policy() {
         "{late_identity}"
     );
 }
+
+/// A MoatNetworkPolicy (a CiliumNetworkPolicy with apiVersion and kind changed) is
+/// enforced by its L3/L4 meaning; one with HTTP rules, which this version cannot enforce,
+/// is refused with the field named, and what was enforced stays.
+#[test]
+fn moat_network_policy_is_enforced_and_http_rules_are_refused() {
+    root_or_skip!();
+    let node = start(vec![]);
+    let web = node.add_pod("shop", "web");
+    let db = node.add_pod("shop", "db");
+    let admin = node.add_pod("ops", "admin");
+    let _srv = EchoServer::start(&db.path(), 5432);
+    let mnp = |rules: &str| {
+        format!(
+            "apiVersion: moat.io/v1alpha1\nkind: MoatNetworkPolicy\nmetadata: {{name: db-access, namespace: shop}}\nspec:\n  endpointSelector: {{matchLabels: {{'k8s:app': db}}}}\n  ingress:\n  - fromEndpoints:\n    - matchLabels: {{'k8s:app': web}}\n    - matchLabels: {{'k8s:io.kubernetes.pod.namespace': ops, app: admin}}\n    toPorts:\n    - ports: [{{port: '5432', protocol: TCP}}]\n{rules}"
+        )
+    };
+    node.apply_manifests(&[("m.yaml", Some(&mnp("")))]);
+    assert_eq!(
+        node.status()["manifestErrors"].as_array().map(Vec::len),
+        Some(0),
+        "{}",
+        node.status()
+    );
+    assert_eq!(tcp_echo(&web.path(), db.ip, 5432, b"a").as_deref(), Ok(&b"a"[..]));
+    assert_eq!(
+        tcp_echo(&admin.path(), db.ip, 5432, b"b").as_deref(),
+        Ok(&b"b"[..]),
+        "the namespace label selects ops/admin"
+    );
+    let other = node.add_pod("shop", "other");
+    assert!(
+        tcp_echo(&other.path(), db.ip, 5432, b"c").is_err(),
+        "not selected: denied"
+    );
+    let f = wait_flow(&node, &["--pod", "shop/db", "--verdict", "dropped"], |f| {
+        f["destination"]["port"] == 5432
+    });
+    assert!(
+        f["policy"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("shop/MoatNetworkPolicy:db-access"),
+        "{f}"
+    );
+
+    // HTTP rules: refused whole, the L3/L4 version above stays in force.
+    node.apply_manifests(&[(
+        "m.yaml",
+        Some(&mnp("      rules:\n        http: [{method: GET, path: '/'}]\n")),
+    )]);
+    let status = node.status();
+    let errors = status["manifestErrors"].as_array().unwrap();
+    assert!(
+        errors.iter().any(|e| {
+            let e = e.as_str().unwrap_or_default();
+            e.contains("MoatNetworkPolicy shop/db-access")
+                && e.contains("spec.ingress[0].toPorts[0].rules.http")
+                && e.contains("not enforced")
+        }),
+        "{status}"
+    );
+    assert_eq!(tcp_echo(&web.path(), db.ip, 5432, b"d").as_deref(), Ok(&b"d"[..]));
+    assert!(tcp_echo(&other.path(), db.ip, 5432, b"e").is_err(), "still denied");
+}
