@@ -10,6 +10,7 @@
 //! `dataplane`, so it builds and tests without the eBPF toolchain.
 pub mod compile;
 pub mod diff;
+pub mod http;
 pub use moat_k8s_model as k8s;
 pub mod lookup;
 pub mod matrix;

@@ -1,0 +1,325 @@
+//! Framing, normalisation and rule matching, with a bypass corpus: every technique is
+//! refused or matched correctly; none reaches `/admin` under rules that allow only `GET /`,
+//! `GET /public/.*` and `POST /api/items`.
+use super::request::{normalize_path, parse_head, Body, Reject, MAX_HEAD};
+use super::rules::{first_match, CompiledRule, MAX_STATES};
+use crate::k8s::HttpRule;
+
+fn rule(method: &str, path: &str) -> HttpRule {
+    HttpRule {
+        method: Some(method.into()),
+        path: Some(path.into()),
+        ..HttpRule::default()
+    }
+}
+
+fn rules() -> Vec<CompiledRule> {
+    [rule("GET", "/"), rule("GET", "/public/.*"), rule("POST", "/api/items")]
+        .iter()
+        .enumerate()
+        .map(|(i, r)| CompiledRule::compile(r, &format!("http[{i}]")).unwrap())
+        .collect()
+}
+
+/// The verdict for one request: `Ok(rule index)` allowed, `Err(None)` parsed but no rule
+/// matched, `Err(Some(reason))` refused by the parser.
+fn verdict(req: &[u8]) -> Result<usize, Option<Reject>> {
+    match parse_head(req) {
+        Ok(Some(head)) => first_match(&rules(), &head).ok_or(None),
+        Ok(None) => panic!("incomplete: {:?}", String::from_utf8_lossy(req)),
+        Err(r) => Err(Some(r)),
+    }
+}
+
+fn get(target: &str) -> Vec<u8> {
+    format!("GET {target} HTTP/1.1\r\nHost: backend\r\n\r\n").into_bytes()
+}
+
+#[test]
+fn allowed_requests_match_their_rule() {
+    assert_eq!(verdict(&get("/")), Ok(0));
+    assert_eq!(verdict(&get("/public/a.css")), Ok(1));
+    assert_eq!(verdict(&get("/public/./a.css")), Ok(1), "normalised, then matched");
+    assert_eq!(verdict(&get("/public/%61.css")), Ok(1), "unreserved escapes decoded");
+    assert_eq!(verdict(&get("/public/x?y=1")), Ok(1));
+    assert_eq!(
+        verdict(b"POST /api/items HTTP/1.1\r\nHost: b\r\nContent-Length: 2\r\n\r\n{}"),
+        Ok(2)
+    );
+}
+
+#[test]
+fn bypass_corpus_never_reaches_admin() {
+    let ct = |te: &str, cl: &str| {
+        format!("POST /api/items HTTP/1.1\r\nHost: b\r\n{te}{cl}\r\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: b\r\n\r\n")
+            .into_bytes()
+    };
+    let big_header = format!(
+        "GET /public/x HTTP/1.1\r\nHost: b\r\nX: {}\r\n\r\n",
+        "a".repeat(MAX_HEAD)
+    );
+    let big_line = format!("GET /public/{} HTTP/1.1\r\nHost: b\r\n\r\n", "a".repeat(MAX_HEAD));
+    let corpus: Vec<(&str, Vec<u8>, Option<Reject>)> = vec![
+        ("plain", get("/admin"), None),
+        ("upper case", get("/ADMIN"), None),
+        ("escaped letter", get("/%61dmin"), None),
+        ("escaped last letter", get("/adm%69n"), None),
+        ("dot-dot", get("/public/../admin"), None),
+        ("dot-dot above root", get("/public/../../../admin"), None),
+        ("double slash", get("//admin"), None),
+        ("dot segment", get("/./admin"), None),
+        ("escaped dots", get("/public/%2e%2e/admin"), None),
+        ("escaped dots upper", get("/public/%2E%2E/admin"), None),
+        ("mixed escaped dots", get("/public/%2e./admin"), None),
+        ("query looks public", get("/admin?x=/public/a"), None),
+        ("trailing slash", get("/admin/"), None),
+        (
+            "escaped slash",
+            get("/public%2F..%2Fadmin"),
+            Some(Reject::AmbiguousPath),
+        ),
+        (
+            "escaped slash lower",
+            get("/public/..%2fadmin"),
+            Some(Reject::AmbiguousPath),
+        ),
+        ("backslash", get("/public\\..\\admin"), Some(Reject::AmbiguousPath)),
+        (
+            "escaped backslash",
+            get("/public/..%5Cadmin"),
+            Some(Reject::AmbiguousPath),
+        ),
+        (
+            "tomcat path parameter",
+            get("/public/..;/admin"),
+            Some(Reject::AmbiguousPath),
+        ),
+        ("NUL", get("/admin%00.css"), Some(Reject::AmbiguousPath)),
+        ("bad escape", get("/public/%zz/../admin"), Some(Reject::AmbiguousPath)),
+        ("fragment", get("/public/a#/../../admin"), Some(Reject::Malformed)),
+        ("absolute-form", get("http://backend/admin"), None),
+        ("absolute-form dot-dot", get("http://backend/public/../admin"), None),
+        (
+            "absolute-form userinfo",
+            get("http://x@backend/admin"),
+            Some(Reject::Malformed),
+        ),
+        (
+            "tabs",
+            b"GET\t/admin\tHTTP/1.1\r\nHost: b\r\n\r\n".to_vec(),
+            Some(Reject::Malformed),
+        ),
+        (
+            "two spaces",
+            b"GET  /admin HTTP/1.1\r\nHost: b\r\n\r\n".to_vec(),
+            Some(Reject::Malformed),
+        ),
+        (
+            "extra token",
+            b"GET /admin HTTP/1.1 x\r\nHost: b\r\n\r\n".to_vec(),
+            Some(Reject::Malformed),
+        ),
+        ("HTTP/0.9", b"GET /admin\r\n\r\n".to_vec(), Some(Reject::Version)),
+        (
+            "HTTP/1.2",
+            b"GET /admin HTTP/1.2\r\nHost: b\r\n\r\n".to_vec(),
+            Some(Reject::Version),
+        ),
+        (
+            "HTTP/2 prior knowledge",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+            Some(Reject::Http2),
+        ),
+        (
+            "TLS ClientHello",
+            vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc],
+            Some(Reject::Tls),
+        ),
+        (
+            "CL.TE smuggling",
+            ct("Content-Length: 44\r\n", "Transfer-Encoding: chunked\r\n"),
+            Some(Reject::Framing),
+        ),
+        (
+            "TE.CL smuggling",
+            ct("Transfer-Encoding: chunked\r\n", "Content-Length: 3\r\n"),
+            Some(Reject::Framing),
+        ),
+        (
+            "TE obfuscated",
+            ct("Transfer-Encoding: xchunked\r\n", ""),
+            Some(Reject::Framing),
+        ),
+        (
+            "TE list",
+            ct("Transfer-Encoding: chunked, identity\r\n", ""),
+            Some(Reject::Framing),
+        ),
+        (
+            "TE twice",
+            ct("Transfer-Encoding: chunked\r\n", "Transfer-Encoding: chunked\r\n"),
+            Some(Reject::Framing),
+        ),
+        (
+            "TE space before colon",
+            ct("Transfer-Encoding : chunked\r\n", ""),
+            Some(Reject::Malformed),
+        ),
+        (
+            "two Content-Lengths",
+            ct("Content-Length: 5\r\n", "Content-Length: 6\r\n"),
+            Some(Reject::Framing),
+        ),
+        (
+            "signed Content-Length",
+            ct("Content-Length: +5\r\n", ""),
+            Some(Reject::Framing),
+        ),
+        (
+            "line folding",
+            b"GET /admin HTTP/1.1\r\nHost: b\r\n x: y\r\n\r\n".to_vec(),
+            Some(Reject::Malformed),
+        ),
+        (
+            "bare LF",
+            b"GET /admin HTTP/1.1\nHost: b\n\n".to_vec(),
+            Some(Reject::Malformed),
+        ),
+        (
+            "lone CR in header",
+            b"GET /public/x HTTP/1.1\r\nHost: b\r\nX: a\rGET /admin\r\n\r\n".to_vec(),
+            Some(Reject::Malformed),
+        ),
+        (
+            "NUL in header",
+            b"GET /public/x HTTP/1.1\r\nHost: b\r\nX: a\x00\r\n\r\n".to_vec(),
+            Some(Reject::Malformed),
+        ),
+        ("huge header block", big_header.into_bytes(), Some(Reject::TooLarge)),
+        ("huge request line", big_line.into_bytes(), Some(Reject::TooLarge)),
+        (
+            "no Host",
+            b"GET /admin HTTP/1.1\r\n\r\n".to_vec(),
+            Some(Reject::Malformed),
+        ),
+        (
+            "two Hosts",
+            b"GET /public/x HTTP/1.1\r\nHost: b\r\nHost: c\r\n\r\n".to_vec(),
+            Some(Reject::Malformed),
+        ),
+        (
+            "non-ASCII path",
+            "GET /\u{e4}dmin HTTP/1.1\r\nHost: b\r\n\r\n".as_bytes().to_vec(),
+            Some(Reject::Malformed),
+        ),
+        (
+            "lower-case method",
+            b"get /public/x HTTP/1.1\r\nHost: b\r\n\r\n".to_vec(),
+            None,
+        ),
+        (
+            "OPTIONS *",
+            b"OPTIONS * HTTP/1.1\r\nHost: b\r\n\r\n".to_vec(),
+            Some(Reject::Malformed),
+        ),
+        (
+            "CONNECT",
+            b"CONNECT backend:80 HTTP/1.1\r\nHost: b\r\n\r\n".to_vec(),
+            Some(Reject::Malformed),
+        ),
+    ];
+    assert!(corpus.len() >= 40, "{} techniques", corpus.len());
+    for (name, req, want) in &corpus {
+        assert_eq!(verdict(req), Err(*want), "{name}: {:?}", String::from_utf8_lossy(req));
+    }
+}
+
+#[test]
+fn a_head_split_anywhere_waits_for_the_rest() {
+    let req = get("/public/a");
+    for cut in 1..req.len() {
+        assert_eq!(parse_head(&req[..cut]), Ok(None), "cut at {cut}");
+    }
+    assert!(parse_head(&req).unwrap().is_some());
+}
+
+#[test]
+fn pipelined_requests_are_framed_exactly() {
+    let two = b"POST /api/items HTTP/1.1\r\nHost: b\r\nContent-Length: 5\r\n\r\nhello\
+GET /admin HTTP/1.1\r\nHost: b\r\n\r\n";
+    let first = parse_head(two).unwrap().unwrap();
+    assert_eq!(first.body, Body::Length(5));
+    let next = &two[first.len + 5..];
+    let second = parse_head(next).unwrap().unwrap();
+    assert_eq!(second.path, "/admin", "the body is skipped, not parsed as a request");
+    assert_eq!(first_match(&rules(), &second), None);
+    let chunked = parse_head(b"POST /api/items HTTP/1.1\r\nHost: b\r\nTransfer-Encoding: Chunked\r\n\r\n").unwrap();
+    assert_eq!(chunked.unwrap().body, Body::Chunked);
+}
+
+#[test]
+fn normalisation() {
+    for (raw, want) in [
+        ("/", "/"),
+        ("/a/b/../c", "/a/c"),
+        ("/a/./b/", "/a/b/"),
+        ("//a///b", "/a/b"),
+        ("/a/..", "/"),
+        ("/%7Euser/%41", "/~user/A"),
+        ("/a%20b", "/a%20b"),
+        ("/a%2a", "/a%2A"),
+    ] {
+        assert_eq!(normalize_path(raw).as_deref(), Ok(want), "{raw}");
+    }
+}
+
+#[test]
+fn host_is_lower_case_without_port_and_absolute_form_wins() {
+    let h = parse_head(b"GET / HTTP/1.1\r\nHost: BackEnd:8080\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.host, "backend");
+    let h = parse_head(b"GET http://Real/ HTTP/1.1\r\nHost: other\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.host, "real");
+    let r = CompiledRule::compile(
+        &HttpRule {
+            host: Some("api\\.example\\.com".into()),
+            headers: vec![("x-team".into(), Some("blue".into())), ("x-trace".into(), None)],
+            ..HttpRule::default()
+        },
+        "http[0]",
+    )
+    .unwrap();
+    let head = |extra: &str| {
+        parse_head(format!("GET / HTTP/1.1\r\nHost: API.example.com\r\n{extra}\r\n").as_bytes())
+            .unwrap()
+            .unwrap()
+    };
+    assert!(r.matches(&head("X-Team: blue\r\nX-Trace: 1\r\n")));
+    assert!(!r.matches(&head("X-Team: red\r\nX-Trace: 1\r\n")));
+    assert!(!r.matches(&head("X-Team: blue\r\n")));
+}
+
+#[test]
+fn patterns_over_the_kernel_budget_or_invalid_are_refused_with_the_field() {
+    let big = HttpRule {
+        path: Some("/(a|b)*a(a|b){12}".into()),
+        ..HttpRule::default()
+    };
+    let e = CompiledRule::compile(&big, "spec.ingress[0].toPorts[0].rules.http[3]").unwrap_err();
+    assert_eq!(e.field, "spec.ingress[0].toPorts[0].rules.http[3].path");
+    assert!(e.message.contains(&format!("at most {MAX_STATES}")), "{e}");
+    let bad = HttpRule {
+        method: Some("GET(".into()),
+        ..HttpRule::default()
+    };
+    let e = CompiledRule::compile(&bad, "http[0]").unwrap_err();
+    assert_eq!(e.field, "http[0].method");
+    // Anchored: a rule for /public does not allow /public-not or /x/public.
+    let r = CompiledRule::compile(&rule("GET", "/public"), "r").unwrap();
+    for p in ["/public-not", "/x/public"] {
+        assert!(!r.matches(&parse_head(&get(p)).unwrap().unwrap()), "{p}");
+    }
+}
