@@ -96,6 +96,8 @@ mp50=$(echo "$moat_lat" | json '["p50_ms"]'); mp99=$(echo "$moat_lat" | json '["
 bp50=$(echo "$bridge_lat" | json '["p50_ms"]'); bp99=$(echo "$bridge_lat" | json '["p99_ms"]')
 printf '  %-22s p50 %7.2f ms   p99 %7.2f ms\n' "moat" "$mp50" "$mp99" "bridge+host-local" "$bp50" "$bp99"
 printf '  ratio moat/bridge:     p50 %s   p99 %s   (< 1 means moat is faster)\n' "$(ratio "$mp50" "$bp50")" "$(ratio "$mp99" "$bp99")"
+printf '  ADD p50 / DEL p50:     moat %s / %s ms   bridge %s / %s ms\n' "$(echo "$moat_lat" | json '["add_p50_ms"]')" \
+  "$(echo "$moat_lat" | json '["del_p50_ms"]')" "$(echo "$bridge_lat" | json '["add_p50_ms"]')" "$(echo "$bridge_lat" | json '["del_p50_ms"]')"
 
 fi
 # ---------------------------------------------------------------- pods

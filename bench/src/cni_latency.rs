@@ -37,6 +37,7 @@ fn main() {
     let conf = std::fs::read_to_string(conf_file).expect("conf");
     let tag = format!("lat{}", std::process::id());
     let mut ms = Vec::with_capacity(cycles);
+    let (mut adds, mut dels) = (Vec::with_capacity(cycles), Vec::with_capacity(cycles));
     for i in 0..cycles {
         let ns = format!("{tag}-{i}");
         let ok = Command::new("ip")
@@ -48,16 +49,24 @@ fn main() {
         let cid = format!("{tag}-ctr-{i}");
         let t = Instant::now();
         call(plugin, cni_path, "ADD", &cid, &path, &conf);
+        let add = t.elapsed().as_secs_f64() * 1000.0;
         call(plugin, cni_path, "DEL", &cid, &path, &conf);
-        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        let total = t.elapsed().as_secs_f64() * 1000.0;
+        ms.push(total);
+        adds.push(add);
+        dels.push(total - add);
         let _ = Command::new("ip").args(["netns", "del", &ns]).status();
     }
-    ms.sort_by(f64::total_cmp);
-    let pct = |p: f64| ms[((ms.len() as f64 * p) as usize).min(ms.len() - 1)];
+    for v in [&mut ms, &mut adds, &mut dels] {
+        v.sort_by(f64::total_cmp);
+    }
+    let pct = |v: &[f64], p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
     let mean = ms.iter().sum::<f64>() / ms.len() as f64;
     println!(
-        "{{\"cycles\":{cycles},\"p50_ms\":{:.2},\"p99_ms\":{:.2},\"mean_ms\":{mean:.2}}}",
-        pct(0.5),
-        pct(0.99)
+        "{{\"cycles\":{cycles},\"p50_ms\":{:.2},\"p99_ms\":{:.2},\"mean_ms\":{mean:.2},\"add_p50_ms\":{:.2},\"del_p50_ms\":{:.2}}}",
+        pct(&ms, 0.5),
+        pct(&ms, 0.99),
+        pct(&adds, 0.5),
+        pct(&dels, 0.5)
     );
 }

@@ -109,10 +109,14 @@ pub struct Node {
     pub lb: LoadBalancer,
     last_sync: Instant,
     last_gc: Instant,
+    /// Host veths of deleted endpoints, checked again after `RELEASE_GRACE`.
+    released: Vec<(String, Instant)>,
 }
 
 /// How often endpoints are checked for a vanished host veth.
 const GC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long after a delete a host veth that still exists is deleted.
+const RELEASE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// How often policy and services are re-synced without a change of desired state.
 const RESYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -184,6 +188,7 @@ impl Node {
             lb,
             last_sync: Instant::now(),
             last_gc: Instant::now(),
+            released: Vec::new(),
         };
         // Endpoints whose pod vanished while no agent ran go first: their leases and
         // entries are freed instead of lingering as "not attached".
@@ -343,6 +348,9 @@ impl Node {
     /// compile to run.
     pub fn tick(&mut self) -> (bool, Option<CompileJob>) {
         let mut did = false;
+        if !self.released.is_empty() {
+            self.sweep_released();
+        }
         if self.last_gc.elapsed() >= GC_INTERVAL {
             self.last_gc = Instant::now();
             did |= !self.collect_vanished().is_empty();
@@ -616,18 +624,40 @@ impl Node {
         Ok(rec)
     }
 
-    /// The rest of a delete, which the CNI DEL need not wait for: detaching the programs
-    /// (each tcx link release waits for an RCU grace period, ~10 ms) and the policy of the
-    /// pod's identity. The owner runs it right after answering, before its next command.
+    /// The rest of a delete, which the CNI DEL need not wait for: the policy of the pod's
+    /// identity and its netns. The owner runs it right after answering, before its next
+    /// command. The programs stay on the host veth: the plugin deletes the veth (which
+    /// takes its filters along), and detaching them here would contend with that deletion
+    /// for the RTNL lock. A veth still there a moment later, owned by no endpoint, is
+    /// deleted then (`sweep_released`): never left up without its programs.
     pub fn release_endpoint(&mut self, rec: &EndpointRecord) {
-        let t = Instant::now();
-        self.datapath.detach(&rec.host_ifname);
         if rec.netns_cookie != 0 && !self.endpoints.values().any(|e| e.netns_cookie == rec.netns_cookie) {
             self.datapath.forget_netns(rec.netns_cookie);
         }
-        tracing::info!(endpoint = rec.id, ip = %rec.ipv4, detach_ms = t.elapsed().as_secs_f64() * 1e3, "endpoint released");
+        self.released.push((rec.host_ifname.clone(), Instant::now()));
+        tracing::info!(endpoint = rec.id, ip = %rec.ipv4, "endpoint released");
         if let Err(e) = self.refresh_policy() {
             tracing::error!("applying policy after deleting an endpoint: {e:#}");
+        }
+    }
+
+    /// Host veths of released endpoints, a second after their release: one that still
+    /// exists and that no endpoint owns again (a retried ADD re-creates the same name) is
+    /// deleted, and its filters and pins with it.
+    fn sweep_released(&mut self) {
+        let due: Vec<String> = self
+            .released
+            .iter()
+            .filter(|(_, at)| at.elapsed() >= RELEASE_GRACE)
+            .map(|(ifname, _)| ifname.clone())
+            .collect();
+        self.released.retain(|(_, at)| at.elapsed() < RELEASE_GRACE);
+        for ifname in due {
+            if self.endpoints.values().any(|e| e.host_ifname == ifname) {
+                continue;
+            }
+            delete_orphan(&ifname);
+            self.datapath.detach(&ifname);
         }
     }
 

@@ -91,3 +91,55 @@ fn a_pod_that_vanished_while_the_agent_was_down_is_collected_at_start() {
         node.moatctl(&["endpoints"])
     );
 }
+
+/// A plugin that dies after the agent forgot the endpoint but before it deleted the veth
+/// (DeleteEndpoint answered, no RTM_DELLINK): the agent does not detach the programs on
+/// DEL, so the veth is never open, and it deletes the veth itself a moment later.
+#[test]
+fn a_veth_left_after_delete_is_deleted_not_opened() {
+    root_or_skip!();
+    let node = Node::start();
+    let keep = node.add_pod("default", "keep");
+    let gone = node.add_pod("default", "half-deleted");
+    let host_if = gone.result["interfaces"][0]["name"].as_str().unwrap().to_string();
+    let socket = node.socket.clone();
+    let container_id = gone.container_id.clone();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async move {
+            let mut client = moat_api::connect(&socket).await.expect("connect to the agent");
+            client
+                .delete_endpoint(moat_api::v1::AttachmentRef {
+                    container_id,
+                    ifname: "eth0".into(),
+                })
+                .await
+                .expect("DeleteEndpoint");
+        });
+    // Right after the answer the veth still exists: it must still carry its filters.
+    if node.host_veths().contains(&host_if) {
+        let attached = node.attachments();
+        assert!(
+            attached.iter().filter(|a| a.contains(&host_if)).count() == 2,
+            "{host_if} lost its programs before it was deleted: {attached:?}"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while node.host_veths().contains(&host_if) {
+        assert!(
+            Instant::now() < deadline,
+            "{host_if} was left behind: {:?}",
+            node.host_veths()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !moat_netns_tests::link_exists(&gone.netns, "eth0"),
+        "the pod side goes with it"
+    );
+    assert_eq!(endpoint_names(&node), vec!["default/keep".to_string()]);
+    let next = node.add_pod("default", "next");
+    assert!(ping(&next.path(), keep.ip), "the other pod is untouched");
+}
