@@ -489,6 +489,22 @@ impl Node {
         self.dir.join("state")
     }
 
+    /// Runs `call` with a gRPC client of the agent, as a plugin would (root peer).
+    pub fn api<T, F>(&self, call: impl FnOnce(moat_api::AgentClient<tonic::transport::Channel>) -> F) -> T
+    where
+        F: std::future::Future<Output = T>,
+    {
+        let socket = self.socket.clone();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+            .block_on(async move {
+                let client = moat_api::connect(&socket).await.expect("connect to the agent");
+                call(client).await
+            })
+    }
+
     /// `moatctl status -o json`.
     #[must_use]
     pub fn status(&self) -> Value {

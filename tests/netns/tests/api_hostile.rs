@@ -11,19 +11,13 @@ use serde_json::Value;
 
 /// One AddEndpoint call; the error message, or "ok".
 fn add_endpoint(node: &Node, req: AddEndpointRequest) -> Result<(), (tonic::Code, String)> {
-    let socket = node.socket.clone();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async move {
-            let mut client = moat_api::connect(&socket).await.expect("connect to the agent");
-            client
-                .add_endpoint(req)
-                .await
-                .map(drop)
-                .map_err(|s| (s.code(), s.message().to_string()))
-        })
+    node.api(|mut client| async move {
+        client
+            .add_endpoint(req)
+            .await
+            .map(drop)
+            .map_err(|s| (s.code(), s.message().to_string()))
+    })
 }
 
 fn request(node: &Node, container_id: &str, ipv4: Ipv4Addr) -> AddEndpointRequest {

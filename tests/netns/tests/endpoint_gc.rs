@@ -102,22 +102,12 @@ fn a_veth_left_after_delete_is_deleted_not_opened() {
     let keep = node.add_pod("default", "keep");
     let gone = node.add_pod("default", "half-deleted");
     let host_if = gone.result["interfaces"][0]["name"].as_str().unwrap().to_string();
-    let socket = node.socket.clone();
-    let container_id = gone.container_id.clone();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async move {
-            let mut client = moat_api::connect(&socket).await.expect("connect to the agent");
-            client
-                .delete_endpoint(moat_api::v1::AttachmentRef {
-                    container_id,
-                    ifname: "eth0".into(),
-                })
-                .await
-                .expect("DeleteEndpoint");
-        });
+    let attachment = moat_api::v1::AttachmentRef {
+        container_id: gone.container_id.clone(),
+        ifname: "eth0".into(),
+    };
+    node.api(|mut client| async move { client.delete_endpoint(attachment).await })
+        .expect("DeleteEndpoint");
     // Right after the answer the veth still exists: it must still carry its filters.
     if node.host_veths().contains(&host_if) {
         let attached = node.attachments();

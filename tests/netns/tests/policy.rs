@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use moat_netns_tests::manifest::{namespace, pod};
 use moat_netns_tests::net::{tcp_echo, udp_echo, EchoServer, HeldConnection};
-use moat_netns_tests::{root_or_skip, Node, NodeOpts};
+use moat_netns_tests::{root_or_skip, Node, NodeOpts, Pod};
 use serde_json::Value;
 
 fn policy(ns: &str, name: &str, spec: &str) -> String {
@@ -29,6 +29,14 @@ fn start(agent_args: Vec<&'static str>) -> Node {
         agent_args,
         ..NodeOpts::default()
     })
+}
+
+/// Pods shop/web and shop/db, with an echo server on db:5432.
+fn web_and_db(node: &Node) -> (Pod, Pod, EchoServer) {
+    let web = node.add_pod("shop", "web");
+    let db = node.add_pod("shop", "db");
+    let srv = EchoServer::start(&db.path(), 5432);
+    (web, db, srv)
 }
 
 fn observe(node: &Node, args: &[&str]) -> Vec<Value> {
@@ -119,9 +127,7 @@ fn replies_pass_under_deny_all_ingress_on_the_client() {
 fn new_pods_leave_established_flows_alone() {
     root_or_skip!();
     let node = start(vec![]);
-    let web = node.add_pod("shop", "web");
-    let db = node.add_pod("shop", "db");
-    let _srv = EchoServer::start(&db.path(), 5432);
+    let (web, db, _srv) = web_and_db(&node);
     node.apply_manifests(&[(
         "p.yaml",
         Some(
@@ -156,9 +162,7 @@ fn new_pods_leave_established_flows_alone() {
 fn removing_an_allow_cuts_the_established_flow_and_observe_says_why() {
     root_or_skip!();
     let node = start(vec![]);
-    let web = node.add_pod("shop", "web");
-    let db = node.add_pod("shop", "db");
-    let _srv = EchoServer::start(&db.path(), 5432);
+    let (web, db, _srv) = web_and_db(&node);
     let allow_web = policy(
         "shop",
         "db-from-web",
@@ -329,9 +333,7 @@ fn observe_filters_and_follow() {
 fn pod_relabel_changes_identity_and_policy_follows() {
     root_or_skip!();
     let node = start(vec![]);
-    let web = node.add_pod("shop", "web");
-    let db = node.add_pod("shop", "db");
-    let _srv = EchoServer::start(&db.path(), 5432);
+    let (web, db, _srv) = web_and_db(&node);
     node.apply_manifests(&[(
         "p.yaml",
         Some(&policy(
@@ -388,9 +390,7 @@ fn pod_relabel_changes_identity_and_policy_follows() {
 fn audit_mode_reports_without_dropping() {
     root_or_skip!();
     let node = start(vec!["--audit"]);
-    let web = node.add_pod("shop", "web");
-    let db = node.add_pod("shop", "db");
-    let _srv = EchoServer::start(&db.path(), 5432);
+    let (web, db, _srv) = web_and_db(&node);
     let held = HeldConnection::open(&web.path(), db.ip, 5432);
     assert_eq!(held.roundtrip(b"before").unwrap(), b"before");
     node.apply_manifests(&[("p.yaml", Some(&policy("shop", "deny-all", DENY_ALL_INGRESS)))]);
@@ -663,9 +663,7 @@ fn pods_changed_during_a_large_compile_get_the_new_policy() {
         agent_env: vec![("MOAT_TEST_COMPILE_DELAY_MS", "1500".into())],
         ..NodeOpts::default()
     });
-    let web = node.add_pod("shop", "web");
-    let db = node.add_pod("shop", "db");
-    let _srv = EchoServer::start(&db.path(), 5432);
+    let (web, db, _srv) = web_and_db(&node);
     let gone = node.add_pod("shop", "gone");
     let generation = |node: &Node| node.status()["stateGeneration"].as_u64().unwrap_or(0);
     let before = generation(&node);
@@ -757,10 +755,8 @@ fn pods_changed_during_a_large_compile_get_the_new_policy() {
 fn moat_network_policy_is_enforced_and_http_rules_are_refused() {
     root_or_skip!();
     let node = start(vec![]);
-    let web = node.add_pod("shop", "web");
-    let db = node.add_pod("shop", "db");
+    let (web, db, _srv) = web_and_db(&node);
     let admin = node.add_pod("ops", "admin");
-    let _srv = EchoServer::start(&db.path(), 5432);
     let mnp = |rules: &str| {
         format!(
             "apiVersion: moat.io/v1alpha1\nkind: MoatNetworkPolicy\nmetadata: {{name: db-access, namespace: shop}}\nspec:\n  endpointSelector: {{matchLabels: {{'k8s:app': db}}}}\n  ingress:\n  - fromEndpoints:\n    - matchLabels: {{'k8s:app': web}}\n    - matchLabels: {{'k8s:io.kubernetes.pod.namespace': ops, app: admin}}\n    toPorts:\n    - ports: [{{port: '5432', protocol: TCP}}]\n{rules}"
