@@ -61,8 +61,8 @@ pub enum Command {
     Gc(Vec<Owner>, Reply<(Vec<EndpointRecord>, u32)>),
     /// A new desired state from the state source.
     State(Snapshot),
-    /// A full policy compile finished on the compile thread.
-    Compiled(Box<CompileJob>, Box<Compiled>),
+    /// A full policy compile finished on the compile thread (`Err`: it panicked).
+    Compiled(Box<CompileJob>, Result<Box<Compiled>, String>),
     /// Finish the current work and stop (the pinned datapath stays).
     Shutdown,
 }
@@ -142,16 +142,22 @@ pub fn spawn_owner(node: Node) -> std::io::Result<(NodeHandle, std::thread::Join
                 if let Some(d) = delay {
                     std::thread::sleep(d);
                 }
-                let compiled = job.job.run();
+                // A compiler bug must not leave the owner waiting for a result forever
+                // (it would never apply a newer state): a panic is reported back.
+                let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.job.run()))
+                    .map(Box::new)
+                    .map_err(|p| {
+                        p.downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| p.downcast_ref::<&str>().map(ToString::to_string))
+                            .unwrap_or_else(|| "panic".into())
+                    });
                 tracing::debug!(
                     generation = job.snapshot.generation,
                     compile_ms = t.elapsed().as_secs_f64() * 1e3,
                     "full policy compile"
                 );
-                if results
-                    .send(Command::Compiled(Box::new(job), Box::new(compiled)))
-                    .is_err()
-                {
+                if results.send(Command::Compiled(Box::new(job), compiled)).is_err() {
                     return;
                 }
             }
@@ -251,7 +257,10 @@ fn handle(node: &mut Node, c: Command, publish: &impl Fn(&Node), submit: &impl F
         }
         Command::Compiled(job, compiled) => {
             let t = std::time::Instant::now();
-            submit(node.compiled(*job, *compiled));
+            submit(match compiled {
+                Ok(compiled) => node.compiled(*job, *compiled),
+                Err(why) => node.compile_failed(*job, &why),
+            });
             publish(node);
             tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "owner: compile applied");
         }

@@ -342,6 +342,26 @@ impl Node {
         }
     }
 
+    /// A full compile that failed (a compiler bug): the maps keep the policy in force,
+    /// status says why, and the next state or re-sync tries again.
+    pub fn compile_failed(&mut self, done: CompileJob, why: &str) -> Option<CompileJob> {
+        self.compiling = false;
+        let msg = format!(
+            "state generation {}: the policy compiler failed ({why}); enforcing the policy of generation {} instead",
+            done.snapshot.generation, self.enforcer.inputs.generation
+        );
+        tracing::error!("{msg}");
+        self.policy_error = Some(msg);
+        if done.snapshot.generation >= self.done_state.generation {
+            crate::reap::later(std::mem::replace(&mut self.done_state, done.snapshot));
+        }
+        if self.compile_again {
+            self.start_compile()
+        } else {
+            None
+        }
+    }
+
     /// Periodic work: endpoint garbage collection, and a full re-compile every few
     /// seconds (node addresses may change, identities past their grace period are
     /// released). Returns whether anything was done that readers may see, and the
