@@ -83,6 +83,9 @@ pub enum CallError {
 pub const COMMAND_DEADLINE: Duration = Duration::from_secs(60);
 /// How often the owner does its periodic work when no command arrives.
 const TICK: Duration = Duration::from_millis(250);
+/// How long the owner must be idle before it finishes a CNI DEL's work (the plugin is
+/// deleting the veth meanwhile).
+const RELEASE_IDLE: Duration = Duration::from_millis(30);
 
 /// The handle the API and the event reader hold: commands in, views out.
 #[derive(Clone)]
@@ -178,7 +181,9 @@ fn owner_loop(mut node: Node, rx: &Receiver<Command>, view: &watch::Sender<Arc<V
         }
     };
     loop {
-        match rx.recv_timeout(TICK) {
+        // Deleted endpoints are released once no command came for a moment.
+        let wait = if node.releases_pending() { RELEASE_IDLE } else { TICK };
+        match rx.recv_timeout(wait) {
             Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => return,
             Ok(Command::State(mut s)) => {
                 // Only the newest desired state matters: skip ones already superseded.
@@ -204,7 +209,11 @@ fn owner_loop(mut node: Node, rx: &Receiver<Command>, view: &watch::Sender<Arc<V
                     return;
                 }
             }
-            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Timeout) => {
+                if node.release_deleted() {
+                    publish(&node);
+                }
+            }
         }
         let (did, job) = node.tick();
         submit(job);
@@ -239,11 +248,11 @@ fn handle(node: &mut Node, c: Command, publish: &impl Fn(&Node), submit: &impl F
             publish(node);
             let _ = reply.send(r);
             if let Some(rec) = forgotten {
+                // The rest (policy of its identity, its netns) waits until the owner is
+                // idle: right now the plugin is deleting the veth, and work here would
+                // compete with it for the CPU and slow the DEL down.
                 tracing::info!(endpoint = rec.id, pod = %rec.pod(), "endpoint deleted by CNI DEL");
-                let t = std::time::Instant::now();
-                node.release_endpoint(&rec);
-                publish(node);
-                tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "owner: release endpoint");
+                node.defer_release(rec);
             }
         }
         Command::Gc(valid, reply) => {

@@ -111,6 +111,8 @@ pub struct Node {
     last_gc: Instant,
     /// Host veths of deleted endpoints, checked again after `RELEASE_GRACE`.
     released: Vec<(String, Instant)>,
+    /// Endpoints deleted by CNI DEL whose release waits for an idle moment.
+    to_release: Vec<(EndpointRecord, Instant)>,
 }
 
 /// How often endpoints are checked for a vanished host veth.
@@ -189,6 +191,7 @@ impl Node {
             last_sync: Instant::now(),
             last_gc: Instant::now(),
             released: Vec::new(),
+            to_release: Vec::new(),
         };
         // Endpoints whose pod vanished while no agent ran go first: their leases and
         // entries are freed instead of lingering as "not attached".
@@ -368,6 +371,13 @@ impl Node {
     /// compile to run.
     pub fn tick(&mut self) -> (bool, Option<CompileJob>) {
         let mut did = false;
+        if self
+            .to_release
+            .first()
+            .is_some_and(|(_, at)| at.elapsed() >= RELEASE_GRACE)
+        {
+            did |= self.release_deleted();
+        }
         if !self.released.is_empty() {
             self.sweep_released();
         }
@@ -659,6 +669,26 @@ impl Node {
         if let Err(e) = self.refresh_policy() {
             tracing::error!("applying policy after deleting an endpoint: {e:#}");
         }
+    }
+
+    /// Queues the rest of a CNI DEL (`release_endpoint`) for when the owner is idle, or
+    /// a second at most.
+    pub fn defer_release(&mut self, rec: EndpointRecord) {
+        self.to_release.push((rec, Instant::now()));
+    }
+
+    #[must_use]
+    pub fn releases_pending(&self) -> bool {
+        !self.to_release.is_empty()
+    }
+
+    /// Releases queued endpoints. Returns whether there were any.
+    pub fn release_deleted(&mut self) -> bool {
+        let queued = std::mem::take(&mut self.to_release);
+        for (rec, _) in &queued {
+            self.release_endpoint(rec);
+        }
+        !queued.is_empty()
     }
 
     /// Host veths of released endpoints, a second after their release: one that still
