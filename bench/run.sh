@@ -361,7 +361,8 @@ churn_loop() {
     nsenter --net=/run/netns/$ID-moat env CNI_COMMAND=DEL CNI_CONTAINERID="churn-$i" CNI_NETNS=/run/netns/$n CNI_IFNAME=eth0 \
       CNI_PATH=/usr/lib/cni "$B/moat" <"$RUN/moat.conf" >/dev/null 2>&1
     ip netns del "$n" 2>/dev/null
-    echo "$i" >"$RUN/churned"
+    # Replaced, not rewritten: a reader never sees the file empty.
+    echo "$i" >"$RUN/churned.tmp" && mv "$RUN/churned.tmp" "$RUN/churned"
   done
 }
 rr_once() { nsenter --net=/run/netns/$ID-ma "$B/moat-rr" client "$MB" 7100 "$RR_COUNT"; }
