@@ -110,7 +110,7 @@ pub struct Node {
     last_sync: Instant,
     last_gc: Instant,
     /// Host veths of deleted endpoints, checked again after `RELEASE_GRACE`.
-    released: Vec<(String, Instant)>,
+    released: Vec<(Owner, String, Instant)>,
     /// Endpoints deleted by CNI DEL whose release waits for an idle moment.
     to_release: Vec<(EndpointRecord, Instant)>,
 }
@@ -664,7 +664,8 @@ impl Node {
         if rec.netns_cookie != 0 && !self.endpoints.values().any(|e| e.netns_cookie == rec.netns_cookie) {
             self.datapath.forget_netns(rec.netns_cookie);
         }
-        self.released.push((rec.host_ifname.clone(), Instant::now()));
+        self.released
+            .push((rec.owner(), rec.host_ifname.clone(), Instant::now()));
         tracing::info!(endpoint = rec.id, ip = %rec.ipv4, "endpoint released");
         if let Err(e) = self.refresh_policy() {
             tracing::error!("applying policy after deleting an endpoint: {e:#}");
@@ -693,17 +694,18 @@ impl Node {
 
     /// Host veths of released endpoints, a second after their release: one that still
     /// exists and that no endpoint owns again (a retried ADD re-creates the same name) is
-    /// deleted, and its filters and pins with it.
+    /// deleted, and its filters and pins with it. A retried ADD that holds a lease again
+    /// but has not registered its endpoint yet (its veth is being wired) is left alone.
     fn sweep_released(&mut self) {
-        let due: Vec<String> = self
+        let due: Vec<(Owner, String)> = self
             .released
             .iter()
-            .filter(|(_, at)| at.elapsed() >= RELEASE_GRACE)
-            .map(|(ifname, _)| ifname.clone())
+            .filter(|(.., at)| at.elapsed() >= RELEASE_GRACE)
+            .map(|(owner, ifname, _)| (owner.clone(), ifname.clone()))
             .collect();
-        self.released.retain(|(_, at)| at.elapsed() < RELEASE_GRACE);
-        for ifname in due {
-            if self.endpoints.values().any(|e| e.host_ifname == ifname) {
+        self.released.retain(|(.., at)| at.elapsed() < RELEASE_GRACE);
+        for (owner, ifname) in due {
+            if self.endpoints.values().any(|e| e.host_ifname == ifname) || self.ipam.lookup(&owner).is_some() {
                 continue;
             }
             delete_orphan(&ifname);
