@@ -6,6 +6,7 @@
 
 pub mod conntrack;
 pub mod csum;
+pub mod http1;
 pub mod policy;
 
 /// Pin directory (under bpffs) used when the agent is given no other.

@@ -8,6 +8,12 @@ use std::fmt;
 
 /// The largest request head (request line + headers) Moat inspects.
 pub const MAX_HEAD: usize = 4096;
+/// The longest method.
+pub const MAX_METHOD: usize = 16;
+/// The longest request target, as sent.
+pub const MAX_TARGET: usize = 1024;
+/// The longest host name (without port).
+pub const MAX_HOST: usize = 255;
 
 /// Why a request is refused before any rule is consulted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +100,9 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, Reject> {
         return Err(Reject::TooLarge);
     }
     let head = &buf[..end];
-    if !crlf_only(head) {
+    // The terminator counts: "\r\r\n\r\n" ends in a bare CR (found by the kernel
+    // parser's differential test).
+    if !crlf_only(&buf[..len]) {
         return Err(Reject::Malformed);
     }
     let mut lines = head.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
@@ -114,10 +122,9 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, Reject> {
         return Err(Reject::Malformed);
     }
     let (path, uri_host) = target_parts(target)?;
-    let host = match uri_host {
-        Some(h) => h,
-        None => hosts.first().map(|h| host_name(h)).transpose()?.unwrap_or_default(),
-    };
+    // The Host header must be valid even where an absolute-form target names the host.
+    let header_host = hosts.first().map(|h| host_name(h)).transpose()?.unwrap_or_default();
+    let host = uri_host.unwrap_or(header_host);
     Ok(Some(Head {
         len,
         method: method.to_string(),
@@ -160,8 +167,11 @@ fn request_line_parts(line: &[u8]) -> Result<(&str, &str, &str), Reject> {
             Reject::Malformed
         });
     };
-    if parts.next().is_some() || method.is_empty() || !method.bytes().all(is_tchar) {
+    if parts.next().is_some() || method.is_empty() || method.len() > MAX_METHOD || !method.bytes().all(is_tchar) {
         return Err(Reject::Malformed);
+    }
+    if target.len() > MAX_TARGET {
+        return Err(Reject::TooLarge);
     }
     if target.is_empty() || !target.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(Reject::Malformed);
@@ -177,16 +187,27 @@ fn request_line_parts(line: &[u8]) -> Result<(&str, &str, &str), Reject> {
 }
 
 fn header(line: &[u8]) -> Result<(String, String), Reject> {
-    let line = std::str::from_utf8(line).map_err(|_| Reject::Malformed)?;
     // Obsolete line folding and whitespace before the colon are refused (RFC 9112 5).
-    let (name, value) = line.split_once(':').ok_or(Reject::Malformed)?;
-    if name.is_empty() || !name.bytes().all(is_tchar) {
+    let colon = line.iter().position(|&b| b == b':').ok_or(Reject::Malformed)?;
+    let (name, value) = (&line[..colon], &line[colon + 1..]);
+    if name.is_empty() || !name.iter().copied().all(is_tchar) {
         return Err(Reject::Malformed);
     }
-    if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+    // Bytes >= 0x80 are obs-text, allowed in values; controls other than HT are not.
+    if value.iter().any(|&b| b.is_ascii_control() && b != b'\t') {
         return Err(Reject::Malformed);
     }
-    Ok((name.to_ascii_lowercase(), value.trim_matches([' ', '\t']).to_string()))
+    let value = value
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .map_or(&value[..0], |start| {
+            let end = value.iter().rposition(|&b| b != b' ' && b != b'\t').unwrap_or(start);
+            &value[start..=end]
+        });
+    Ok((
+        String::from_utf8_lossy(name).to_ascii_lowercase(),
+        String::from_utf8_lossy(value).into_owned(),
+    ))
 }
 
 fn framing(headers: &[(String, String)]) -> Result<Body, Reject> {
@@ -196,11 +217,11 @@ fn framing(headers: &[(String, String)]) -> Result<Body, Reject> {
         .flat_map(|(_, v)| v.split(','))
         .map(str::trim)
         .collect();
+    // A list ("5, 5") is refused like any other non-digit value.
     let cl: Vec<&str> = headers
         .iter()
         .filter(|(n, _)| n == "content-length")
-        .flat_map(|(_, v)| v.split(','))
-        .map(str::trim)
+        .map(|(_, v)| v.as_str())
         .collect();
     if !te.is_empty() {
         // Only "chunked" alone is framed with certainty; with a Content-Length it is the
@@ -223,24 +244,31 @@ fn framing(headers: &[(String, String)]) -> Result<Body, Reject> {
     Ok(if n == 0 { Body::None } else { Body::Length(n) })
 }
 
-/// `host[:port]` → lower-case host.
+/// `host[:port]` or `[v6]:port` → lower-case host. A name is letters, digits, `-._`
+/// (plus `:` inside brackets); a port is digits; anything else is refused.
 fn host_name(h: &str) -> Result<String, Reject> {
-    let host = match h.rsplit_once(':') {
-        Some((name, port)) if !name.contains(']') || name.ends_with(']') => {
-            if !port.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(Reject::Malformed);
-            }
-            name
+    let (host, port) = if h.starts_with('[') {
+        let close = h.find(']').ok_or(Reject::Malformed)?;
+        let (host, rest) = h.split_at(close + 1);
+        if !host[1..close]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b))
+        {
+            return Err(Reject::Malformed);
         }
-        _ => h,
+        (host, rest)
+    } else {
+        let end = h.find(':').unwrap_or(h.len());
+        let (host, rest) = h.split_at(end);
+        if !host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
+            return Err(Reject::Malformed);
+        }
+        (host, rest)
     };
-    if host.is_empty() && !h.is_empty() {
+    if !port.is_empty() && (!port.starts_with(':') || !port[1..].bytes().all(|b| b.is_ascii_digit())) {
         return Err(Reject::Malformed);
     }
-    if !host
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b))
-    {
+    if (host.is_empty() && !h.is_empty()) || host.len() > MAX_HOST {
         return Err(Reject::Malformed);
     }
     Ok(host.to_ascii_lowercase())

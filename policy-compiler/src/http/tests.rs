@@ -323,3 +323,188 @@ fn patterns_over_the_kernel_budget_or_invalid_are_refused_with_the_field() {
         assert!(!r.matches(&parse_head(&get(p)).unwrap().unwrap()), "{p}");
     }
 }
+
+/// The kernel's byte-step parser (`moat_dataplane_common::http1`, run by the sk_skb
+/// verdict program) against this reference, on 50,000 generated heads built from hostile
+/// pieces and then mutated: the same accept/reject decision, and for accepted heads the
+/// same length, method, normalised path, host and body framing.
+#[test]
+fn kernel_parser_agrees_with_the_reference() {
+    use moat_dataplane_common::http1::{self, body, Step};
+    let seed = std::cell::Cell::new(0x2545_f491_4f6c_dd1d_u64);
+    let rnd = |n: usize| {
+        let mut x = seed.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        seed.set(x);
+        (x % n as u64) as usize
+    };
+    let methods = [
+        "GET",
+        "POST",
+        "get",
+        "PRI",
+        "G@T",
+        "",
+        "OPTIONSOPTIONSOPT",
+        "DELETE",
+        "M-SEARCH",
+    ];
+    let segs = [
+        "admin", "ADMIN", "%61dmin", "%2e%2E", "..", ".", "", "public", "%2F", "%5c", "%00", "a;b", "%", "%4", "%zz",
+        "x%20y", "%7E", "~", "a.b", "#", "\\", "%3F", "..;", "%C3%A9",
+    ];
+    let queries = ["", "?a=1", "?/../admin", "?", "?x#y", "?%zz"];
+    let versions = [
+        "HTTP/1.1",
+        "HTTP/1.0",
+        "HTTP/2.0",
+        "HTTP/1.1 ",
+        "",
+        "http/1.1",
+        "HTTP/1.10",
+    ];
+    let hosts = [
+        "backend",
+        "BackEnd:8080",
+        "[::1]:80",
+        ":80",
+        "a b",
+        "",
+        "a:b",
+        "h\u{e9}",
+        "[::1",
+        "x.y-z_w",
+        "a]",
+        "a:80:90",
+    ];
+    let extra = [
+        "Content-Length: 5",
+        "Content-Length: 0",
+        "Content-Length: 5, 5",
+        "Content-Length: 05",
+        "Content-Length: -1",
+        "content-length:  7 ",
+        "Transfer-Encoding: chunked",
+        "Transfer-Encoding: Chunked ",
+        "Transfer-Encoding: gzip, chunked",
+        "Transfer-Encoding: chunked, ",
+        "Transfer-Encoding:",
+        " folded",
+        "X-Name : v",
+        "X: a\u{1}b",
+        "X: caf\u{e9}",
+        "Host: other",
+        ": empty",
+        "X-Long-Header-Name-That-Is-Host: h",
+        "Hostx: y",
+    ];
+    // Mostly benign pieces (the first few of each list), so that accepted heads are
+    // compared too, not only refusals.
+    let pick = |n: usize, benign: usize| if rnd(10) < 7 { rnd(benign) } else { rnd(n) };
+    let mut agreed_accept = 0;
+    for case in 0..50_000 {
+        let mut target = String::new();
+        match rnd(6) {
+            0 => target.push_str("http://backend"),
+            1 => target.push_str("HTTPS://Up:443"),
+            2 => target.push_str("http://"),
+            3 => target.push('*'),
+            _ => {}
+        }
+        for _ in 0..rnd(6) {
+            target.push('/');
+            target.push_str(segs[pick(segs.len(), 8)]);
+        }
+        if target.is_empty() || rnd(8) == 0 {
+            target.push('/');
+        }
+        target.push_str(queries[pick(queries.len(), 3)]);
+        if rnd(40) == 0 {
+            target.push_str(&"/a".repeat(520));
+        }
+        let mut req = format!(
+            "{} {} {}\r\n",
+            methods[pick(methods.len(), 2)],
+            target,
+            versions[pick(versions.len(), 2)]
+        );
+        if rnd(10) != 0 {
+            req.push_str(&format!("Host: {}\r\n", hosts[pick(hosts.len(), 3)]));
+        }
+        for _ in 0..rnd(4) {
+            req.push_str(extra[pick(extra.len(), 8)]);
+            req.push_str("\r\n");
+        }
+        if rnd(50) == 0 {
+            req.push_str(&format!("X: {}\r\n", "b".repeat(MAX_HEAD)));
+        }
+        req.push_str("\r\n");
+        let mut bytes = req.into_bytes();
+        // Mutations: a byte changed, dropped or inserted.
+        for _ in 0..rnd(3).saturating_sub(1) {
+            let at = rnd(bytes.len());
+            let b = *[b' ', b'\t', b'\r', b'\n', b'/', b'.', b'%', b'A', 0x16, 0x80, b':']
+                .get(rnd(11))
+                .unwrap();
+            match rnd(3) {
+                0 => bytes[at] = b,
+                1 => {
+                    bytes.remove(at);
+                }
+                _ => bytes.insert(at, b),
+            }
+        }
+        let mut head = Box::new(http1::Head::new());
+        let kernel = http1::parse(&bytes, &mut head);
+        let shown = String::from_utf8_lossy(&bytes);
+        match parse_head(&bytes) {
+            Ok(Some(r)) => {
+                assert_eq!(
+                    kernel,
+                    Step::Done,
+                    "case {case}: reference accepts, kernel refuses ({}): {shown:?}",
+                    head.reject
+                );
+                assert_eq!(head.len as usize, r.len, "case {case}: {shown:?}");
+                assert_eq!(head.method(), r.method.as_bytes(), "case {case}: {shown:?}");
+                assert_eq!(head.path(), r.path.as_bytes(), "case {case}: {shown:?}");
+                assert_eq!(head.host(), r.host.as_bytes(), "case {case}: {shown:?}");
+                let want = match r.body {
+                    Body::None => (body::NONE, 0),
+                    Body::Length(n) => (body::LENGTH, n),
+                    Body::Chunked => (body::CHUNKED, 0),
+                };
+                let got = (
+                    head.body,
+                    if head.body == body::LENGTH {
+                        head.content_length
+                    } else {
+                        0
+                    },
+                );
+                assert_eq!(got, want, "case {case}: {shown:?}");
+                agreed_accept += 1;
+            }
+            Err(why) => {
+                assert_eq!(
+                    kernel,
+                    Step::Reject,
+                    "case {case}: reference refuses ({why}), kernel does not: {shown:?}"
+                );
+            }
+            Ok(None) => {
+                assert_ne!(
+                    kernel,
+                    Step::Done,
+                    "case {case}: reference needs more, kernel is done: {shown:?}"
+                );
+            }
+        }
+    }
+    assert!(
+        agreed_accept > 3_000,
+        "the generator must produce valid heads too ({agreed_accept})"
+    );
+}
