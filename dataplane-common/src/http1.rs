@@ -250,6 +250,63 @@ impl Head {
         }
     }
 
+    /// Back to the initial state. Only the scalars: buffer bytes are read only below the
+    /// lengths written since (the kernel's per-CPU copy is reused without a 4 KiB clear).
+    #[inline(always)]
+    pub fn reset(&mut self) {
+        self.len = 0;
+        self.phase = METHOD;
+        self.reject = 0;
+        self.body = body::NONE;
+        self.version11 = 0;
+        self.method_len = 0;
+        self.uri_host = 0;
+        self.path_len = 0;
+        self.host_len = 0;
+        self.hdr_host_len = 0;
+        self.content_length = 0;
+        self.target_len = 0;
+        self.seg_start = 0;
+        self.depth = 0;
+        self.pct = 0;
+        self.cr = 0;
+        self.scheme_len = 0;
+        self.version_len = 0;
+        self.version = [0; 8];
+        self.hdr = 0;
+        self.cand = 0;
+        self.name_len = 0;
+        self.value_started = 0;
+        self.value_ws = 0;
+        self.value_len = 0;
+        self.host_count = 0;
+        self.cl_count = 0;
+        self.te_count = 0;
+        self.te_bad = 0;
+        self.cl_digits = 0;
+        self.cl_value = 0;
+        self.cl_first_digits = 0;
+        self.cl_first = 0;
+        self.path_fault = 0;
+        self.hc = HostCheck {
+            bracket: 0,
+            port: 0,
+            seen: 0,
+            bad: 0,
+        };
+    }
+
+    /// Where the parser stands: done, refused, or waiting for more bytes.
+    #[inline(always)]
+    #[must_use]
+    pub fn outcome(&self) -> Step {
+        match self.phase {
+            DONE => Step::Done,
+            FAILED => Step::Reject,
+            _ => Step::More,
+        }
+    }
+
     /// The method as sent.
     #[must_use]
     pub fn method(&self) -> &[u8] {
@@ -377,7 +434,9 @@ impl Head {
                 self.scheme_len = 1;
                 Step::More
             }
-            b'*' if self.method() == b"PRI" => self.fail(reject::HTTP2),
+            b'*' if self.method_len == 3 && self.method[0] == b'P' && self.method[1] == b'R' && self.method[2] == b'I' => {
+                self.fail(reject::HTTP2)
+            }
             b'\r' => self.fail(reject::VERSION),
             _ => self.fail(reject::MALFORMED),
         }
@@ -634,17 +693,20 @@ impl Head {
     #[inline(always)]
     fn version_byte(&mut self, b: u8) -> Step {
         if b == b'\r' {
-            let v = &self.version[..(self.version_len as usize).min(8)];
-            if v == b"HTTP/1.1" || v == b"HTTP/1.0" {
-                self.version11 = u8::from(v == b"HTTP/1.1");
+            // Whole-word compares: no memcmp in the eBPF build.
+            let v = u64::from_le_bytes(self.version);
+            if self.version_len == 8 && (v == u64::from_le_bytes(*b"HTTP/1.1") || v == u64::from_le_bytes(*b"HTTP/1.0")) {
+                self.version11 = u8::from(v == u64::from_le_bytes(*b"HTTP/1.1"));
                 self.phase = LINE_LF;
                 return Step::More;
             }
-            return self.fail(if v.starts_with(b"HTTP/") {
-                reject::VERSION
-            } else {
-                reject::MALFORMED
-            });
+            let http = self.version_len >= 5
+                && self.version[0] == b'H'
+                && self.version[1] == b'T'
+                && self.version[2] == b'T'
+                && self.version[3] == b'P'
+                && self.version[4] == b'/';
+            return self.fail(if http { reject::VERSION } else { reject::MALFORMED });
         }
         let n = self.version_len as usize;
         if b == b' ' || n >= 8 || b >= 0x80 {
@@ -817,7 +879,7 @@ impl Head {
 /// Parses `buf` on the host the way the kernel does: the decision and the head.
 #[must_use]
 pub fn parse(buf: &[u8], head: &mut Head) -> Step {
-    *head = Head::new();
+    head.reset();
     for &b in buf {
         match head.step(b) {
             Step::More => {}

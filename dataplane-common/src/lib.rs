@@ -7,6 +7,7 @@
 pub mod conntrack;
 pub mod csum;
 pub mod http1;
+pub mod l7;
 pub mod policy;
 
 /// Pin directory (under bpffs) used when the agent is given no other.
@@ -107,6 +108,21 @@ pub mod metric {
     /// ICMP errors (unreachable, time exceeded, parameter problem) about a tracked flow,
     /// passed as part of it.
     pub const CT_RELATED: u32 = 16;
+    /// HTTP requests a rule allowed (kernel parser, per request).
+    pub const L7_ALLOWED: u32 = 17;
+    /// HTTP requests no rule allowed, let through because audit mode is on.
+    pub const L7_AUDIT: u32 = 18;
+    /// HTTP requests no rule allowed: answered 403 by the kernel.
+    pub const DROP_L7_DENIED: u32 = 180;
+    /// HTTP requests the kernel parser could not frame with certainty, by reason
+    /// (`http1::reject::*` added to this base: 181 too large … 187 ambiguous path).
+    pub const DROP_L7_UNPARSABLE: u32 = 180;
+    /// A chunked body whose framing is wrong (bad size line, missing CRLF, trailers).
+    pub const DROP_L7_CHUNK: u32 = 188;
+    /// Bytes on an HTTP-rule socket with no framing state (the state table was full).
+    pub const DROP_L7_NO_STATE: u32 = 189;
+    /// Bytes after a refused request on the same connection.
+    pub const DROP_L7_AFTER_DENY: u32 = 190;
     /// Number of slots in the counter array.
     pub const SLOTS: u32 = 256;
 }
@@ -142,6 +158,19 @@ pub fn metric_name(slot: u32) -> Option<&'static str> {
         metric::NODEPORT_NO_BACKEND => "nodeport_no_backend_rejected",
         metric::TC_LB_TRANSLATED => "tc_lb_translated",
         metric::CT_RELATED => "ct_related",
+        metric::L7_ALLOWED => "http_allowed",
+        metric::L7_AUDIT => "http_audit",
+        metric::DROP_L7_DENIED => "drop_http_denied",
+        181 => "drop_http_too_large",
+        182 => "drop_http_malformed",
+        183 => "drop_http2_preface",
+        184 => "drop_http_tls",
+        185 => "drop_http_version",
+        186 => "drop_http_ambiguous_framing",
+        187 => "drop_http_ambiguous_path",
+        metric::DROP_L7_CHUNK => "drop_http_bad_chunk",
+        metric::DROP_L7_NO_STATE => "drop_http_no_state",
+        metric::DROP_L7_AFTER_DENY => "drop_http_after_deny",
         _ => return None,
     })
 }

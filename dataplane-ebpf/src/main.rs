@@ -12,6 +12,7 @@
 
 mod conntrack;
 mod events;
+mod http;
 mod maps;
 mod nodeport;
 mod packet;

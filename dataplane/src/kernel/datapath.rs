@@ -93,6 +93,7 @@ pub struct Datapath {
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     sock_revnat: HashMap<MapData, SockRevKey, SockRevValue>,
     sock_netns: HashMap<MapData, u64, u32>,
+    http: super::http::Http,
     links_dir: PathBuf,
 }
 
@@ -216,6 +217,7 @@ impl Datapath {
         let sock_revnat = HashMap::try_from(take_map(&mut ebpf, SOCK_REVNAT_MAP)?).map_err(map_err(SOCK_REVNAT_MAP))?;
         let sock_netns =
             HashMap::try_from(take_map(&mut ebpf, SOCK_LB_NETNS_MAP)?).map_err(map_err(SOCK_LB_NETNS_MAP))?;
+        let http = super::http::Http::load(&mut ebpf)?;
         Ok(Self {
             ebpf,
             endpoints,
@@ -231,6 +233,7 @@ impl Datapath {
             affinity,
             sock_revnat,
             sock_netns,
+            http,
             links_dir,
         })
     }
@@ -485,6 +488,27 @@ impl Datapath {
 
     /// Where the socket load balancer's cgroup links are pinned (apart from the per-veth
     /// links, whose pin names carry interface names).
+    /// Attaches HTTP enforcement (sock_ops at `cgroup`, the sk_skb programs to their
+    /// sockhash); links pinned under `<pin dir>/http`.
+    ///
+    /// # Errors
+    /// When the cgroup cannot be opened or the kernel refuses an attachment.
+    pub fn attach_http(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
+        let dir = self.links_dir.with_file_name("http");
+        self.http.attach(&mut self.ebpf, cgroup, &dir)
+    }
+
+    /// Installs the HTTP rules of every port on the node (see `kernel::http`).
+    ///
+    /// # Errors
+    /// The rules do not fit the kernel's table (the previous ones stay), or a write fails.
+    pub fn apply_http(
+        &mut self,
+        ports: &std::collections::BTreeMap<moat_dataplane_common::l7::L7PortKey, super::http::PortRules>,
+    ) -> Result<(), String> {
+        self.http.apply(ports)
+    }
+
     fn sock_dir(&self) -> PathBuf {
         self.links_dir.with_file_name("socklb")
     }

@@ -2,6 +2,7 @@
 //! owning their maps (`datapath`), device and filesystem queries (`netdev`), read-only
 //! map handles for the API (`stats`), and the optional iptables masquerade rule.
 pub mod datapath;
+pub mod http;
 pub mod masquerade;
 pub mod netdev;
 pub mod stats;

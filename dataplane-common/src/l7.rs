@@ -1,0 +1,175 @@
+//! HTTP (L7) enforcement maps, shared by the sk_skb programs and the agent.
+//!
+//! A server socket of a local pod whose (address, port) has HTTP rules is put in the
+//! `L7_SOCKS` sockhash when it is accepted; from then on the kernel's stream parser frames
+//! each request on it and the verdict program matches the request head against the port's
+//! rule DFA before the server can read a byte of it.
+
+/// Pinned name of the port table.
+pub const L7_PORTS_MAP: &str = "moat_l7ports_v1";
+/// Pinned name of the DFA rows.
+pub const L7_DFA_MAP: &str = "moat_l7dfa_v1";
+/// Ports (pod address, port) with HTTP rules, node-wide.
+pub const MAX_L7_PORTS: u32 = 4096;
+/// DFA rows, node-wide (row 0 is the dead state).
+pub const MAX_DFA_ROWS: u32 = 16_384;
+/// Sockets under HTTP enforcement at once.
+pub const MAX_L7_SOCKS: u32 = 65_536;
+
+/// `L7_PORTS` key: a local pod's address (wire order) and a TCP port (host order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct L7PortKey {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<L7PortKey>() == 8);
+
+/// `L7_PORTS` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct L7Port {
+    /// First row of the port's DFA in `L7_DFA`.
+    pub start: u32,
+    /// `L7F_*`.
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<L7Port>() == 8);
+
+/// Audit mode: a request no rule allows is reported and passes.
+pub const L7F_AUDIT: u32 = 1;
+
+/// One DFA state. The DFA reads `METHOD SP PATH SP HOST` (the normalised head fields);
+/// `accept` is the rule index + 1 when the input may end here, else 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DfaRow {
+    pub next: [u16; 256],
+    pub accept: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<DfaRow>() == 516);
+
+impl Default for DfaRow {
+    fn default() -> Self {
+        Self {
+            next: [0; 256],
+            accept: 0,
+            _pad: 0,
+        }
+    }
+}
+
+/// Per-socket framing state (`L7_STATE`, keyed by socket cookie).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct L7Sock {
+    /// `mode::*`.
+    pub mode: u32,
+    /// Requests seen on this connection.
+    pub requests: u32,
+    /// The port, looked up again for every request: rules applied since the connection
+    /// opened are the ones that judge its next request.
+    pub port: L7PortKey,
+    /// Body or chunk bytes still to pass before the next head.
+    pub left: u64,
+}
+const _: () = assert!(core::mem::size_of::<L7Sock>() == 24);
+
+/// What the next bytes on an HTTP-rule socket are.
+pub mod mode {
+    pub const HEAD: u32 = 0;
+    pub const BODY: u32 = 1;
+    pub const CHUNK_SIZE: u32 = 2;
+    pub const CHUNK_DATA: u32 = 3;
+    pub const CHUNK_CRLF: u32 = 4;
+    /// After the last chunk: only an empty trailer (`CRLF`) is accepted.
+    pub const TRAILER: u32 = 5;
+    /// A request was refused: everything after it is dropped.
+    pub const DENIED: u32 = 6;
+}
+
+/// The kernel answers a refused request with exactly as many bytes as the request had:
+/// the stream parser fixed the message length, and the kernel sends that many bytes of the
+/// rewritten message (it cannot grow it). So the answer is a 403 whose body pads it to the
+/// request's length: `HTTP/1.1 403 Forbidden`, `Connection: close`, a Content-Length, and
+/// "Access denied" followed by spaces. Requests of 36–66 bytes get a shorter status line;
+/// a request under 36 bytes cannot hold any complete answer and is dropped unanswered.
+pub const FORBIDDEN_MIN: u32 = 36;
+// Padded to powers of two: the kernel indexes them with a mask, which the verifier
+// understands (a clamped index it does not always).
+const LONG: &[u8; 64] = b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\nContent-Length: _____";
+const SHORT: &[u8; 32] = b"HTTP/1.1 403 \r\nContent-Length:__";
+const BODY: &[u8; 16] = b"Access denied\r\n ";
+const END: &[u8; 4] = b"\r\n\r\n";
+
+/// Byte `i` of the `len`-byte answer (`len` ≥ [`FORBIDDEN_MIN`]).
+#[inline(always)]
+#[must_use]
+pub fn forbidden_byte(len: u32, i: u32) -> u8 {
+    // (fixed prefix, digits of the Content-Length)
+    let (prefix, digits) = if len >= 67 { (59u32, 4u32) } else { (30, 2) };
+    let head = prefix + digits + 4;
+    let body = len.saturating_sub(head);
+    if i < prefix {
+        return if len >= 67 { LONG[(i & 63) as usize] } else { SHORT[(i & 31) as usize] };
+    }
+    if i < prefix + digits {
+        let pos = prefix + digits - 1 - i; // 0 = units
+        let mut d = body;
+        let mut k = 0;
+        while k < 4 {
+            if k < pos {
+                d /= 10;
+            }
+            k += 1;
+        }
+        return b'0' + (d % 10) as u8;
+    }
+    if i < head {
+        return END[((i - prefix - digits) & 3) as usize];
+    }
+    let j = i - head;
+    if j < 15 { BODY[(j & 15) as usize] } else { b' ' }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `repr(C)` integers with explicit padding.
+    unsafe impl aya::Pod for super::L7PortKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::L7Port {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DfaRow {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::string::String;
+    use std::vec::Vec;
+
+    #[test]
+    fn the_answer_is_a_complete_403_of_exactly_the_request_length() {
+        for len in FORBIDDEN_MIN..600 {
+            let a: Vec<u8> = (0..len).map(|i| forbidden_byte(len, i)).collect();
+            let text = String::from_utf8(a).unwrap();
+            assert!(text.starts_with("HTTP/1.1 403 "), "{len}: {text:?}");
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            let cl: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length:"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            assert_eq!(cl, body.len(), "{len}: {text:?}");
+            assert_eq!(text.len() as u32, len);
+            if len >= 82 {
+                assert!(head.contains("Connection: close") && body.starts_with("Access denied"), "{text:?}");
+            }
+        }
+    }
+}
