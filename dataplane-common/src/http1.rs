@@ -434,7 +434,11 @@ impl Head {
                 self.scheme_len = 1;
                 Step::More
             }
-            b'*' if self.method_len == 3 && self.method[0] == b'P' && self.method[1] == b'R' && self.method[2] == b'I' => {
+            b'*' if self.method_len == 3
+                && self.method[0] == b'P'
+                && self.method[1] == b'R'
+                && self.method[2] == b'I' =>
+            {
                 self.fail(reject::HTTP2)
             }
             b'\r' => self.fail(reject::VERSION),
@@ -695,7 +699,8 @@ impl Head {
         if b == b'\r' {
             // Whole-word compares: no memcmp in the eBPF build.
             let v = u64::from_le_bytes(self.version);
-            if self.version_len == 8 && (v == u64::from_le_bytes(*b"HTTP/1.1") || v == u64::from_le_bytes(*b"HTTP/1.0")) {
+            if self.version_len == 8 && (v == u64::from_le_bytes(*b"HTTP/1.1") || v == u64::from_le_bytes(*b"HTTP/1.0"))
+            {
                 self.version11 = u8::from(v == u64::from_le_bytes(*b"HTTP/1.1"));
                 self.phase = LINE_LF;
                 return Step::More;

@@ -62,20 +62,53 @@ impl Default for DfaRow {
 }
 
 /// Per-socket framing state (`L7_STATE`, keyed by socket cookie).
+///
+/// The stream parser walks the bytes available and decides (`plan`) what the next
+/// message is; the verdict applies that plan and commits the framing state it reached
+/// (`next_*`). A message starts at the first unconsumed byte of a TCP segment (`base` is
+/// 0) except right after a split, where it starts at `base` within the same segment:
+/// the kernel does not tell BPF programs where a message starts, so Moat only ever cuts
+/// a segment where it knows the offset.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct L7Sock {
-    /// `mode::*`.
+    /// `mode::*`: committed framing state.
     pub mode: u32,
-    /// Requests seen on this connection.
+    /// Requests judged on this connection.
     pub requests: u32,
     /// The port, looked up again for every request: rules applied since the connection
     /// opened are the ones that judge its next request.
     pub port: L7PortKey,
-    /// Body or chunk bytes still to pass before the next head.
+    /// Body or chunk bytes still to pass (committed).
     pub left: u64,
+    /// Where the next message starts in its segment.
+    pub base: u32,
+    /// `plan::*` for the message the parser framed last.
+    pub plan: u32,
+    /// Its length.
+    pub msg_len: u32,
+    /// Drop reason when the plan is to deny.
+    pub reason: u32,
+    /// Framing state after that message, committed by the verdict.
+    pub next_mode: u32,
+    /// Base of the message after it (0, or the split point in the same segment).
+    pub next_base: u32,
+    pub next_left: u64,
+    /// Requests the message holds.
+    pub next_requests: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<L7Sock>() == 24);
+const _: () = assert!(core::mem::size_of::<L7Sock>() == 64);
+
+/// What the verdict does with the message the parser framed.
+pub mod plan {
+    /// Every request in it was allowed (or it is body bytes).
+    pub const PASS: u32 = 0;
+    /// It starts with a refused request: answer 403, drop the rest.
+    pub const DENY: u32 = 1;
+    /// Bytes after a refused request, or on a socket without state: dropped.
+    pub const DROP: u32 = 2;
+}
 
 /// What the next bytes on an HTTP-rule socket are.
 pub mod mode {
@@ -113,7 +146,11 @@ pub fn forbidden_byte(len: u32, i: u32) -> u8 {
     let head = prefix + digits + 4;
     let body = len.saturating_sub(head);
     if i < prefix {
-        return if len >= 67 { LONG[(i & 63) as usize] } else { SHORT[(i & 31) as usize] };
+        return if len >= 67 {
+            LONG[(i & 63) as usize]
+        } else {
+            SHORT[(i & 31) as usize]
+        };
     }
     if i < prefix + digits {
         let pos = prefix + digits - 1 - i; // 0 = units
@@ -131,7 +168,11 @@ pub fn forbidden_byte(len: u32, i: u32) -> u8 {
         return END[((i - prefix - digits) & 3) as usize];
     }
     let j = i - head;
-    if j < 15 { BODY[(j & 15) as usize] } else { b' ' }
+    if j < 15 {
+        BODY[(j & 15) as usize]
+    } else {
+        b' '
+    }
 }
 
 #[cfg(feature = "user")]
@@ -168,7 +209,10 @@ mod tests {
             assert_eq!(cl, body.len(), "{len}: {text:?}");
             assert_eq!(text.len() as u32, len);
             if len >= 82 {
-                assert!(head.contains("Connection: close") && body.starts_with("Access denied"), "{text:?}");
+                assert!(
+                    head.contains("Connection: close") && body.starts_with("Access denied"),
+                    "{text:?}"
+                );
             }
         }
     }

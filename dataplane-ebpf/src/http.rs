@@ -12,10 +12,7 @@
 //! never judged on bytes the parser framed differently. Bodies pass by length; nothing
 //! after a refused request reaches the server.
 use aya_ebpf::{
-    bindings::{
-        sk_action::{SK_DROP, SK_PASS},
-        BPF_F_INGRESS,
-    },
+    bindings::sk_action::{SK_DROP, SK_PASS},
     helpers::generated::{
         bpf_get_socket_cookie, bpf_loop, bpf_skb_load_bytes, bpf_skb_store_bytes, bpf_sock_ops_cb_flags_set,
     },
@@ -28,8 +25,8 @@ use core::ffi::c_void;
 use moat_dataplane_common::{
     http1::{self, Step, MAX_HEAD},
     l7::{
-        forbidden_byte, mode, DfaRow, L7Port, L7PortKey, L7Sock, FORBIDDEN_MIN, L7F_AUDIT, MAX_DFA_ROWS, MAX_L7_PORTS,
-        MAX_L7_SOCKS,
+        forbidden_byte, mode, plan, DfaRow, L7Port, L7PortKey, L7Sock, FORBIDDEN_MIN, L7F_AUDIT, MAX_DFA_ROWS,
+        MAX_L7_PORTS, MAX_L7_SOCKS,
     },
     metric,
 };
@@ -101,9 +98,8 @@ fn track(ctx: &SockOpsContext) {
     let mut cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let state = L7Sock {
         mode: mode::HEAD,
-        requests: 0,
         port: key,
-        left: 0,
+        ..L7Sock::default()
     };
     // Without state the verdict drops everything on the socket: failing to track is
     // failing closed, not open.
@@ -119,21 +115,6 @@ fn track(ctx: &SockOpsContext) {
 fn cookie(ctx: &SkBuffContext) -> u64 {
     // SAFETY: plain helper call on the program's context.
     unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
-}
-
-/// Copies up to `MAX_HEAD` bytes of the message into the per-CPU buffer: how many.
-#[inline(always)]
-fn load(ctx: &SkBuffContext) -> u32 {
-    let Some(buf) = L7_BUF.get_ptr_mut(0) else {
-        return 0;
-    };
-    let n = ctx.len().min(MAX_HEAD);
-    if n == 0 {
-        return 0; // the helper refuses a zero-sized read
-    }
-    // SAFETY: the per-CPU slot holds MAX_HEAD bytes; n is in 1..=MAX_HEAD.
-    let ret = unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const c_void, 0, buf.cast(), n) };
-    if ret == 0 { n } else { 0 }
 }
 
 /// One byte into the per-CPU parser (a `bpf_loop` callback): 1 stops the loop.
@@ -162,62 +143,325 @@ fn parse(n: u32) -> Option<&'static http1::Head> {
     }
 }
 
-#[stream_parser]
-pub fn http_parser(ctx: SkBuffContext) -> u32 {
-    let len = ctx.len();
-    // SAFETY: copied out at once.
-    let Some(state) = (unsafe { L7_STATE.get(&cookie(&ctx)) }).copied() else {
-        return len; // the verdict drops it
+/// Per-CPU walk over the bytes available on one socket (see `http_parser`).
+#[repr(C)]
+struct Walk {
+    /// Next byte to look at, relative to the segment start.
+    p: u32,
+    /// Bytes available (from the segment start).
+    len: u32,
+    mode: u32,
+    result: u32,
+    left: u64,
+    reason: u32,
+    port: L7PortKey,
+    allowed: u32,
+    audited: u32,
+}
+
+#[map(name = "moat_l7units_v1")]
+static L7_UNITS: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
+
+// Walk results.
+const GOING: u32 = 0;
+const COMPLETE: u32 = 1;
+const NEED_MORE: u32 = 2;
+const DENY_HERE: u32 = 3;
+const ECONNRESET: i32 = 104;
+/// Heads, bodies or chunks one parser run walks before it cuts the message there.
+const MAX_UNITS: u32 = 64;
+
+/// The socket's skb, handed to the unit callback through its context pointer.
+#[repr(C)]
+struct SkbArg {
+    skb: *mut aya_ebpf::bindings::__sk_buff,
+}
+
+/// Copies up to `MAX_HEAD` bytes from `off` into the per-CPU buffer: how many.
+#[inline(always)]
+fn load_at(skb: *mut aya_ebpf::bindings::__sk_buff, off: u32, avail: u32) -> u32 {
+    let Some(buf) = L7_BUF.get_ptr_mut(0) else {
+        return 0;
     };
-    match state.mode {
-        mode::HEAD => {
-            let n = load(&ctx);
-            let Some(head) = parse(n) else {
-                return len;
-            };
-            match head.outcome() {
-                Step::Done => head.len,
-                Step::Reject => len,
-                // Not yet a whole head: wait (the parser refuses at MAX_HEAD itself).
-                Step::More => 0,
-            }
-        }
-        mode::BODY | mode::CHUNK_DATA => {
-            if state.left < u64::from(len) {
-                state.left as u32
-            } else {
-                len
-            }
-        }
-        mode::CHUNK_SIZE => {
-            let n = load(&ctx).min(CHUNK_LINE);
-            let Some(buf) = L7_BUF.get_ptr(0) else {
-                return len;
-            };
-            let mut i = 0;
-            while i < CHUNK_LINE {
-                if i >= n {
-                    break;
-                }
-                // SAFETY: per-CPU slot, index below CHUNK_LINE.
-                if unsafe { (*buf)[i as usize] } == b'\n' {
-                    return i + 1;
-                }
-                i += 1;
-            }
-            if n < CHUNK_LINE { 0 } else { len }
-        }
-        mode::CHUNK_CRLF | mode::TRAILER => {
-            if len >= 2 {
-                2
-            } else {
-                0
-            }
-        }
-        _ => len,
+    if avail == 0 {
+        return 0;
+    }
+    // 1..=MAX_HEAD by arithmetic: the helper refuses a zero-sized read, and the
+    // verifier keeps these bounds where it loses those of a fused range check.
+    let n = (avail - 1).min(MAX_HEAD - 1) + 1;
+    // SAFETY: n in 1..=MAX_HEAD bytes into the MAX_HEAD-byte per-CPU buffer.
+    let ret = unsafe { bpf_skb_load_bytes(skb as *const c_void, off, buf.cast(), n) };
+    if ret == 0 {
+        n
+    } else {
+        0
     }
 }
 
+#[inline(always)]
+fn stop(w: &mut Walk, result: u32, reason: u32) -> i64 {
+    w.result = result;
+    w.reason = reason;
+    1
+}
+
+/// One unit (a head, a run of body bytes, a chunk-size line or a CRLF) at `w.p`: a
+/// `bpf_loop` callback; 1 stops the walk (`w.result` says why).
+#[inline(never)]
+extern "C" fn walk_unit(_i: u64, arg: *mut c_void) -> i64 {
+    let Some(w) = L7_UNITS.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: per-CPU slot; `arg` is the caller's SkbArg.
+    let (w, skb) = unsafe { (&mut *w, (*(arg as *const SkbArg)).skb) };
+    if w.p >= w.len {
+        return stop(w, COMPLETE, 0);
+    }
+    let avail = w.len - w.p;
+    match w.mode {
+        mode::BODY | mode::CHUNK_DATA => {
+            let take = if w.left < u64::from(avail) {
+                w.left as u32
+            } else {
+                avail
+            };
+            w.p += take;
+            w.left -= u64::from(take);
+            if w.left == 0 {
+                w.mode = if w.mode == mode::BODY {
+                    mode::HEAD
+                } else {
+                    mode::CHUNK_CRLF
+                };
+            }
+            0
+        }
+        mode::CHUNK_CRLF | mode::TRAILER => {
+            if avail < 2 {
+                return stop(w, NEED_MORE, 0);
+            }
+            let mut crlf = [0u8; 2];
+            // SAFETY: two bytes into a two-byte stack buffer.
+            let ok = unsafe { bpf_skb_load_bytes(skb as *const c_void, w.p, crlf.as_mut_ptr().cast(), 2) } == 0;
+            if !ok || crlf != *b"\r\n" {
+                return stop(w, DENY_HERE, metric::DROP_L7_CHUNK);
+            }
+            w.p += 2;
+            w.mode = if w.mode == mode::TRAILER {
+                mode::HEAD
+            } else {
+                mode::CHUNK_SIZE
+            };
+            0
+        }
+        mode::CHUNK_SIZE => chunk_line(w, skb, avail),
+        mode::HEAD => head_unit(w, skb, avail),
+        _ => stop(w, DENY_HERE, metric::DROP_L7_AFTER_DENY),
+    }
+}
+
+/// `HEX CRLF` (1–8 digits, no extensions) at `w.p`.
+#[inline(always)]
+fn chunk_line(w: &mut Walk, skb: *mut aya_ebpf::bindings::__sk_buff, avail: u32) -> i64 {
+    let mut line = [0u8; 16];
+    // 1..=CHUNK_LINE by arithmetic: the verifier keeps these bounds (avail is ≥ 1 here).
+    let n = avail.saturating_sub(1).min(CHUNK_LINE - 1) + 1;
+    // SAFETY: n in 1..=CHUNK_LINE bytes into a 16-byte stack buffer.
+    if unsafe { bpf_skb_load_bytes(skb as *const c_void, w.p, line.as_mut_ptr().cast(), n) } != 0 {
+        return stop(w, DENY_HERE, metric::DROP_L7_CHUNK);
+    }
+    let mut size = 0u64;
+    let mut digits = 0u32;
+    let mut cr = 0u32; // index of the CR + 1
+    let mut k = 0u32;
+    while k < CHUNK_LINE {
+        if k >= n {
+            break;
+        }
+        let b = line[(k & 15) as usize];
+        if b == b'\r' {
+            cr = k + 1;
+            break;
+        }
+        let d = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            b'A'..=b'F' => b - b'A' + 10,
+            _ => return stop(w, DENY_HERE, metric::DROP_L7_CHUNK),
+        };
+        if digits >= 8 {
+            return stop(w, DENY_HERE, metric::DROP_L7_CHUNK);
+        }
+        size = size * 16 + u64::from(d);
+        digits += 1;
+        k += 1;
+    }
+    if cr == 0 {
+        return if n < CHUNK_LINE {
+            stop(w, NEED_MORE, 0)
+        } else {
+            stop(w, DENY_HERE, metric::DROP_L7_CHUNK)
+        };
+    }
+    if digits == 0 {
+        return stop(w, DENY_HERE, metric::DROP_L7_CHUNK);
+    }
+    if cr >= n {
+        return stop(w, NEED_MORE, 0); // the LF has not arrived
+    }
+    if line[(cr & 15) as usize] != b'\n' {
+        return stop(w, DENY_HERE, metric::DROP_L7_CHUNK);
+    }
+    w.p += cr + 1;
+    if size == 0 {
+        w.mode = mode::TRAILER;
+    } else {
+        w.mode = mode::CHUNK_DATA;
+        w.left = size;
+    }
+    0
+}
+
+/// A request head at `w.p`: parse, match, advance past it or stop.
+#[inline(always)]
+fn head_unit(w: &mut Walk, skb: *mut aya_ebpf::bindings::__sk_buff, avail: u32) -> i64 {
+    let n = load_at(skb, w.p, avail);
+    let Some(head) = parse(n) else {
+        return stop(
+            w,
+            DENY_HERE,
+            metric::DROP_L7_UNPARSABLE + u32::from(http1::reject::MALFORMED),
+        );
+    };
+    match head.outcome() {
+        Step::More if avail < MAX_HEAD => return stop(w, NEED_MORE, 0),
+        Step::Done => {}
+        _ => {
+            let why = if head.reject == 0 {
+                http1::reject::TOO_LARGE
+            } else {
+                head.reject
+            };
+            return stop(w, DENY_HERE, metric::DROP_L7_UNPARSABLE + u32::from(why));
+        }
+    }
+    // SAFETY: copied out at once.
+    let port = unsafe { L7_PORTS.get(&w.port) }.copied();
+    // No entry: the port's HTTP rules were removed since the connection opened.
+    if let Some(port) = port {
+        if walk(port.start, head) == 0 {
+            if port.flags & L7F_AUDIT == 0 {
+                return stop(w, DENY_HERE, metric::DROP_L7_DENIED);
+            }
+            w.audited += 1;
+        } else {
+            w.allowed += 1;
+        }
+    }
+    w.p += head.len;
+    match head.body {
+        http1::body::LENGTH => {
+            w.mode = mode::BODY;
+            w.left = head.content_length;
+        }
+        http1::body::CHUNKED => w.mode = mode::CHUNK_SIZE,
+        _ => w.mode = mode::HEAD,
+    }
+    0
+}
+
+/// Frames the next message: walks the units from the socket's committed state and
+/// records the plan for the verdict. A message ends where the bytes available end, or
+/// just before a refused request (the requests before it still pass), or after
+/// `MAX_UNITS` units.
+#[stream_parser]
+pub fn http_parser(ctx: SkBuffContext) -> u32 {
+    let len = ctx.len();
+    let Some(state) = L7_STATE.get_ptr_mut(&cookie(&ctx)) else {
+        return len; // the verdict drops it
+    };
+    // SAFETY: this socket's entry; its messages are framed one at a time.
+    let state = unsafe { &mut *state };
+    let base = state.base;
+    if base >= len {
+        return 0;
+    }
+    if state.mode == mode::DENIED {
+        state.plan = plan::DROP;
+        state.msg_len = len - base;
+        state.next_base = 0;
+        state.next_mode = mode::DENIED;
+        return len - base;
+    }
+    let Some(w) = L7_UNITS.get_ptr_mut(0) else {
+        return len;
+    };
+    // SAFETY: per-CPU slot.
+    unsafe {
+        (*w).p = base;
+        (*w).len = len;
+        (*w).mode = state.mode;
+        (*w).left = state.left;
+        (*w).result = GOING;
+        (*w).reason = 0;
+        (*w).port = state.port;
+        (*w).allowed = 0;
+        (*w).audited = 0;
+    }
+    let mut arg = SkbArg { skb: ctx.skb.skb };
+    // SAFETY: the callback reads `arg` only.
+    unsafe { bpf_loop(MAX_UNITS, walk_unit as *mut c_void, (&raw mut arg).cast(), 0) };
+    // SAFETY: per-CPU slot, read after the callbacks wrote it.
+    let w = unsafe { &*w };
+    let p = w.p.min(len);
+    let cut = match w.result {
+        COMPLETE => len,
+        DENY_HERE if p <= base && base > 0 => {
+            // A refused request pipelined behind requests that just passed: their answers
+            // are still to come from the server, and a 403 now would overtake them (the
+            // client would take it for the answer to an allowed request). The kernel
+            // cannot hold it back, so the connection is reset instead: the stream parser
+            // stops for good and the socket reports ECONNRESET.
+            count(w.reason);
+            state.mode = mode::DENIED;
+            return ECONNRESET.wrapping_neg() as u32;
+        }
+        DENY_HERE if p <= base => {
+            // The refused request starts this message: it is answered, and what follows
+            // it (up to MAX_HEAD bytes in this message) goes with it.
+            let msg = (len - base).min(MAX_HEAD);
+            state.plan = plan::DENY;
+            state.reason = w.reason;
+            state.msg_len = msg;
+            state.next_base = if base + msg < len { base + msg } else { 0 };
+            state.next_mode = mode::DENIED;
+            return msg;
+        }
+        NEED_MORE if p <= base => return 0,
+        // A refused request, a partial unit or the unit budget after whole units: those
+        // pass now; the rest is a message of its own in the same segment.
+        _ => p,
+    };
+    state.plan = plan::PASS;
+    state.msg_len = cut - base;
+    state.next_base = if cut < len { cut } else { 0 };
+    state.next_mode = w.mode;
+    state.next_left = w.left;
+    state.next_requests = w.allowed + w.audited;
+    add(metric::L7_ALLOWED, w.allowed);
+    add(metric::L7_AUDIT, w.audited);
+    cut - base
+}
+
+#[inline(always)]
+fn add(slot: u32, n: u32) {
+    if let Some(c) = crate::maps::METRICS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *c += u64::from(n) };
+    }
+}
+
+/// Applies the parser's plan to the message it framed.
 #[stream_verdict]
 pub fn http_verdict(ctx: SkBuffContext) -> u32 {
     let mut key = cookie(&ctx);
@@ -227,124 +471,21 @@ pub fn http_verdict(ctx: SkBuffContext) -> u32 {
     };
     // SAFETY: this socket's entry; its messages are judged one at a time.
     let state = unsafe { &mut *state };
-    let len = u64::from(ctx.len());
-    match state.mode {
-        mode::HEAD => judge(&ctx, state, &mut key),
-        mode::BODY => {
-            state.left = state.left.saturating_sub(len);
-            if state.left == 0 {
-                state.mode = mode::HEAD;
-            }
+    let base = state.base;
+    state.base = state.next_base;
+    state.mode = state.next_mode;
+    match state.plan {
+        plan::PASS => {
+            state.left = state.next_left;
+            state.requests += state.next_requests;
             SK_PASS
         }
-        mode::CHUNK_DATA => {
-            state.left = state.left.saturating_sub(len);
-            if state.left == 0 {
-                state.mode = mode::CHUNK_CRLF;
-            }
-            SK_PASS
-        }
-        mode::CHUNK_SIZE => match chunk_size(&ctx) {
-            Some(0) => {
-                state.mode = mode::TRAILER;
-                SK_PASS
-            }
-            Some(size) => {
-                state.mode = mode::CHUNK_DATA;
-                state.left = size;
-                SK_PASS
-            }
-            None => deny(&ctx, state, &mut key, metric::DROP_L7_CHUNK),
-        },
-        mode::CHUNK_CRLF | mode::TRAILER => {
-            let mut crlf = [0u8; 2];
-            // SAFETY: two bytes into a two-byte stack buffer (the parser framed two).
-            let ok = ctx.len() == 2
-                && unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const c_void, 0, crlf.as_mut_ptr().cast(), 2) } == 0;
-            if !ok || crlf != *b"\r\n" {
-                return deny(&ctx, state, &mut key, metric::DROP_L7_CHUNK);
-            }
-            state.mode = if state.mode == mode::TRAILER { mode::HEAD } else { mode::CHUNK_SIZE };
-            SK_PASS
-        }
+        plan::DENY => deny(&ctx, state, &mut key, base),
         _ => {
             count(metric::DROP_L7_AFTER_DENY);
             SK_DROP
         }
     }
-}
-
-/// `HEX CRLF` (1–8 digits, no extensions) → the chunk size.
-#[inline(always)]
-fn chunk_size(ctx: &SkBuffContext) -> Option<u64> {
-    let n = load(ctx).min(CHUNK_LINE);
-    let buf = L7_BUF.get_ptr(0)?;
-    if n < 3 {
-        return None;
-    }
-    let mut size = 0u64;
-    let mut i = 0;
-    while i < CHUNK_LINE {
-        if i + 2 >= n {
-            break;
-        }
-        // SAFETY: per-CPU slot, index below CHUNK_LINE.
-        let b = unsafe { (*buf)[i as usize] };
-        let d = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            b'A'..=b'F' => b - b'A' + 10,
-            _ => return None,
-        };
-        size = size * 16 + u64::from(d);
-        i += 1;
-    }
-    let at = (n - 2) as usize & 15;
-    // SAFETY: per-CPU slot, index below 16.
-    let (cr, lf) = unsafe { ((*buf)[at], (*buf)[(at + 1) & 15]) };
-    (cr == b'\r' && lf == b'\n').then_some(size)
-}
-
-/// A request head: parse, match, pass or answer 403.
-#[inline(always)]
-fn judge(ctx: &SkBuffContext, state: &mut L7Sock, key: &mut u64) -> u32 {
-    let n = load(ctx);
-    let Some(head) = parse(n) else {
-        return deny(ctx, state, key, metric::DROP_L7_UNPARSABLE + 2);
-    };
-    if head.outcome() != Step::Done || head.len != ctx.len() {
-        let why = if head.reject == 0 { http1::reject::MALFORMED } else { head.reject };
-        return deny(ctx, state, key, metric::DROP_L7_UNPARSABLE + u32::from(why));
-    }
-    state.requests += 1;
-    let (body, content_length) = (head.body, head.content_length);
-    // SAFETY: copied out at once.
-    let port = unsafe { L7_PORTS.get(&state.port) }.copied();
-    // No entry: the port's HTTP rules were removed since the connection opened.
-    let allowed = port.is_none_or(|p| walk(p.start, head) != 0);
-    if !allowed {
-        if port.is_some_and(|p| p.flags & L7F_AUDIT == 0) {
-            return deny(ctx, state, key, metric::DROP_L7_DENIED);
-        }
-        count(metric::L7_AUDIT);
-    } else {
-        count(metric::L7_ALLOWED);
-    }
-    state.mode = match body {
-        http1::body::LENGTH => {
-            state.left = content_length;
-            mode::BODY
-        }
-        http1::body::CHUNKED => mode::CHUNK_SIZE,
-        _ => mode::HEAD,
-    };
-    deliver(ctx, key)
-}
-
-/// Hands an allowed message to the server.
-#[inline(always)]
-fn deliver(ctx: &SkBuffContext, key: &mut u64) -> u32 {
-    L7_SOCKS.redirect_skb(ctx, key, u64::from(BPF_F_INGRESS)) as u32
 }
 
 /// The byte `i` of `METHOD SP PATH SP HOST`.
@@ -377,8 +518,7 @@ extern "C" fn walk_byte(i: u64, _ctx: *mut c_void) -> i64 {
     // SAFETY: per-CPU slots.
     let (head, walk) = unsafe { (&*head, &mut *walk) };
     let b = input_byte(head, i as u32);
-    // SAFETY: copied out at once.
-    let Some(row) = (unsafe { L7_DFA.get(walk[0]) }) else {
+    let Some(row) = L7_DFA.get(walk[0]) else {
         walk[0] = 0;
         return 1;
     };
@@ -427,14 +567,14 @@ extern "C" fn answer_byte(i: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
-/// Overwrites the message with the 403 answer (same length: see `l7::FORBIDDEN_MIN`),
-/// sends it back out of the same socket, and drops everything after it on this
-/// connection. A message too short for an answer is dropped unanswered.
+/// Overwrites the message (at `base` in its segment) with the 403 answer, same length
+/// (see `l7::FORBIDDEN_MIN`), and sends it back out of the same socket. A message too
+/// short for an answer is dropped unanswered.
 #[inline(always)]
-fn deny(ctx: &SkBuffContext, state: &mut L7Sock, key: &mut u64, reason: u32) -> u32 {
-    count(reason);
+fn deny(ctx: &SkBuffContext, state: &mut L7Sock, key: &mut u64, base: u32) -> u32 {
+    count(state.reason);
     state.mode = mode::DENIED;
-    let len = ctx.len();
+    let len = state.msg_len;
     if !(FORBIDDEN_MIN..=MAX_HEAD).contains(&len) {
         return SK_DROP;
     }
@@ -444,14 +584,11 @@ fn deny(ctx: &SkBuffContext, state: &mut L7Sock, key: &mut u64, reason: u32) -> 
     let mut arg = len;
     // SAFETY: the callback reads `arg` only.
     unsafe { bpf_loop(len, answer_byte as *mut c_void, (&raw mut arg).cast(), 0) };
-    // Bounds checked again after the call: the compiler may reload the length.
-    // (Written as min + one-sided check: a fused range check loses the bounds.)
-    let n = ctx.len().min(MAX_HEAD);
-    if n < FORBIDDEN_MIN {
-        return SK_DROP;
-    }
+    // Bounds by arithmetic (the same value as `len`, checked above): the verifier keeps
+    // these where it loses those of a fused range check.
+    let n = ((len.wrapping_sub(FORBIDDEN_MIN) & (MAX_HEAD - 1)).min(MAX_HEAD - FORBIDDEN_MIN)) + FORBIDDEN_MIN;
     // SAFETY: n bytes of the MAX_HEAD-byte buffer, n in FORBIDDEN_MIN..=MAX_HEAD.
-    let stored = unsafe { bpf_skb_store_bytes(ctx.skb.skb.cast(), 0, buf.cast(), n, 0) };
+    let stored = unsafe { bpf_skb_store_bytes(ctx.skb.skb.cast(), base, buf.cast(), n, 0) };
     if stored != 0 {
         return SK_DROP; // no answer possible: the request still never reaches the server
     }

@@ -147,9 +147,7 @@ impl Http {
                 .ok_or_else(|| missing(name))?
                 .try_into()
                 .map_err(prog_err(name))?;
-            let id = p
-                .attach(self.socks.fd())
-                .map_err(|e| attach_err(name)(Box::new(e)))?;
+            let id = p.attach(self.socks.fd()).map_err(|e| attach_err(name)(Box::new(e)))?;
             // Stays attached to the pinned map after this agent exits (see the module doc).
             let link = p.take_link(id).map_err(|e| attach_err(name)(Box::new(e)))?;
             std::mem::forget(link);
@@ -183,7 +181,13 @@ impl Http {
                     .set(next + i as u32, row, 0)
                     .map_err(|e| format!("writing DFA row {}: {e}", next + i as u32))?;
             }
-            entries.push((*key, L7Port { start: next, flags: p.flags }));
+            entries.push((
+                *key,
+                L7Port {
+                    start: next,
+                    flags: p.flags,
+                },
+            ));
             next += (p.dfa.rows.len() - 1) as u32;
         }
         for (key, value) in &entries {

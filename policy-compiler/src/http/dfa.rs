@@ -75,8 +75,9 @@ pub fn build(rules: &[HttpRule], field_path: &str) -> Result<PortDfa, PatternErr
         if !r.headers.is_empty() {
             return Err(PatternError {
                 field: format!("{field_path}[{i}].headers"),
-                message: "header conditions are not enforced in the kernel yet; this rule is refused rather than ignored"
-                    .into(),
+                message:
+                    "header conditions are not enforced in the kernel yet; this rule is refused rather than ignored"
+                        .into(),
             });
         }
         patterns.push(format!(
@@ -189,7 +190,14 @@ mod tests {
         assert_eq!(d.first_match(b"GET /api/v1/items/1000 h"), None);
         let mut with_header = rule(Some("GET"), None, None);
         with_header.headers.push(("x-token".into(), None));
-        let e = build(&[with_header], "MoatNetworkPolicy a/b spec.ingress[0].toPorts[0].rules.http").unwrap_err();
-        assert_eq!(e.field, "MoatNetworkPolicy a/b spec.ingress[0].toPorts[0].rules.http[0].headers");
+        let e = build(
+            &[with_header],
+            "MoatNetworkPolicy a/b spec.ingress[0].toPorts[0].rules.http",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.field,
+            "MoatNetworkPolicy a/b spec.ingress[0].toPorts[0].rules.http[0].headers"
+        );
     }
 }
