@@ -166,13 +166,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         _ => moat_policy_compiler::world::Mode::Default,
     };
     let service_cidr = ipam::parse_cidr(&args.service_cidr).context("--service-cidr")?;
+    // HTTP rules hook accepted sockets with sock_ops at the cgroup root, whatever the
+    // socket load balancer setting.
+    let http_cgroup = match &args.cgroup_root {
+        Some(p) => p.clone(),
+        None => netdev::cgroup2_root().context(
+            "finding the cgroup v2 mount for HTTP enforcement and the socket load balancer (or pass --cgroup-root)",
+        )?,
+    };
     let socket_lb_cgroup = if args.socket_lb {
-        Some(match args.cgroup_root {
-            Some(p) => p,
-            None => netdev::cgroup2_root().context(
-                "finding the cgroup v2 mount for the socket load balancer (or pass --cgroup-root / --socket-lb=false)",
-            )?,
-        })
+        Some(http_cgroup.clone())
     } else {
         tracing::info!("--socket-lb=false: services are translated per packet in from_container");
         None
@@ -192,6 +195,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         service_cidr,
         socket_lb_cgroup,
+        http_cgroup,
         delegated_ranges: args
             .delegated_ipam_ranges
             .iter()

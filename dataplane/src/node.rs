@@ -38,6 +38,8 @@ pub struct NodeConfig {
     pub service_cidr: Cidr,
     /// cgroup v2 directory the socket load balancer attaches to; `None`: socket LB off.
     pub socket_lb_cgroup: Option<PathBuf>,
+    /// cgroup v2 directory where HTTP enforcement hooks accepted sockets (sock_ops).
+    pub http_cgroup: PathBuf,
     /// Devices NodePort traffic arrives on (XDP `node_ingress`).
     pub node_devices: Vec<String>,
     /// Sizes for maps created at load (pinned maps keep theirs).
@@ -164,6 +166,9 @@ impl Node {
                 .with_context(|| format!("attaching the socket load balancer to cgroup {}", cg.display()))?,
             None => datapath.detach_socket_lb(),
         }
+        datapath
+            .attach_http(&cfg.http_cgroup)
+            .with_context(|| format!("attaching HTTP enforcement to cgroup {}", cfg.http_cgroup.display()))?;
         // The node's own sockets use the socket load balancer too.
         match netdev::netns_cookie(None) {
             Ok(c) => datapath.serve_netns(c)?,

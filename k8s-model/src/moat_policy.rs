@@ -158,14 +158,16 @@ pub(super) fn decode(namespace: &str, name: &str, v: &serde_json::Value) -> R<Mo
         let ports = to_ports(r.to_ports.as_deref(), &path, 2, i, &mut http)?;
         egress_rules.push(Rule { peers, ports });
     }
-    if let Some(h) = http.first() {
-        // The kernel HTTP path is not there yet: a policy whose HTTP rules would not be
-        // enforced is refused whole (its last good version stays), never applied as a
+    for h in &http {
+        // Egress HTTP rules need the sk_msg half of the kernel path, not built yet: the
+        // policy is refused whole (its last good version stays), never applied as a
         // port-level allow.
-        return fail(
-            &h.field,
-            "HTTP rules are not enforced by this version of Moat; the policy is not applied (leave out rules.http to enforce its ports)",
-        );
+        if h.direction == 2 {
+            return fail(
+                &h.field,
+                "HTTP rules on egress are not enforced by this version of Moat (ingress ones are); the policy is not applied",
+            );
+        }
     }
     Ok(MoatNetworkPolicy {
         policy: NetworkPolicy {
@@ -342,9 +344,20 @@ fn http_rule(h: &Http, path: &str) -> R<HttpRule> {
         }
         headers.push((name.to_ascii_lowercase(), value));
     }
+    if !headers.is_empty() {
+        return fail(
+            &child(path, "headers"),
+            "header conditions are not enforced in the kernel yet; the policy is refused rather than applied without them",
+        );
+    }
     for (field, v) in [("method", &h.method), ("path", &h.path), ("host", &h.host)] {
         if v.as_deref() == Some("") {
             return fail(&child(path, field), "must not be empty (leave it out to match any)");
+        }
+        if let Some(v) = v {
+            if let Err(m) = check_pattern(v) {
+                return fail(&child(path, field), m);
+            }
         }
     }
     Ok(HttpRule {
@@ -358,4 +371,37 @@ fn http_rule(h: &Http, path: &str) -> R<HttpRule> {
 /// RFC 9110 `tchar`.
 fn is_token(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// DFA states one pattern may have: the kernel walks the port's table in a bounded loop,
+/// and a port's rules share one table of at most 4,096 rows.
+pub const MAX_PATTERN_STATES: usize = 256;
+
+/// Whether `pattern` compiles, anchored, to a byte DFA within [`MAX_PATTERN_STATES`].
+/// The same syntax the kernel tables are built with (`policy-compiler::http`).
+///
+/// # Errors
+/// A message for the user: not a regular expression, or too large.
+pub fn check_pattern(pattern: &str) -> Result<(), String> {
+    use regex_automata::dfa::{dense, StartKind};
+    let dfa = dense::Builder::new()
+        .configure(
+            dense::Config::new()
+                .start_kind(StartKind::Anchored)
+                .minimize(true)
+                .dfa_size_limit(Some(1 << 20))
+                .determinize_size_limit(Some(1 << 22)),
+        )
+        .syntax(regex_automata::util::syntax::Config::new().unicode(false).utf8(false))
+        .build(&format!("^(?:{pattern})$"))
+        .map_err(|e| format!("{pattern:?} is not a regular expression Moat can compile: {e}"))?;
+    // The transition table dominates the DFA's memory: this slightly over-counts, which
+    // errs on the refusing side.
+    let states = dfa.memory_usage() / (dfa.stride() * 4);
+    if states > MAX_PATTERN_STATES {
+        return Err(format!(
+            "{pattern:?} needs {states} DFA states; the kernel walks at most {MAX_PATTERN_STATES} per pattern (simplify the pattern or split the rule)"
+        ));
+    }
+    Ok(())
 }

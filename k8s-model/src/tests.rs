@@ -949,10 +949,28 @@ fn moat_network_policy_errors_name_the_field() {
         "not a header name",
     );
     rejects(
-        &mnp("  endpointSelector: {}\n  ingress:\n  - toPorts:\n    - ports: [{port: '80'}]\n      rules:\n        http: [{method: GET, path: '/api/.*'}]\n"),
+        &mnp("  endpointSelector: {}\n  egress:\n  - toPorts:\n    - ports: [{port: '80'}]\n      rules:\n        http: [{method: GET, path: '/api/.*'}]\n"),
         obj,
-        "spec.ingress[0].toPorts[0].rules.http",
-        "HTTP rules are not enforced by this version",
+        "spec.egress[0].toPorts[0].rules.http",
+        "HTTP rules on egress are not enforced",
+    );
+    rejects(
+        &mnp("  endpointSelector: {}\n  ingress:\n  - toPorts:\n    - ports: [{port: '80'}]\n      rules:\n        http: [{method: GET}, {path: '/(a|b)*a(a|b){12}'}]\n"),
+        obj,
+        "spec.ingress[0].toPorts[0].rules.http[1].path",
+        "DFA states",
+    );
+    rejects(
+        &mnp("  endpointSelector: {}\n  ingress:\n  - toPorts:\n    - ports: [{port: '80'}]\n      rules:\n        http: [{path: '/api/(x'}]\n"),
+        obj,
+        "spec.ingress[0].toPorts[0].rules.http[0].path",
+        "not a regular expression",
+    );
+    rejects(
+        &mnp("  endpointSelector: {}\n  ingress:\n  - toPorts:\n    - ports: [{port: '80'}]\n      rules:\n        http: [{method: GET, headers: ['X-Token']}]\n"),
+        obj,
+        "spec.ingress[0].toPorts[0].rules.http[0].headers",
+        "header conditions are not enforced",
     );
     rejects(
         &mnp("  endpointSelector: {}\n  ingress: []\n").replace("moat.io/v1alpha1", "cilium.io/v2"),
@@ -960,4 +978,22 @@ fn moat_network_policy_errors_name_the_field() {
         "apiVersion",
         "served as moat.io/v1alpha1",
     );
+}
+
+#[test]
+fn moat_network_policy_keeps_its_ingress_http_rules() {
+    let text = mnp(
+        "  endpointSelector: {matchLabels: {app: backend}}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: frontend}}]\n    toPorts:\n    - ports: [{port: '80', protocol: TCP}, {port: '8080'}]\n      rules:\n        http:\n        - {method: GET, path: /}\n        - {method: 'GET|HEAD', path: '/public/.*', host: 'shop\\.example'}\n",
+    );
+    let (objects, errors) = parse(&text);
+    assert!(errors.is_empty(), "{errors:?}");
+    let Object::MoatNetworkPolicy(m) = &objects[0] else {
+        panic!("{objects:?}")
+    };
+    assert_eq!(m.http.len(), 1);
+    let h = &m.http[0];
+    assert_eq!((h.direction, h.rule, h.ports.clone()), (1, 0, vec![80, 8080]));
+    assert_eq!(h.field, "spec.ingress[0].toPorts[0].rules.http");
+    assert_eq!(h.rules[1].method.as_deref(), Some("GET|HEAD"));
+    assert_eq!(h.rules[1].host.as_deref(), Some("shop\\.example"));
 }

@@ -80,6 +80,8 @@ pub struct Inputs {
     pub generation: u64,
     namespaces: BTreeMap<String, k8s::Namespace>,
     policies: Arc<Vec<k8s::NetworkPolicy>>,
+    /// MoatNetworkPolicies with HTTP rules (their L3/L4 part is in `policies` too).
+    http: Arc<Vec<k8s::MoatNetworkPolicy>>,
     /// Pod manifests by (namespace, name): labels of local endpoints, and remote peers.
     pods: BTreeMap<(String, String), k8s::Pod>,
 }
@@ -92,6 +94,7 @@ impl Inputs {
             ..Self::default()
         };
         let mut policies = Vec::new();
+        let mut http = Vec::new();
         for o in objects {
             match o {
                 Object::Namespace(n) => {
@@ -101,12 +104,18 @@ impl Inputs {
                     inputs.pods.insert((p.namespace.clone(), p.name.clone()), p.clone());
                 }
                 Object::NetworkPolicy(p) => policies.push(p.clone()),
-                // Its L3/L4 meaning (ones with HTTP rules are refused when decoded).
-                Object::MoatNetworkPolicy(p) => policies.push(moat_policy(p)),
+                // Its L3/L4 meaning, and its HTTP rules for the kernel's HTTP path.
+                Object::MoatNetworkPolicy(p) => {
+                    policies.push(moat_policy(p));
+                    if !p.http.is_empty() {
+                        http.push(p.clone());
+                    }
+                }
                 Object::Service(_) | Object::EndpointSlice(_) | Object::Node(_) | Object::Other { .. } => {}
             }
         }
         inputs.policies = Arc::new(policies);
+        inputs.http = Arc::new(http);
         inputs
     }
 }
@@ -117,6 +126,49 @@ fn moat_policy(p: &k8s::MoatNetworkPolicy) -> k8s::NetworkPolicy {
     let mut np = p.policy.clone();
     np.name = format!("{}:{}", k8s::moat_policy::KIND, np.name);
     np
+}
+
+/// Installs the HTTP rules of every local server port. Fails closed: a port whose rules
+/// do not build gets a table that refuses every request, and when the node's tables do
+/// not fit the kernel's, every port gets one. Returns the number of ports.
+fn apply_http(dp: &mut Datapath, world: &World, policies: &[k8s::MoatNetworkPolicy], audit: bool) -> usize {
+    use crate::kernel::http::PortRules;
+    use moat_dataplane_common::l7::{L7PortKey, L7F_AUDIT};
+    use moat_policy_compiler::http::{dfa, ports};
+    let key = |ip: Ipv4Addr, port: u16| L7PortKey {
+        addr: u32::from(ip).to_be(),
+        port,
+        _pad: 0,
+    };
+    let flags = if audit { L7F_AUDIT } else { 0 };
+    let wanted = ports::node_ports(world, policies);
+    let mut tables = BTreeMap::new();
+    for ((ip, port), rules) in &wanted {
+        let (table, error) = ports::port_table(rules);
+        if let Some(e) = error {
+            tracing::error!(%ip, port, error = %e, "HTTP rules of this port refused; every request to it is refused until they are fixed");
+        }
+        tables.insert(key(*ip, *port), PortRules { dfa: table, flags });
+    }
+    if let Err(e) = dp.apply_http(&tables) {
+        tracing::error!(error = %e, "HTTP rules do not fit the kernel's tables; every HTTP-rule port refuses all requests");
+        let closed = wanted
+            .keys()
+            .map(|(ip, port)| {
+                (
+                    key(*ip, *port),
+                    PortRules {
+                        dfa: dfa::deny_all(),
+                        flags,
+                    },
+                )
+            })
+            .collect();
+        if let Err(e) = dp.apply_http(&closed) {
+            tracing::error!(error = %e, "writing the HTTP port tables failed");
+        }
+    }
+    wanted.len()
 }
 
 /// A full compile to run off the owner thread: the world and a copy of the numbering.
@@ -158,6 +210,8 @@ pub struct Enforcer {
     persisted_identities: Vec<u8>,
     /// Map updates made by the last apply.
     pub last_updates: usize,
+    /// Local server ports under HTTP rules.
+    pub http_ports: usize,
 }
 
 impl Enforcer {
@@ -187,6 +241,7 @@ impl Enforcer {
             revision: dp.config().policy_rev,
             persisted_identities: Vec::new(),
             last_updates: 0,
+            http_ports: 0,
         })
     }
 
@@ -321,6 +376,9 @@ impl Enforcer {
         );
         self.identities = Arc::new(identities);
 
+        // HTTP rules first: a socket accepted after the L3/L4 entries open its port must
+        // already be under them (sock_ops looks a port up once, at accept).
+        self.http_ports = apply_http(dp, &self.world, &self.inputs.http, self.settings.audit);
         let updates = d.len();
         let narrows = moat_policy_compiler::diff::narrows(&self.applied, &d);
         let result = write_plan(dp, &d, &plan);

@@ -55,6 +55,14 @@ impl PortDfa {
     }
 }
 
+/// A table that matches nothing (a start row with no way out, not accepting).
+#[must_use]
+pub fn deny_all() -> PortDfa {
+    PortDfa {
+        rows: vec![DfaRow::default(), DfaRow::default()],
+    }
+}
+
 fn field(p: Option<&str>, any: &str) -> String {
     p.map_or_else(|| any.to_string(), |p| format!("(?:{p})"))
 }

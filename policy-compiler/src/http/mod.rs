@@ -5,6 +5,7 @@
 //! attached yet: policies
 //! with HTTP rules are refused when decoded (see `k8s::moat_policy`).
 pub mod dfa;
+pub mod ports;
 pub mod request;
 pub mod rules;
 
