@@ -114,7 +114,10 @@ fn main() {
     let (cycles, mut plugins) = if a.get(1).map(String::as_str) == Some("--interleave") {
         let cycles = a[2].parse::<usize>().expect("CYCLES");
         let specs = &a[3..];
-        assert!(!specs.is_empty() && specs.len().is_multiple_of(3), "NETNS PLUGIN CONF triples");
+        assert!(
+            !specs.is_empty() && specs.len().is_multiple_of(3),
+            "NETNS PLUGIN CONF triples"
+        );
         let plugins: Vec<Plugin> = specs.chunks(3).map(|s| plugin(Some(&s[0]), &s[1], &s[2])).collect();
         (cycles, plugins)
     } else {

@@ -163,8 +163,14 @@ fn setup(tag: &str) -> Option<(Fixture, Datapath, u16)> {
 /// Sends `chunks` (with `gap` between them) on one connection; returns all it reads
 /// until the peer closes or goes quiet.
 fn exchange(port: u16, chunks: &[&[u8]], gap: Duration) -> String {
+    exchange_waiting(port, chunks, gap, Duration::from_millis(700))
+}
+
+/// As `exchange`, reading until `quiet` passes without a byte.
+fn exchange_waiting(port: u16, chunks: &[&[u8]], gap: Duration, quiet: Duration) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(quiet)).unwrap();
     for c in chunks {
         s.write_all(c).unwrap();
         if !gap.is_zero() {
@@ -309,4 +315,42 @@ fn keep_alive_pipelining_bodies_and_slow_clients_are_framed_exactly() {
     assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
     let seen = log(&fx);
     assert!(!seen.contains("admin"), "the server saw a denied request: {seen}");
+}
+
+/// The bypass corpus (`policy-compiler::http::corpus`, ≥ 40 techniques) against the
+/// kernel: each is sent whole, and again one byte per write; none gets a 200 and none
+/// reaches `/admin` on the server.
+#[test]
+fn bypass_corpus_never_reaches_the_server() {
+    let Some((fx, dp, port)) = setup("corpus") else {
+        return;
+    };
+    let corpus = moat_policy_compiler::http::corpus::bypass_corpus();
+    assert!(corpus.len() >= 40);
+    for (name, req, _) in &corpus {
+        let quiet = Duration::from_millis(200);
+        let whole = exchange_waiting(port, &[req], Duration::ZERO, quiet);
+        assert!(!whole.contains(" 200 "), "{name}: answered {whole:?}");
+        if req.len() < 200 {
+            let bytes: Vec<&[u8]> = req.chunks(1).collect();
+            let split = exchange_waiting(port, &bytes, Duration::from_millis(1), quiet);
+            assert!(!split.contains(" 200 "), "{name} (byte by byte): answered {split:?}");
+        }
+    }
+    let seen = log(&fx);
+    assert!(!seen.contains("admin"), "the server saw: {seen}");
+    // Refusals are counted by reason: denied by rule (180), malformed (182), framing (186),
+    // ambiguous path (187).
+    let counters = dp.counters();
+    for reason in [
+        "drop_http_denied",
+        "drop_http_malformed",
+        "drop_http_ambiguous_framing",
+        "drop_http_ambiguous_path",
+    ] {
+        assert!(
+            counters.iter().any(|(n, c)| *n == reason && *c > 0),
+            "{reason}: {counters:?}"
+        );
+    }
 }

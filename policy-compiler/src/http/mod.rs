@@ -4,6 +4,7 @@
 //! is held to [`request`] by a differential test. The kernel path (sk_skb/sk_msg) is not
 //! attached yet: policies
 //! with HTTP rules are refused when decoded (see `k8s::moat_policy`).
+pub mod corpus;
 pub mod dfa;
 pub mod ports;
 pub mod request;
