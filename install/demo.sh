@@ -153,6 +153,29 @@ echo; echo "\$ moatctl identities"; moatctl identities
 echo; echo "\$ moatctl policy matrix -f $RUN/state --port 8080/tcp   (offline, from the manifests alone)"
 moatctl policy matrix -f "$RUN/state" --port 8080/tcp | sed 's/^/  /'
 
+echo; echo "== Lateral movement: shop/frontend may send GET / to billing/api and nothing else (HTTP rules, in the kernel)"
+cat >"$RUN/state/http.yaml" <<'YAML'
+apiVersion: moat.io/v1alpha1
+kind: MoatNetworkPolicy
+metadata: {name: api-http, namespace: billing}
+spec:
+  endpointSelector: {matchLabels: {'k8s:app': api}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {'k8s:io.kubernetes.pod.namespace': shop, 'k8s:app': frontend}}]
+    toPorts:
+    - ports: [{port: '8080', protocol: TCP}]
+      rules:
+        http: [{method: GET, path: /}]
+YAML
+sed 's/^/  /' "$RUN/state/http.yaml"
+for _ in $(seq 50); do [ "$(moatctl -o json status | python3 -c 'import json,sys; print(json.load(sys.stdin)["policies"])')" = 4 ] && break; sleep 0.1; done
+for path in / /admin /index.html/../admin; do
+  out=$(inpod shop/frontend curl -s --path-as-is --max-time 2 -w ' [HTTP %{http_code}]' "http://${IP[billing/api]}:8080$path" | tr -d '\r' | tr '\n' ' ')
+  printf '  shop/frontend GET %-22s %s\n' "$path" "$out"
+done
+echo "  (the 403 is written by the kernel's sk_skb verdict program: billing/api never sees GET /admin)"
+echo; echo "\$ moatctl drops   (HTTP refusals are counted with their reason)"; moatctl drops | grep -i -E 'reason|http' | sed 's/^/  /'
+
 echo; echo "== Services: shop/web (ClusterIP 10.96.0.80:80 and NodePort 30080) with 3 backends"
 for p in "${WEB[@]}"; do
   ip netns add $ID-${p/\//-}
