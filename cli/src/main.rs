@@ -89,6 +89,13 @@ enum PolicyCmd {
         /// PORT/PROTO, e.g. 80/tcp (protocol defaults to tcp).
         #[arg(long)]
         port: String,
+        /// Also judge an HTTP request by the port's HTTP rules: "METHOD TARGET", e.g.
+        /// "GET /admin" (normalised as the kernel does).
+        #[arg(long)]
+        http: Option<String>,
+        /// The request's Host (with --http).
+        #[arg(long, requires = "http")]
+        host: Option<String>,
     },
     /// Offline: the reachability matrix the compiler derives from a manifest directory.
     Matrix {
@@ -312,7 +319,13 @@ fn main() -> anyhow::Result<()> {
                     print!("\n{}", table::render(&["POD", "REASON", "PACKETS"], &rows));
                 }
             }
-            Cmd::Policy(PolicyCmd::Explain { from, to, port }) => {
+            Cmd::Policy(PolicyCmd::Explain {
+                from,
+                to,
+                port,
+                http,
+                host,
+            }) => {
                 let (proto, port) = parse_port(&port)?;
                 let r = client
                     .explain_policy(ExplainRequest {
@@ -325,6 +338,8 @@ fn main() -> anyhow::Result<()> {
                             _ => "tcp",
                         }
                         .into(),
+                        http: http.unwrap_or_default(),
+                        host: host.unwrap_or_default(),
                     })
                     .await?
                     .into_inner();

@@ -32,6 +32,8 @@ pub struct View {
     pub state: Snapshot,
     pub world: Arc<World>,
     pub compiled: Arc<Compiled>,
+    /// MoatNetworkPolicies with HTTP rules, as enforced.
+    pub http: Arc<Vec<moat_k8s_model::MoatNetworkPolicy>>,
     /// (identity, labels, in use, local pods "ns/name"), reserved ones included.
     pub identities: Arc<Vec<crate::policy::enforcer::IdentityRow>>,
     identity_names: Arc<BTreeMap<Identity, String>>,
@@ -64,6 +66,7 @@ impl View {
             leases: node.ipam.len(),
             state: node.done_state.clone(),
             world: Arc::clone(&node.enforcer.world),
+            http: node.enforcer.inputs.http(),
             compiled: Arc::clone(&node.enforcer.compiled),
             identities: Arc::clone(&node.enforcer.identities),
             identity_names: Arc::clone(&node.enforcer.identity_names),
@@ -91,6 +94,7 @@ impl View {
             state: Snapshot::default(),
             world: Arc::default(),
             compiled: Arc::default(),
+            http: Arc::default(),
             identities: Arc::default(),
             identity_names: Arc::default(),
             services: Arc::default(),

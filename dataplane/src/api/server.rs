@@ -69,6 +69,18 @@ fn parse_endpoint(s: &str, field: &str) -> Result<PolicyEndpoint, Status> {
     }
 }
 
+/// The address of a pod (from the world) or the address given.
+fn to_address(world: &moat_policy_compiler::world::World, e: &PolicyEndpoint) -> Option<Ipv4Addr> {
+    match e {
+        PolicyEndpoint::Ip(ip) => Some(*ip),
+        PolicyEndpoint::Pod { namespace, name } => world
+            .pods
+            .iter()
+            .find(|p| &p.pod.namespace == namespace && &p.pod.name == name)
+            .and_then(|p| p.ipv4),
+    }
+}
+
 fn parse_proto(s: &str) -> Result<u8, Status> {
     match s.to_ascii_lowercase().as_str() {
         "" | "tcp" => Ok(6),
@@ -202,10 +214,20 @@ impl moat_api::Agent for AgentService {
         let view = self.node.view();
         let e = explain(&view.world, &view.compiled, &from, &to, proto, port)
             .map_err(|e| Status::not_found(e.to_string()))?;
-        Ok(Response::new(ExplainReply {
-            allowed: e.allowed,
-            text: e.to_string(),
-        }))
+        let (mut allowed, mut text) = (e.allowed, e.to_string());
+        if !r.http.is_empty() {
+            let Some(ip) = to_address(&view.world, &to) else {
+                return Err(Status::not_found(format!(
+                    "{}: no IPv4 address to look up HTTP rules for",
+                    r.to
+                )));
+            };
+            let (ok, why) =
+                moat_policy_compiler::http::ports::explain(&view.world, &view.http, ip, port, &r.http, &r.host);
+            allowed &= ok;
+            text = format!("{}\n{why}\n", text.trim_end());
+        }
+        Ok(Response::new(ExplainReply { allowed, text }))
     }
 
     async fn list_services(&self, _: Request<ListServicesRequest>) -> Result<Response<ListServicesReply>, Status> {

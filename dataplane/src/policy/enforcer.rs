@@ -87,6 +87,12 @@ pub struct Inputs {
 }
 
 impl Inputs {
+    /// The MoatNetworkPolicies with HTTP rules.
+    #[must_use]
+    pub fn http(&self) -> Arc<Vec<k8s::MoatNetworkPolicy>> {
+        Arc::clone(&self.http)
+    }
+
     #[must_use]
     pub fn new<'a>(generation: u64, objects: impl Iterator<Item = &'a Object>) -> Self {
         let mut inputs = Self {

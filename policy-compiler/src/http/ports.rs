@@ -55,3 +55,70 @@ pub fn port_table(rules: &PortRules) -> (PortDfa, Option<String>) {
         Err(e) => (dfa::deny_all(), Some(e.to_string())),
     }
 }
+
+/// `moatctl policy explain --http`: how the kernel would judge `METHOD TARGET` with
+/// `host` on `(ip, port)`. The request is normalised by the reference parser (which the
+/// kernel's parser is held to) and matched against the port's table.
+#[must_use]
+pub fn explain(
+    world: &World,
+    policies: &[MoatNetworkPolicy],
+    ip: Ipv4Addr,
+    port: u16,
+    request: &str,
+    host: &str,
+) -> (bool, String) {
+    let Some((method, target)) = request.trim().split_once(' ') else {
+        return (
+            false,
+            format!("{request:?}: expected \"METHOD TARGET\", e.g. \"GET /admin\""),
+        );
+    };
+    let host = if host.is_empty() { "backend" } else { host };
+    let raw = format!("{method} {} HTTP/1.1\r\nHost: {host}\r\n\r\n", target.trim());
+    let head = match super::request::parse_head(raw.as_bytes()) {
+        Ok(Some(h)) => h,
+        Ok(None) => return (false, "the request head is incomplete".into()),
+        Err(why) => return (false, format!("HTTP: refused before any rule is consulted: {why}")),
+    };
+    let ports = node_ports(world, policies);
+    let Some(rules) = ports.get(&(ip, port)) else {
+        return (
+            true,
+            format!("HTTP: {ip}:{port} has no HTTP rules; every request passes"),
+        );
+    };
+    let (table, error) = port_table(rules);
+    let shown = format!("{} {} (host {})", head.method, head.path, head.host);
+    if let Some(e) = error {
+        return (
+            false,
+            format!("HTTP: {shown} refused: the port's rules do not build ({e}), so it refuses every request"),
+        );
+    }
+    let input = format!("{} {} {}", head.method, head.path, head.host);
+    match table.first_match(input.as_bytes()) {
+        Some(i) => {
+            let r = &rules.rules[i];
+            let rule = [("method", &r.method), ("path", &r.path), ("host", &r.host)]
+                .iter()
+                .filter_map(|(n, v)| v.as_ref().map(|v| format!("{n} {v:?}")))
+                .collect::<Vec<_>>()
+                .join(", ");
+            (
+                true,
+                format!(
+                    "HTTP: {shown} allowed by rule {i} ({rule}) of {}",
+                    rules.sources.join("; ")
+                ),
+            )
+        }
+        None => (
+            false,
+            format!(
+                "HTTP: {shown} refused with 403: no rule of {} matches",
+                rules.sources.join("; ")
+            ),
+        ),
+    }
+}

@@ -163,6 +163,32 @@ fn lateral_movement_get_admin_is_answered_403_by_the_kernel() {
         1,
         "only the request from before the policy reached /admin: {seen}"
     );
+    // `moatctl policy explain --http` names the rule, or says none matches.
+    let explain = |req: &str| {
+        node.moatctl(&[
+            "policy",
+            "explain",
+            "--from",
+            "shop/frontend",
+            "--to",
+            "shop/backend",
+            "--port",
+            "8080/tcp",
+            "--http",
+            req,
+        ])
+    };
+    let allowed = explain("GET /public/app.js");
+    assert!(
+        allowed.contains("allowed by rule 1") && allowed.contains("MoatNetworkPolicy shop/backend-http"),
+        "{allowed}"
+    );
+    let denied = explain("GET /public/../admin");
+    assert!(
+        denied.contains("GET /admin") && denied.contains("no rule"),
+        "normalised first: {denied}"
+    );
+    assert!(explain("GET /%2fadmin").contains("refused before any rule"));
     // Denied requests are counted with their reason (drop_http_denied = 180).
     assert!(node.drop_count(180) >= 3, "{}", node.moatctl(&["drops"]));
     // Port-level policy still applies: a pod the policy does not name cannot connect.
