@@ -174,6 +174,7 @@ for path in / /admin /index.html/../admin; do
   printf '  shop/frontend GET %-22s %s\n' "$path" "$out"
 done
 echo "  (the 403 is written by the kernel's sk_skb verdict program: billing/api never sees GET /admin)"
+echo; echo "\$ moatctl observe --type l7 --last 3"; moatctl observe --type l7 --last 3 | sed 's/^/  /'
 echo; echo "\$ moatctl policy explain --from shop/frontend --to billing/api --port 8080/tcp --http 'GET /index.html/../admin'"
 moatctl policy explain --from shop/frontend --to billing/api --port 8080/tcp --http 'GET /index.html/../admin' | sed 's/^/  /'
 echo; echo "\$ moatctl drops   (HTTP refusals are counted with their reason)"; moatctl drops | grep -i -E 'reason|http' | sed 's/^/  /'

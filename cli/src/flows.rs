@@ -44,8 +44,17 @@ pub fn line(f: &Flow) -> String {
     if !f.tcp_flags.is_empty() {
         s += &format!(" {}", f.tcp_flags);
     }
+    if !f.http_method.is_empty() {
+        s += &format!(" {} {}", f.http_method, f.http_path);
+        if !f.http_host.is_empty() {
+            s += &format!(" (host {})", f.http_host);
+        }
+    }
     s += &format!(" {}", f.verdict);
     let mut why = Vec::new();
+    if !f.http_rule.is_empty() {
+        why.push(format!("by {}", f.http_rule));
+    }
     if !f.drop_reason_name.is_empty() {
         why.push(f.drop_reason_name.clone());
     }
@@ -88,6 +97,9 @@ pub fn to_json(f: &Flow) -> serde_json::Value {
         "tcpFlags": f.tcp_flags, "hook": f.hook, "direction": f.direction, "cookie": f.cookie,
         "policy": f.policy, "reevaluated": f.reevaluated, "length": f.length,
         "serviceAddress": f.service_address, "service": f.service,
+        "http": if f.http_method.is_empty() { serde_json::Value::Null } else {
+            json!({"method": f.http_method, "path": f.http_path, "host": f.http_host, "rule": f.http_rule})
+        },
     })
 }
 

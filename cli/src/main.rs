@@ -71,6 +71,9 @@ struct ObserveArgs {
     /// Only flows from or to this identity.
     #[arg(long)]
     identity: Option<u32>,
+    /// Only HTTP request events (l7) or only packet events (l3l4).
+    #[arg(long = "type", value_parser = ["l7", "l3l4"])]
+    kind: Option<String>,
     /// Only flows with this source or destination port.
     #[arg(long)]
     port: Option<u16>,
@@ -216,6 +219,7 @@ fn main() -> anyhow::Result<()> {
                     verdict: a.verdict.unwrap_or_default(),
                     identity: a.identity.unwrap_or(0),
                     port: u32::from(a.port.unwrap_or(0)),
+                    r#type: a.kind.unwrap_or_default(),
                 };
                 let mut stream = client.observe(req).await?.into_inner();
                 while let Some(f) = stream.message().await? {

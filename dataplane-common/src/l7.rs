@@ -175,6 +175,29 @@ pub fn forbidden_byte(len: u32, i: u32) -> u8 {
     }
 }
 
+/// Path bytes an HTTP event carries (longer paths are cut).
+pub const EVENT_PATH: usize = 192;
+/// Host bytes an HTTP event carries.
+pub const EVENT_HOST: usize = 64;
+
+/// An HTTP request event in the `EVENTS` ring buffer, told from a `FlowEvent` by its size.
+/// `flow.hook` is `hook::HTTP`; `flow.verdict` FORWARDED, AUDIT or DROPPED.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct L7Event {
+    pub flow: crate::FlowEvent,
+    /// Index of the allowing rule in the port's rules + 1 (0: none).
+    pub rule: u16,
+    pub method_len: u8,
+    pub _pad: u8,
+    pub path_len: u16,
+    pub host_len: u16,
+    pub method: [u8; 16],
+    pub path: [u8; EVENT_PATH],
+    pub host: [u8; EVENT_HOST],
+}
+const _: () = assert!(core::mem::size_of::<L7Event>() == core::mem::size_of::<crate::FlowEvent>() + 8 + 16 + 192 + 64);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain `repr(C)` integers with explicit padding.

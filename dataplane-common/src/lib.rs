@@ -447,6 +447,8 @@ pub mod hook {
     pub const SOCKET_LB: u8 = 3;
     /// XDP on a node device (NodePort).
     pub const NODE_DEVICE: u8 = 4;
+    /// The sk_skb HTTP verdict of a server socket (one event per request, `l7::L7Event`).
+    pub const HTTP: u8 = 5;
 }
 
 /// One record of `EVENTS`: a dropped packet, an audited flow or an allowed new flow.

@@ -106,7 +106,7 @@ pub fn emit_drop(m: &Meta, reason: u32) {
 
 /// One event of the per-CPU budget of `per_sec` per second (allowed flows, translations).
 #[inline(always)]
-fn take_token(per_sec: u32, now: u64) -> bool {
+pub fn take_token(per_sec: u32, now: u64) -> bool {
     if per_sec == 0 {
         return false;
     }

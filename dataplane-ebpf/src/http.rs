@@ -14,7 +14,8 @@
 use aya_ebpf::{
     bindings::sk_action::{SK_DROP, SK_PASS},
     helpers::generated::{
-        bpf_get_socket_cookie, bpf_loop, bpf_skb_load_bytes, bpf_skb_store_bytes, bpf_sock_ops_cb_flags_set,
+        bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_loop, bpf_skb_load_bytes, bpf_skb_store_bytes,
+        bpf_sock_ops_cb_flags_set,
     },
     macros::{map, sock_ops, stream_parser, stream_verdict},
     maps::{Array, HashMap, PerCpuArray, SockHash},
@@ -23,15 +24,16 @@ use aya_ebpf::{
 };
 use core::ffi::c_void;
 use moat_dataplane_common::{
+    direction, hook,
     http1::{self, Step, MAX_HEAD},
     l7::{
-        forbidden_byte, mode, plan, DfaRow, L7Port, L7PortKey, L7Sock, FORBIDDEN_MIN, L7F_AUDIT, MAX_DFA_ROWS,
-        MAX_L7_PORTS, MAX_L7_SOCKS,
+        forbidden_byte, mode, plan, DfaRow, L7Event, L7Port, L7PortKey, L7Sock, EVENT_HOST, EVENT_PATH, FORBIDDEN_MIN,
+        L7F_AUDIT, MAX_DFA_ROWS, MAX_L7_PORTS, MAX_L7_SOCKS,
     },
-    metric,
+    metric, verdict, FlowEvent,
 };
 
-use crate::maps::count;
+use crate::maps::{count, EVENTS};
 
 /// HTTP-rule server sockets by cookie (the verdict redirects a 403 to the same socket).
 #[map(name = "moat_l7socks_v1")]
@@ -157,6 +159,8 @@ struct Walk {
     port: L7PortKey,
     allowed: u32,
     audited: u32,
+    /// Where this parser run started (a refusal after it is reported by the next run).
+    base: u32,
 }
 
 #[map(name = "moat_l7units_v1")]
@@ -349,13 +353,20 @@ fn head_unit(w: &mut Walk, skb: *mut aya_ebpf::bindings::__sk_buff, avail: u32) 
     let port = unsafe { L7_PORTS.get(&w.port) }.copied();
     // No entry: the port's HTTP rules were removed since the connection opened.
     if let Some(port) = port {
-        if walk(port.start, head) == 0 {
+        let rule = walk(port.start, head);
+        if rule == 0 {
             if port.flags & L7F_AUDIT == 0 {
+                // Reported once: by the run in which the refused request comes first.
+                if w.p == w.base {
+                    emit_http(w, skb, head, verdict::DROPPED, metric::DROP_L7_DENIED, 0);
+                }
                 return stop(w, DENY_HERE, metric::DROP_L7_DENIED);
             }
             w.audited += 1;
+            emit_http(w, skb, head, verdict::AUDIT, metric::DROP_L7_DENIED, 0);
         } else {
             w.allowed += 1;
+            emit_http(w, skb, head, verdict::FORWARDED, 0, rule);
         }
     }
     w.p += head.len;
@@ -368,6 +379,58 @@ fn head_unit(w: &mut Walk, skb: *mut aya_ebpf::bindings::__sk_buff, avail: u32) 
         _ => w.mode = mode::HEAD,
     }
     0
+}
+
+/// One HTTP request event (allowed ones within the flow-event budget).
+#[inline(always)]
+fn emit_http(w: &Walk, skb: *mut aya_ebpf::bindings::__sk_buff, head: &http1::Head, v: u8, reason: u32, rule: u32) {
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if v == verdict::FORWARDED && !crate::events::take_token(crate::maps::config().flow_events_per_sec, now) {
+        return;
+    }
+    let Some(mut slot) = EVENTS.reserve::<L7Event>(0) else {
+        count(metric::EVENTS_LOST);
+        return;
+    };
+    // SAFETY: `skb` is the program's context; these fields are readable in sk_skb.
+    let (raddr, rport) = unsafe { ((*skb).remote_ip4, (*skb).remote_port as u16) };
+    let e = slot.as_mut_ptr();
+    // SAFETY: the reserved record, written field by field (it is larger than the stack).
+    unsafe {
+        (*e).flow = FlowEvent {
+            ts: now,
+            saddr: raddr,
+            daddr: w.port.addr,
+            sport: rport,
+            dport: w.port.port.to_be(),
+            verdict: v,
+            reason: reason as u8,
+            proto: 6,
+            hook: hook::HTTP,
+            direction: direction::INGRESS,
+            len: head.len,
+            ..FlowEvent::default()
+        };
+        (*e).rule = rule as u16;
+        (*e).method_len = head.method_len;
+        (*e)._pad = 0;
+        (*e).method = head.method;
+        let uri = head.uri_host != 0;
+        (*e).path_len = head.path_len.min(EVENT_PATH as u16);
+        (*e).host_len = if uri { head.host_len } else { head.hdr_host_len }.min(EVENT_HOST as u16);
+        let mut i = 0;
+        while i < EVENT_PATH {
+            (*e).path[i] = head.path[i];
+            i += 1;
+        }
+        let mut i = 0;
+        while i < EVENT_HOST {
+            (*e).host[i] = if uri { head.host[i] } else { head.hdr_host[i] };
+            i += 1;
+        }
+    }
+    slot.submit(0);
 }
 
 /// Frames the next message: walks the units from the socket's committed state and
@@ -407,6 +470,7 @@ pub fn http_parser(ctx: SkBuffContext) -> u32 {
         (*w).port = state.port;
         (*w).allowed = 0;
         (*w).audited = 0;
+        (*w).base = base;
     }
     let mut arg = SkbArg { skb: ctx.skb.skb };
     // SAFETY: the callback reads `arg` only.

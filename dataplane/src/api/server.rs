@@ -47,6 +47,11 @@ fn matches(f: &Flow, r: &ObserveRequest) -> bool {
         && (r.namespace.is_empty() || any(&|p| p.namespace == r.namespace))
         && (r.verdict.is_empty() || f.verdict.eq_ignore_ascii_case(&r.verdict))
         && (r.identity == 0 || any(&|p| p.identity == r.identity))
+        && match r.r#type.as_str() {
+            "l7" => f.hook == "http",
+            "l3l4" => f.hook != "http",
+            _ => true,
+        }
         && (r.port == 0
             || any(&|p| p.port == r.port)
             || f.service_address

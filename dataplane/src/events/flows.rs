@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aya::maps::{MapData, RingBuf};
 use moat_api::v1::{Flow, FlowPeer};
-use moat_dataplane_common::{direction, hook, metric_name, verdict, FlowEvent};
+use moat_dataplane_common::{direction, hook, l7::L7Event, metric_name, verdict, FlowEvent};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::broadcast;
 
@@ -67,22 +67,30 @@ pub async fn run(rb: RingBuf<MapData>, node: NodeHandle, store: Arc<Mutex<FlowSt
             }
         };
         let mut batch = Vec::new();
+        let mut http = Vec::new();
         {
             let rb = guard.get_inner_mut();
             while let Some(item) = rb.next() {
-                if item.len() >= std::mem::size_of::<FlowEvent>() {
+                if item.len() >= std::mem::size_of::<L7Event>() {
+                    // SAFETY: the kernel wrote an `L7Event` (told by its size); read unaligned.
+                    http.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<L7Event>()) });
+                } else if item.len() >= std::mem::size_of::<FlowEvent>() {
                     // SAFETY: the kernel wrote a `FlowEvent` (size checked); read unaligned.
                     batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEvent>()) });
                 }
             }
         }
         guard.clear_ready();
-        if batch.is_empty() {
+        if batch.is_empty() && http.is_empty() {
             continue;
         }
         // Named against the latest view: no lock shared with requests is held.
         let view = node.view();
-        let flows: Vec<Flow> = batch.iter().map(|e| to_flow(&view, e)).collect();
+        let mut flows: Vec<Flow> = batch.iter().map(|e| to_flow(&view, e)).collect();
+        if !http.is_empty() {
+            let ports = moat_policy_compiler::http::ports::node_ports(&view.world, &view.http);
+            flows.extend(http.iter().map(|e| to_http_flow(&view, &ports, e)));
+        }
         let mut store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for f in flows {
             store.push(f);
@@ -122,6 +130,25 @@ fn tcp_flags(f: u8) -> String {
         .map(|(_, n)| *n)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// An HTTP request event: the flow, the normalised request, and the rule that allowed it.
+fn to_http_flow(
+    node: &View,
+    ports: &std::collections::BTreeMap<(Ipv4Addr, u16), moat_policy_compiler::http::ports::PortRules>,
+    e: &L7Event,
+) -> Flow {
+    let mut f = to_flow(node, &e.flow);
+    f.protocol = "HTTP".into();
+    let text = |b: &[u8], n: usize| String::from_utf8_lossy(&b[..n.min(b.len())]).into_owned();
+    f.http_method = text(&e.method, usize::from(e.method_len));
+    f.http_path = text(&e.path, usize::from(e.path_len));
+    f.http_host = text(&e.host, usize::from(e.host_len));
+    let at = (Ipv4Addr::from(u32::from_be(e.flow.daddr)), u16::from_be(e.flow.dport));
+    if let (Some(i), Some(p)) = (usize::from(e.rule).checked_sub(1), ports.get(&at)) {
+        f.http_rule = p.describe(i);
+    }
+    f
 }
 
 fn to_flow(node: &View, e: &FlowEvent) -> Flow {
@@ -184,6 +211,7 @@ fn to_flow(node: &View, e: &FlowEvent) -> Flow {
             hook::TO_CONTAINER => "to-container",
             hook::SOCKET_LB => "socket-lb",
             hook::NODE_DEVICE => "node-device",
+            hook::HTTP => "http",
             _ => "",
         }
         .into(),
@@ -219,5 +247,6 @@ fn to_flow(node: &View, e: &FlowEvent) -> Flow {
         } else {
             String::new()
         },
+        ..Flow::default()
     }
 }

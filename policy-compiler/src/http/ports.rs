@@ -22,6 +22,27 @@ pub struct PortRules {
     pub sources: Vec<String>,
 }
 
+impl PortRules {
+    /// Rule `i` as written, with the policies of the port: for flows and `explain`.
+    #[must_use]
+    pub fn describe(&self, i: usize) -> String {
+        let Some(r) = self.rules.get(i) else {
+            return String::new();
+        };
+        let fields = [("method", &r.method), ("path", &r.path), ("host", &r.host)]
+            .iter()
+            .filter_map(|(n, v)| v.as_ref().map(|v| format!("{n} {v:?}")))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let fields = if fields.is_empty() {
+            "any request".to_string()
+        } else {
+            fields
+        };
+        format!("rule {i} ({fields}) of {}", self.sources.join("; "))
+    }
+}
+
 /// (local pod address, TCP port) → its HTTP rules.
 #[must_use]
 pub fn node_ports(world: &World, policies: &[MoatNetworkPolicy]) -> BTreeMap<(Ipv4Addr, u16), PortRules> {
@@ -98,21 +119,7 @@ pub fn explain(
     }
     let input = format!("{} {} {}", head.method, head.path, head.host);
     match table.first_match(input.as_bytes()) {
-        Some(i) => {
-            let r = &rules.rules[i];
-            let rule = [("method", &r.method), ("path", &r.path), ("host", &r.host)]
-                .iter()
-                .filter_map(|(n, v)| v.as_ref().map(|v| format!("{n} {v:?}")))
-                .collect::<Vec<_>>()
-                .join(", ");
-            (
-                true,
-                format!(
-                    "HTTP: {shown} allowed by rule {i} ({rule}) of {}",
-                    rules.sources.join("; ")
-                ),
-            )
-        }
+        Some(i) => (true, format!("HTTP: {shown} allowed by {}", rules.describe(i))),
         None => (
             false,
             format!(

@@ -163,6 +163,40 @@ fn lateral_movement_get_admin_is_answered_403_by_the_kernel() {
         1,
         "only the request from before the policy reached /admin: {seen}"
     );
+    // `moatctl observe --type l7` shows each request with its verdict and rule.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let events = loop {
+        let out = node.moatctl(&["-o", "json", "observe", "--type", "l7", "--last", "100"]);
+        let events: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        if events.len() >= 5 || Instant::now() > deadline {
+            break events;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let allowed = events
+        .iter()
+        .find(|e| e["http"]["path"] == "/public/app.js")
+        .unwrap_or_else(|| panic!("no event for /public/app.js: {events:?}"));
+    assert_eq!(allowed["verdict"], "FORWARDED");
+    assert_eq!(allowed["source"]["pod"], "frontend");
+    assert_eq!(allowed["destination"]["pod"], "backend");
+    assert!(
+        allowed["http"]["rule"]
+            .as_str()
+            .unwrap()
+            .contains("rule 1 (method \"GET|HEAD\", path \"/public/.*\")"),
+        "{allowed}"
+    );
+    let denied: Vec<_> = events.iter().filter(|e| e["verdict"] == "DROPPED").collect();
+    assert_eq!(denied.len(), 3, "{events:?}");
+    assert!(
+        denied
+            .iter()
+            .all(|e| e["http"]["path"] == "/admin" && e["dropReasonName"] == "http_denied"),
+        "{denied:?}"
+    );
+    let table = node.moatctl(&["observe", "--type", "l7", "--last", "100"]);
+    assert!(table.contains("GET /admin") && table.contains("DROPPED"), "{table}");
     // `moatctl policy explain --http` names the rule, or says none matches.
     let explain = |req: &str| {
         node.moatctl(&[
