@@ -20,6 +20,8 @@
 #  8. Pod churn vs pod-to-pod RR, and CNI ADD+DEL while 10,000 policies recompile.
 #  9. Attach cost per pod: the two pod programs as tcx links vs legacy TC (cls_bpf, what
 #     Moat uses) vs no programs: attach, then delete the veth.
+# 10. HTTP rules (SECTIONS=0): wrk requests/s and p50/p99 with no HTTP policy, Moat's
+#     kernel HTTP rules (10 and 1,000 rules on the port), and nginx as a sidecar proxy.
 #
 # Everything lives in namespaces this script creates and removes.
 set -euo pipefail
@@ -33,7 +35,7 @@ CYCLES=${CYCLES:-100}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
 ROUNDS=${ROUNDS:-3}
 RR_COUNT=${RR_COUNT:-20000}
-SECTIONS=${SECTIONS:-123456789}  # e.g. SECTIONS=67 runs only the service benchmarks
+SECTIONS=${SECTIONS:-1234567890}  # e.g. SECTIONS=67 runs only the service benchmarks; 0 is section 10
 want() { [[ $SECTIONS == *$1* ]]; }
 
 ID=moatbench$$
@@ -423,4 +425,95 @@ if want 9; then
 echo "== 9. Attach cost per pod: tcx links vs legacy TC (cls_bpf) vs no programs (${CYCLES} veths each)"
 mkns $ID-attach
 nsenter --net=/run/netns/$ID-attach "$B/moat-bench-attach" "$CYCLES"
+fi
+if want 0; then
+# ---------------------------------------------------------------- 10. HTTP rules
+# wrk from pod a to nginx in pod b: no HTTP policy, Moat's kernel HTTP rules (10 and 1,000
+# rules on the port), and nginx as a sidecar reverse proxy enforcing the same rules (the
+# proxy design of Cilium/Calico's Envoy). Alternating rounds, medians.
+echo "== 10. HTTP rules: wrk requests/s and latency — none vs Moat (10, 1,000 rules) vs nginx proxy ($ROUNDS rounds)"
+rm -f "$RUN/state/"*.yaml
+WRK_CONN=${WRK_CONN:-16}
+mkdir -p "$RUN/nginx-tmp"
+gen_nginx() { # rules-count
+  local locs="" i
+  for i in $(seq 0 $(($1 - 2))); do locs+="    location = /api/v1/items/$i { proxy_pass http://be; }"$'\n'; done
+  cat <<CONF
+worker_processes 1;
+pid $RUN/nginx.pid;
+error_log $RUN/nginx.err;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $RUN/nginx-tmp/body; proxy_temp_path $RUN/nginx-tmp/proxy;
+  fastcgi_temp_path $RUN/nginx-tmp/fcgi; uwsgi_temp_path $RUN/nginx-tmp/uwsgi; scgi_temp_path $RUN/nginx-tmp/scgi;
+  keepalive_requests 1000000;
+  upstream be { server 127.0.0.1:8090; keepalive 64; }
+  server { listen 8090; location / { return 200 "ok\n"; } }
+  server {
+    listen 8091;
+    proxy_http_version 1.1; proxy_set_header Connection "";
+    location = / { proxy_pass http://be; }
+$locs    location / { return 403; }
+  }
+}
+CONF
+}
+gen_http_policy() { # rules-count
+  printf 'apiVersion: v1\nkind: Namespace\nmetadata: {name: bench}\n---\n'
+  printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: bench, labels: {app: client}}\nspec: {containers: [{name: c}]}\n---\n'
+  printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: bench, labels: {app: server}}\nspec: {containers: [{name: c}]}\n---\n'
+  printf "apiVersion: moat.io/v1alpha1\nkind: MoatNetworkPolicy\nmetadata: {name: http, namespace: bench}\nspec:\n  endpointSelector: {matchLabels: {app: server}}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts:\n    - ports: [{port: '8090', protocol: TCP}]\n      rules:\n        http:\n        - {method: GET, path: /}\n"
+  local i
+  for i in $(seq 0 $(($1 - 2))); do printf "        - {method: GET, path: /api/v1/items/%d}\n" "$i"; done
+}
+gen_nginx 10 >"$RUN/nginx.conf"
+nsenter --net=/run/netns/$ID-mb nginx -c "$RUN/nginx.conf" -g 'daemon off;' & PIDS+=($!)
+for _ in $(seq 50); do nsenter --net=/run/netns/$ID-mb curl -s -o /dev/null http://127.0.0.1:8090/ && break; sleep 0.1; done
+gen_http_policy 10 >"$RUN/http10.yaml"; gen_http_policy 1000 >"$RUN/http1000.yaml"
+generation() { "$B/moatctl" --socket "$SOCK" -o json status | json '["stateGeneration"]'; }
+set_http() { # file | none
+  local before; before=$(generation)
+  if [ "$1" = none ]; then rm -f "$RUN/state/http.yaml"; else cp "$1" "$RUN/state/http.yaml"; fi
+  for _ in $(seq 100); do [ "$(generation)" -gt "$before" ] && return 0; sleep 0.1; done
+}
+# wrk's summary → "rps p50_us p99_us"
+wrk_run() { # url
+  nsenter --net=/run/netns/$ID-ma wrk -t1 -c"$WRK_CONN" -d"${SECONDS_PER_RUN}s" --latency "$1" | python3 -c '
+import re, sys
+t = sys.stdin.read()
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
+def us(p):
+    v, u = re.search(r"\s%s%%\s+([\d.]+)(us|ms|s)" % p, t).groups()
+    return float(v) * {"us": 1, "ms": 1e3, "s": 1e6}[u]
+bad = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
+if bad: sys.exit("wrk got %s non-2xx answers" % bad.group(1))
+print(rps, us(50), us(99))'
+}
+declare -A RPS P50 P99
+for r in $(seq "$ROUNDS"); do
+  for kind in none moat10 moat1000 proxy; do
+    case $kind in
+      none) set_http none; url="http://$MB:8090/" ;;
+      moat10) set_http "$RUN/http10.yaml"; url="http://$MB:8090/" ;;
+      moat1000) set_http "$RUN/http1000.yaml"; url="http://$MB:8090/" ;;
+      proxy) set_http none; url="http://$MB:8091/" ;;
+    esac
+    read -r rps p50 p99 <<<"$(wrk_run "$url")"
+    RPS[$kind]+="$rps "; P50[$kind]+="$p50 "; P99[$kind]+="$p99 "
+  done
+done
+set_http "$RUN/http10.yaml"
+denied=$(nsenter --net=/run/netns/$ID-ma curl -s -o /dev/null -w '%{http_code}' "http://$MB:8090/admin")
+printf '  %-30s %12s %10s %10s\n' "" "requests/s" "p50 (us)" "p99 (us)"
+for kind in none moat10 moat1000 proxy; do
+  case $kind in none) label="no HTTP policy";; moat10) label="Moat, 10 rules (kernel)";; moat1000) label="Moat, 1,000 rules (kernel)";; proxy) label="nginx proxy, 10 rules";; esac
+  eval "m_rps_$kind=$(median ${RPS[$kind]})"; eval "m_p50_$kind=$(median ${P50[$kind]})"; eval "m_p99_$kind=$(median ${P99[$kind]})"
+  eval printf "'  %-30s %12.0f %10.0f %10.0f\n'" "'$label'" "\$m_rps_$kind" "\$m_p50_$kind" "\$m_p99_$kind"
+done
+printf '  ratio Moat/none requests/s: 10 rules %s, 1,000 rules %s (goal >= 0.95)\n' "$(ratio "$m_rps_moat10" "$m_rps_none")" "$(ratio "$m_rps_moat1000" "$m_rps_none")"
+printf '  added p99: 10 rules %.0f us, 1,000 rules %.0f us (goal <= 50 us)\n' "$(python3 -c "print($m_p99_moat10-$m_p99_none)")" "$(python3 -c "print($m_p99_moat1000-$m_p99_none)")"
+printf '  ratio Moat (10 rules)/nginx proxy requests/s: %s (goal >= 3; both on the same 2 CPUs)\n' "$(ratio "$m_rps_moat10" "$m_rps_proxy")"
+printf '  GET /admin under the 10 rules: HTTP %s from the kernel\n' "$denied"
+rm -f "$RUN/state/http.yaml"
 fi

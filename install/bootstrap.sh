@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent bootstrap: installs everything a bare machine needs to build and test Moat.
-#   - Debian packages (iproute2, CNI reference plugins, containerd/runc, busybox-static, iperf3, protoc, bpftool)
+#   - Debian packages (iproute2, CNI reference plugins, containerd/runc, busybox-static, iperf3, protoc, bpftool,
+#     nginx and wrk for the HTTP tests and benchmarks)
 #   - rust-src for the nightly toolchain (eBPF crate is built with -Z build-std=core)
 #   - bpf-linker 0.13 linked against the nightly's own libLLVM (LLVM 22)
 # Safe to run again: each step checks first.
@@ -9,7 +10,7 @@ set -euo pipefail
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
 PKGS=(iproute2 iputils-ping iptables procps util-linux containernetworking-plugins containerd runc
-      busybox-static iperf3 protobuf-compiler bpftool curl ca-certificates)
+      busybox-static iperf3 protobuf-compiler bpftool curl ca-certificates nginx wrk)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -18,8 +19,13 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
   log "apt-get install ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # Packages must not start services (nginx would take port 80): tests start their own.
+  policy=/usr/sbin/policy-rc.d
+  own_policy=
+  if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod +x "$policy"; own_policy=1; fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [ -z "$own_policy" ] || rm -f "$policy"
 fi
 
 command -v rustup >/dev/null || { log "rustup not found: this machine kind ships it"; exit 1; }

@@ -49,7 +49,8 @@ struct Server {
 
 impl Server {
     fn start(pod: &Pod, port: u16) -> Self {
-        let base = std::env::temp_dir().join(format!("moat-http-{}-{}", std::process::id(), pod.name));
+        // The pod netns name is unique per test node: tests running at once do not share files.
+        let base = std::env::temp_dir().join(format!("moat-http-{}", pod.netns));
         let (script, log) = (base.with_extension("py"), base.with_extension("log"));
         std::fs::write(&script, SERVER).unwrap();
         let _ = std::fs::remove_file(&log);
@@ -232,4 +233,36 @@ fn lateral_movement_get_admin_is_answered_403_by_the_kernel() {
     // Removing the policy removes the HTTP rules with it.
     node.apply_manifests(&[("http.yaml", None)]);
     assert_eq!(curl(&frontend, &[url("/admin")]), ["200"]);
+}
+
+/// Audit mode (`moat-agent --audit`): a request no rule allows is reported as AUDIT and
+/// passes.
+#[test]
+fn audit_mode_reports_would_be_403s_and_lets_them_pass() {
+    root_or_skip!();
+    let node = Node::start_with(NodeOpts {
+        manifests: vec![(
+            "base.yaml",
+            namespace("shop") + &pod("shop", "backend", "backend") + &pod("shop", "frontend", "frontend"),
+        )],
+        agent_args: vec!["--audit"],
+        ..NodeOpts::default()
+    });
+    let backend = node.add_pod("shop", "backend");
+    let frontend = node.add_pod("shop", "frontend");
+    let srv = Server::start(&backend, 8080);
+    node.apply_manifests(&[("http.yaml", Some(POLICY))]);
+    let url = |p: &str| format!("http://{}:8080{p}", backend.ip);
+    assert_eq!(curl(&frontend, &[url("/admin"), url("/")]), ["200", "200"]);
+    assert!(srv.seen().contains("GET /admin"), "{}", srv.seen());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = node.moatctl(&["-o", "json", "observe", "--type", "l7", "--verdict", "audit"]);
+        if out.contains("\"/admin\"") {
+            assert!(out.contains("http_denied"), "{out}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no AUDIT event for /admin: {out}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
