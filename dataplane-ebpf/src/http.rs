@@ -119,28 +119,45 @@ fn cookie(ctx: &SkBuffContext) -> u64 {
     unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
 }
 
-/// One byte into the per-CPU parser (a `bpf_loop` callback): 1 stops the loop.
+/// Bytes one parser callback takes: fewer `bpf_loop` iterations per head.
+const PARSE_BATCH: u32 = 8;
+
+/// `PARSE_BATCH` bytes into the per-CPU parser (a `bpf_loop` callback over batches;
+/// `ctx` points at the byte count): 1 stops the loop.
 #[inline(never)]
-extern "C" fn parse_byte(i: u64, _ctx: *mut c_void) -> i64 {
+extern "C" fn parse_batch(i: u64, ctx: *mut c_void) -> i64 {
     let (Some(buf), Some(head)) = (L7_BUF.get_ptr(0), L7_HEAD.get_ptr_mut(0)) else {
         return 1;
     };
-    // SAFETY: per-CPU slots; the index is masked into the buffer.
-    let (b, head) = unsafe { ((*buf)[(i as usize) & (MAX_HEAD as usize - 1)], &mut *head) };
-    match head.step(b) {
-        Step::More => 0,
-        _ => 1,
+    // SAFETY: `ctx` is the caller's u32.
+    let n = unsafe { *(ctx as *const u32) };
+    // SAFETY: per-CPU slot.
+    let head = unsafe { &mut *head };
+    let mut k = 0;
+    while k < PARSE_BATCH {
+        let at = i as u32 * PARSE_BATCH + k;
+        if at >= n {
+            return 1;
+        }
+        // SAFETY: per-CPU slot; the index is masked into the buffer.
+        let b = unsafe { (*buf)[(at as usize) & (MAX_HEAD as usize - 1)] };
+        if head.step(b) != Step::More {
+            return 1;
+        }
+        k += 1;
     }
+    0
 }
 
 /// Runs the parser over the first `n` loaded bytes.
 #[inline(always)]
 fn parse(n: u32) -> Option<&'static http1::Head> {
     let head = L7_HEAD.get_ptr_mut(0)?;
-    // SAFETY: the per-CPU slot.
+    let mut count = n;
+    // SAFETY: the per-CPU slot; the callback reads `count` only.
     unsafe {
         (*head).reset();
-        bpf_loop(n, parse_byte as *mut c_void, core::ptr::null_mut(), 0);
+        bpf_loop(n.div_ceil(PARSE_BATCH), parse_batch as *mut c_void, (&raw mut count).cast(), 0);
         Some(&*head)
     }
 }
