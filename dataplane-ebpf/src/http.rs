@@ -157,7 +157,12 @@ fn parse(n: u32) -> Option<&'static http1::Head> {
     // SAFETY: the per-CPU slot; the callback reads `count` only.
     unsafe {
         (*head).reset();
-        bpf_loop(n.div_ceil(PARSE_BATCH), parse_batch as *mut c_void, (&raw mut count).cast(), 0);
+        bpf_loop(
+            n.div_ceil(PARSE_BATCH),
+            parse_batch as *mut c_void,
+            (&raw mut count).cast(),
+            0,
+        );
         Some(&*head)
     }
 }

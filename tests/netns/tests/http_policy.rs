@@ -266,3 +266,104 @@ fn audit_mode_reports_would_be_403s_and_lets_them_pass() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// nginx from Debian as the server pod, wrk and curl as clients: keep-alive load on an
+/// allowed path sees only 200s; large headers pass up to the inspectable size and are
+/// refused beyond it; a chunked upload passes.
+#[test]
+fn nginx_server_wrk_keep_alive_large_headers_and_chunked_uploads() {
+    root_or_skip!();
+    let node = Node::start_with(NodeOpts {
+        manifests: vec![(
+            "base.yaml",
+            namespace("web") + &pod("web", "nginx", "nginx") + &pod("web", "client", "client"),
+        )],
+        ..NodeOpts::default()
+    });
+    let server = node.add_pod("web", "nginx");
+    let client = node.add_pod("web", "client");
+    let dir = std::env::temp_dir().join(format!("moat-nginx-{}", server.netns));
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.display();
+    let conf = format!(
+        "master_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 512; }}\nhttp {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n  large_client_header_buffers 4 16k;\n  server {{ listen 8080; client_max_body_size 1m; location / {{ return 200 \"ok\\n\"; }} location /upload {{ return 200 \"got\\n\"; }} }}\n}}\n"
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    // One process (master_process off), ended and its files removed even on failure.
+    struct Nginx(Child, PathBuf);
+    impl Drop for Nginx {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+    let _nginx = Nginx(
+        Command::new("nsenter")
+            .arg(format!("--net={}", server.path()))
+            .args(["nginx", "-c", &format!("{d}/nginx.conf"), "-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        dir.clone(),
+    );
+    let url = |p: &str| format!("http://{}:8080{p}", server.ip);
+    let t = Instant::now();
+    while curl(&client, &[url("/")]) != ["200"] {
+        assert!(t.elapsed() < Duration::from_secs(10), "nginx did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    node.apply_manifests(&[(
+        "http.yaml",
+        Some(
+            "apiVersion: moat.io/v1alpha1\nkind: MoatNetworkPolicy\nmetadata: {name: nginx-http, namespace: web}\nspec:\n  endpointSelector: {matchLabels: {app: nginx}}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts:\n    - ports: [{port: '8080', protocol: TCP}]\n      rules:\n        http:\n        - {method: GET, path: '/(index\\.html)?'}\n        - {method: POST, path: /upload}\n",
+        ),
+    )]);
+    // wrk: keep-alive load, all answered 200 by nginx.
+    let wrk = Command::new("nsenter")
+        .arg(format!("--net={}", client.path()))
+        .args(["wrk", "-t1", "-c4", "-d2s", &url("/")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&wrk.stdout);
+    let requests: u64 = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .split_once(" requests in")
+                .map(|(n, _)| n.trim().parse().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    assert!(
+        requests > 100 && !text.contains("Non-2xx") && !text.contains("Socket errors"),
+        "{text}"
+    );
+    // A 3 KB header passes; a head over the inspectable 4 KiB is refused.
+    let header = |n: usize| {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", client.path()))
+            .args(["curl", "-s", "-o", "/dev/null", "--max-time", "3", "-w", "%{http_code}"])
+            .args(["-H", &format!("X-Big: {}", "b".repeat(n)), &url("/")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(header(3000), "200");
+    assert_eq!(header(5000), "403");
+    // Chunked upload of 100 KB to an allowed POST path.
+    let upload = Command::new("nsenter")
+        .arg(format!("--net={}", client.path()))
+        .args(["sh", "-c"])
+        .arg(format!(
+            "head -c 100000 /dev/zero | curl -s --max-time 5 -H 'Transfer-Encoding: chunked' --data-binary @- {}",
+            url("/upload")
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&upload.stdout).trim(), "got", "{upload:?}");
+    // A denied path on the same server.
+    assert_eq!(curl(&client, &[url("/admin")]), ["403"]);
+    let access = std::fs::read_to_string(dir.join("access.log")).unwrap_or_default();
+    assert!(!access.contains("/admin"), "nginx saw a denied request");
+}
