@@ -123,6 +123,9 @@ pub mod metric {
     pub const DROP_L7_NO_STATE: u32 = 189;
     /// Bytes after a refused request on the same connection.
     pub const DROP_L7_AFTER_DENY: u32 = 190;
+    /// Connections to an HTTP-rule port that could not be put under enforcement (the
+    /// sockhash was full): counted, since sock_ops cannot refuse a connection.
+    pub const L7_UNTRACKED: u32 = 191;
     /// Number of slots in the counter array.
     pub const SLOTS: u32 = 256;
 }
@@ -171,6 +174,7 @@ pub fn metric_name(slot: u32) -> Option<&'static str> {
         metric::DROP_L7_CHUNK => "drop_http_bad_chunk",
         metric::DROP_L7_NO_STATE => "drop_http_no_state",
         metric::DROP_L7_AFTER_DENY => "drop_http_after_deny",
+        metric::L7_UNTRACKED => "http_untracked_connection",
         _ => return None,
     })
 }

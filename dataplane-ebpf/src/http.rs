@@ -107,9 +107,13 @@ fn track(ctx: &SockOpsContext) {
     // failing closed, not open.
     let _ = L7_STATE.insert(&cookie, &state, 0);
     // SAFETY: the hook's own bpf_sock_ops.
-    unsafe {
+    let tracked = unsafe {
         bpf_sock_ops_cb_flags_set(ctx.ops, BPF_SOCK_OPS_STATE_CB_FLAG);
-        let _ = L7_SOCKS.update(&mut cookie, &mut *ctx.ops, 0);
+        L7_SOCKS.update(&mut cookie, &mut *ctx.ops, 0).is_ok()
+    };
+    if !tracked {
+        // sock_ops cannot refuse the connection: make it visible (moatctl status).
+        count(metric::L7_UNTRACKED);
     }
 }
 

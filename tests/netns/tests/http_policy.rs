@@ -367,3 +367,48 @@ fn nginx_server_wrk_keep_alive_large_headers_and_chunked_uploads() {
     let access = std::fs::read_to_string(dir.join("access.log")).unwrap_or_default();
     assert!(!access.contains("/admin"), "nginx saw a denied request");
 }
+
+/// The HTTP rules outlive the agent: while it is stopped, and after it restarts, a new
+/// connection's `GET /admin` is still answered 403 by the kernel (sock_ops link pinned,
+/// stream programs attached to the pinned sockhash, tables pinned).
+#[test]
+fn http_rules_hold_while_the_agent_is_down_and_after_it_restarts() {
+    root_or_skip!();
+    let node = Node::start_with(NodeOpts {
+        manifests: vec![(
+            "base.yaml",
+            namespace("shop") + &pod("shop", "backend", "backend") + &pod("shop", "frontend", "frontend"),
+        )],
+        ..NodeOpts::default()
+    });
+    let backend = node.add_pod("shop", "backend");
+    let frontend = node.add_pod("shop", "frontend");
+    let srv = Server::start(&backend, 8080);
+    node.apply_manifests(&[("http.yaml", Some(POLICY))]);
+    let url = |p: &str| format!("http://{}:8080{p}", backend.ip);
+    assert_eq!(curl(&frontend, &[url("/"), url("/admin")]), ["200", "403"]);
+    node.stop_agent();
+    assert_eq!(
+        curl(&frontend, &[url("/"), url("/admin")]),
+        ["200", "403"],
+        "agent down"
+    );
+    node.start_agent();
+    assert_eq!(
+        curl(&frontend, &[url("/"), url("/admin")]),
+        ["200", "403"],
+        "agent restarted"
+    );
+    // The restarted agent keeps applying changes to the rules.
+    node.apply_manifests(&[("http.yaml", Some(&POLICY.replace("path: /}", "path: '/|/admin'}")))]);
+    assert_eq!(
+        curl(&frontend, &[url("/admin")]),
+        ["200"],
+        "new rules after the restart"
+    );
+    assert!(
+        srv.seen().lines().filter(|l| l.contains("admin")).count() == 1,
+        "{}",
+        srv.seen()
+    );
+}
