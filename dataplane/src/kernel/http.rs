@@ -64,25 +64,26 @@ fn missing(name: &'static str) -> DatapathError {
     }
 }
 
+/// The program `name` as its type.
+fn typed<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, DatapathError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| missing(name))?
+        .try_into()
+        .map_err(prog_err(name))
+}
+
 impl Http {
     /// Loads the three programs and takes the HTTP maps out of `ebpf`.
     ///
     /// # Errors
     /// When the kernel refuses a program (the verifier) or a map is missing.
     pub fn load(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
-        let ops: &mut SockOps = ebpf
-            .program_mut(SOCKOPS)
-            .ok_or_else(|| missing(SOCKOPS))?
-            .try_into()
-            .map_err(prog_err(SOCKOPS))?;
-        ops.load().map_err(prog_err(SOCKOPS))?;
+        typed::<SockOps>(ebpf, SOCKOPS)?.load().map_err(prog_err(SOCKOPS))?;
         for name in [PARSER, VERDICT] {
-            let p: &mut SkSkb = ebpf
-                .program_mut(name)
-                .ok_or_else(|| missing(name))?
-                .try_into()
-                .map_err(prog_err(name))?;
-            p.load().map_err(prog_err(name))?;
+            typed::<SkSkb>(ebpf, name)?.load().map_err(prog_err(name))?;
         }
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or_else(|| DatapathError::Map {
@@ -127,11 +128,7 @@ impl Http {
             path: cgroup.to_path_buf(),
             source,
         })?;
-        let ops: &mut SockOps = ebpf
-            .program_mut(SOCKOPS)
-            .ok_or_else(|| missing(SOCKOPS))?
-            .try_into()
-            .map_err(prog_err(SOCKOPS))?;
+        let ops = typed::<SockOps>(ebpf, SOCKOPS)?;
         let id = ops
             .attach(&dir, CgroupAttachMode::Single)
             .map_err(|e| attach_err(SOCKOPS)(Box::new(e)))?;
@@ -142,11 +139,7 @@ impl Http {
             .map_err(|e: LinkError| attach_err(SOCKOPS)(Box::new(e)))?;
         pin_replacing(link, &pin_dir.join(SOCKOPS)).map_err(attach_err(SOCKOPS))?;
         for name in [PARSER, VERDICT] {
-            let p: &mut SkSkb = ebpf
-                .program_mut(name)
-                .ok_or_else(|| missing(name))?
-                .try_into()
-                .map_err(prog_err(name))?;
+            let p = typed::<SkSkb>(ebpf, name)?;
             let id = p.attach(self.socks.fd()).map_err(|e| attach_err(name)(Box::new(e)))?;
             // Stays attached to the pinned map after this agent exits (see the module doc).
             let link = p.take_link(id).map_err(|e| attach_err(name)(Box::new(e)))?;

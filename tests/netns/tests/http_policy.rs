@@ -9,37 +9,8 @@ use std::time::{Duration, Instant};
 use moat_netns_tests::manifest::{namespace, pod};
 use moat_netns_tests::{root_or_skip, Node, NodeOpts, Pod};
 
-/// A keep-alive HTTP/1.1 server on non-blocking sockets (asyncio) that logs each request.
-const SERVER: &str = r#"
-import asyncio, sys
-async def handle(r, w):
-    try:
-        while True:
-            line = await r.readline()
-            if not line:
-                break
-            method, path, _ = line.decode().split(" ", 2)
-            n = 0
-            while True:
-                h = await r.readline()
-                if h in (b"\r\n", b""):
-                    break
-                if h.lower().startswith(b"content-length:"):
-                    n = int(h.split(b":")[1])
-            body = await r.readexactly(n) if n else b""
-            with open(sys.argv[2], "a") as f:
-                f.write(f"{method} {path}\n")
-            out = f"ok {method} {path}\n".encode()
-            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(out) + out)
-            await w.drain()
-    except Exception:
-        pass
-    w.close()
-async def main():
-    s = await asyncio.start_server(handle, "0.0.0.0", int(sys.argv[1]))
-    await s.serve_forever()
-asyncio.run(main())
-"#;
+/// The test server (`tests/http_server.py`).
+const SERVER: &str = include_str!("../../http_server.py");
 
 struct Server {
     child: Child,
@@ -61,6 +32,7 @@ impl Server {
                 &script.to_string_lossy(),
                 &port.to_string(),
                 &log.to_string_lossy(),
+                "0.0.0.0",
             ])
             .stdout(Stdio::null())
             .spawn()
@@ -108,6 +80,21 @@ fn curl(from: &Pod, urls: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// A node with pods shop/backend and shop/frontend (agent flags `agent_args`).
+fn shop(agent_args: Vec<&'static str>) -> (Node, Pod, Pod) {
+    let node = Node::start_with(NodeOpts {
+        manifests: vec![(
+            "base.yaml",
+            namespace("shop") + &pod("shop", "backend", "backend") + &pod("shop", "frontend", "frontend"),
+        )],
+        agent_args,
+        ..NodeOpts::default()
+    });
+    let backend = node.add_pod("shop", "backend");
+    let frontend = node.add_pod("shop", "frontend");
+    (node, backend, frontend)
+}
+
 const POLICY: &str = "apiVersion: moat.io/v1alpha1
 kind: MoatNetworkPolicy
 metadata: {name: backend-http, namespace: shop}
@@ -126,15 +113,7 @@ spec:
 #[test]
 fn lateral_movement_get_admin_is_answered_403_by_the_kernel() {
     root_or_skip!();
-    let node = Node::start_with(NodeOpts {
-        manifests: vec![(
-            "base.yaml",
-            namespace("shop") + &pod("shop", "backend", "backend") + &pod("shop", "frontend", "frontend"),
-        )],
-        ..NodeOpts::default()
-    });
-    let backend = node.add_pod("shop", "backend");
-    let frontend = node.add_pod("shop", "frontend");
+    let (node, backend, frontend) = shop(vec![]);
     let srv = Server::start(&backend, 8080);
     let url = |p: &str| format!("http://{}:8080{p}", backend.ip);
     assert_eq!(curl(&frontend, &[url("/admin")]), ["200"], "no policy yet: open");
@@ -240,16 +219,7 @@ fn lateral_movement_get_admin_is_answered_403_by_the_kernel() {
 #[test]
 fn audit_mode_reports_would_be_403s_and_lets_them_pass() {
     root_or_skip!();
-    let node = Node::start_with(NodeOpts {
-        manifests: vec![(
-            "base.yaml",
-            namespace("shop") + &pod("shop", "backend", "backend") + &pod("shop", "frontend", "frontend"),
-        )],
-        agent_args: vec!["--audit"],
-        ..NodeOpts::default()
-    });
-    let backend = node.add_pod("shop", "backend");
-    let frontend = node.add_pod("shop", "frontend");
+    let (node, backend, frontend) = shop(vec!["--audit"]);
     let srv = Server::start(&backend, 8080);
     node.apply_manifests(&[("http.yaml", Some(POLICY))]);
     let url = |p: &str| format!("http://{}:8080{p}", backend.ip);
@@ -374,15 +344,7 @@ fn nginx_server_wrk_keep_alive_large_headers_and_chunked_uploads() {
 #[test]
 fn http_rules_hold_while_the_agent_is_down_and_after_it_restarts() {
     root_or_skip!();
-    let node = Node::start_with(NodeOpts {
-        manifests: vec![(
-            "base.yaml",
-            namespace("shop") + &pod("shop", "backend", "backend") + &pod("shop", "frontend", "frontend"),
-        )],
-        ..NodeOpts::default()
-    });
-    let backend = node.add_pod("shop", "backend");
-    let frontend = node.add_pod("shop", "frontend");
+    let (node, backend, frontend) = shop(vec![]);
     let srv = Server::start(&backend, 8080);
     node.apply_manifests(&[("http.yaml", Some(POLICY))]);
     let url = |p: &str| format!("http://{}:8080{p}", backend.ip);
