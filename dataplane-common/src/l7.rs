@@ -128,7 +128,7 @@ pub mod mode {
 /// rewritten message (it cannot grow it). So the answer is a 403 whose body pads it to the
 /// request's length: `HTTP/1.1 403 Forbidden`, `Connection: close`, a Content-Length, and
 /// "Access denied" followed by spaces. Requests of 36–66 bytes get a shorter status line;
-/// a request under 36 bytes cannot hold any complete answer and is dropped unanswered.
+/// a request under 36 bytes cannot hold any complete answer: its connection is reset.
 pub const FORBIDDEN_MIN: u32 = 36;
 // Padded to powers of two: the kernel indexes them with a mask, which the verifier
 // understands (a clamped index it does not always).

@@ -198,6 +198,7 @@ const COMPLETE: u32 = 1;
 const NEED_MORE: u32 = 2;
 const DENY_HERE: u32 = 3;
 const ECONNRESET: i32 = 104;
+const TCP_RST: u8 = 0x04;
 /// Heads, bodies or chunks one parser run walks before it cuts the message there.
 const MAX_UNITS: u32 = 64;
 
@@ -419,8 +420,9 @@ fn emit_http(w: &Walk, skb: *mut aya_ebpf::bindings::__sk_buff, head: &http1::He
         count(metric::EVENTS_LOST);
         return;
     };
-    // SAFETY: `skb` is the program's context; these fields are readable in sk_skb.
-    let (raddr, rport) = unsafe { ((*skb).remote_ip4, (*skb).remote_port as u16) };
+    // SAFETY: `skb` is the program's context; these fields are readable in sk_skb. The
+    // remote port is in network order in the upper 16 bits.
+    let (raddr, rport) = unsafe { ((*skb).remote_ip4, ((*skb).remote_port >> 16) as u16) };
     let e = slot.as_mut_ptr();
     // SAFETY: the reserved record, written field by field (it is larger than the stack).
     unsafe {
@@ -512,9 +514,12 @@ pub fn http_parser(ctx: SkBuffContext) -> u32 {
             // client would take it for the answer to an allowed request). The kernel
             // cannot hold it back, so the connection is reset instead: the stream parser
             // stops for good and the socket reports ECONNRESET.
-            count(w.reason);
-            state.mode = mode::DENIED;
-            return ECONNRESET.wrapping_neg() as u32;
+            return reset(&ctx, state, w.reason);
+        }
+        DENY_HERE if p <= base && len - base < FORBIDDEN_MIN => {
+            // Too short to be rewritten into any complete answer: the connection is reset
+            // instead of left waiting.
+            return reset(&ctx, state, w.reason);
         }
         DENY_HERE if p <= base => {
             // The refused request starts this message: it is answered, and what follows
@@ -541,6 +546,43 @@ pub fn http_parser(ctx: SkBuffContext) -> u32 {
     add(metric::L7_ALLOWED, w.allowed);
     add(metric::L7_AUDIT, w.audited);
     cut - base
+}
+
+/// Stops the stream parser for good (nothing more reaches the server) and asks the agent
+/// to reset the connection: a `FlowEvent` on the HTTP hook with RST in its flags. The
+/// kernel gives sk_skb programs no way to reset a socket; the agent destroys it through
+/// sock_diag in the pod's netns.
+#[inline(always)]
+fn reset(ctx: &SkBuffContext, state: &mut L7Sock, reason: u32) -> u32 {
+    count(reason);
+    state.mode = mode::DENIED;
+    if let Some(mut slot) = EVENTS.reserve::<FlowEvent>(0) {
+        // SAFETY: the program's context; these fields are readable in sk_skb. The remote
+        // port is in network order in the upper 16 bits.
+        let (raddr, rport) = unsafe { ((*ctx.skb.skb).remote_ip4, ((*ctx.skb.skb).remote_port >> 16) as u16) };
+        slot.write(FlowEvent {
+            // SAFETY: plain helper call.
+            ts: unsafe { bpf_ktime_get_ns() },
+            saddr: raddr,
+            daddr: state.port.addr,
+            sport: rport,
+            dport: state.port.port.to_be(),
+            verdict: verdict::DROPPED,
+            reason: reason as u8,
+            proto: 6,
+            tcp_flags: TCP_RST,
+            hook: hook::HTTP,
+            direction: direction::INGRESS,
+            // The socket's cookie: the agent destroys exactly this socket, never another
+            // one (a listener) found by the same addresses.
+            netns_cookie: cookie(ctx),
+            ..FlowEvent::default()
+        });
+        slot.submit(0);
+    } else {
+        count(metric::EVENTS_LOST);
+    }
+    ECONNRESET.wrapping_neg() as u32
 }
 
 #[inline(always)]

@@ -176,6 +176,10 @@ fn allowed_requests_pass_and_denied_ones_get_403_from_the_kernel() {
         denied.contains("Connection: close") && denied.contains("\r\n\r\nAccess"),
         "{denied:?}"
     );
+    // A request too short for any complete answer gets none, and never reaches the server
+    // (the agent then resets the connection: `tests/netns/tests/http_policy.rs`).
+    let tiny = exchange(port, &[b"GET /admin HTTP/1.0\r\n\r\n"], Duration::ZERO);
+    assert!(tiny.is_empty(), "{tiny:?}");
     // A short request gets the short form of the answer, still a complete response.
     let short = exchange(port, &[b"GET /admin HTTP/1.1\r\nHost: backend\r\n\r\n"], Duration::ZERO);
     assert!(

@@ -86,6 +86,7 @@ pub async fn run(rb: RingBuf<MapData>, node: NodeHandle, store: Arc<Mutex<FlowSt
         }
         // Named against the latest view: no lock shared with requests is held.
         let view = node.view();
+        reset_refused(&view, &batch);
         let mut flows: Vec<Flow> = batch.iter().map(|e| to_flow(&view, e)).collect();
         if !http.is_empty() {
             let ports = moat_policy_compiler::http::ports::node_ports(&view.world, &view.http);
@@ -130,6 +131,36 @@ fn tcp_flags(f: u8) -> String {
         .map(|(_, n)| *n)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// Connections the HTTP path refused but could not answer (see `http.rs::reset` in the
+/// eBPF crate): destroyed in the server pod's netns, off this task.
+fn reset_refused(view: &View, events: &[FlowEvent]) {
+    let targets: Vec<(String, (Ipv4Addr, u16), (Ipv4Addr, u16), u64)> = events
+        .iter()
+        .filter(|e| e.hook == hook::HTTP && e.tcp_flags & 0x04 != 0)
+        .filter_map(|e| {
+            let local = (Ipv4Addr::from(u32::from_be(e.daddr)), u16::from_be(e.dport));
+            let remote = (Ipv4Addr::from(u32::from_be(e.saddr)), u16::from_be(e.sport));
+            let ep = view.endpoints.iter().find(|ep| ep.ipv4 == local.0)?;
+            Some((ep.netns.clone(), local, remote, e.netns_cookie))
+        })
+        .collect();
+    if targets.is_empty() {
+        return;
+    }
+    std::thread::spawn(move || {
+        for (netns, local, remote, cookie) in targets {
+            match crate::services::sock_destroy::destroy_tcp(std::path::Path::new(&netns), local, remote, cookie) {
+                Ok(()) => tracing::info!(
+                    ?local,
+                    ?remote,
+                    "reset a connection whose refused request could not be answered"
+                ),
+                Err(e) => tracing::debug!(?local, ?remote, error = %e, "resetting a refused connection"),
+            }
+        }
+    });
 }
 
 /// An HTTP request event: the flow, the normalised request, and the rule that allowed it.

@@ -157,6 +157,39 @@ pub fn destroy_connected_udp(netns: &[Option<PathBuf>], translated: &BTreeSet<(u
     destroyed
 }
 
+/// Destroys the TCP socket `local` ↔ `remote` with socket cookie `cookie` in the network
+/// namespace at `netns` (the
+/// peer gets a reset): what the HTTP path asks for when the kernel cannot answer a
+/// refused request.
+///
+/// # Errors
+/// The socket is gone already (ENOENT), or sock_diag refused.
+pub fn destroy_tcp(netns: &Path, local: (Ipv4Addr, u16), remote: (Ipv4Addr, u16), cookie: u64) -> io::Result<()> {
+    in_netns(Some(netns), || {
+        let mut id = SocketId::new_v4();
+        id.source_address = IpAddr::V4(local.0);
+        id.source_port = local.1;
+        id.destination_address = IpAddr::V4(remote.0);
+        id.destination_port = remote.1;
+        // The exact socket: without its cookie the kernel would fall back to the
+        // listener on the same port.
+        id.cookie = cookie.to_ne_bytes();
+        let req = SockDiagMessage::InetRequest(InetRequest {
+            family: libc::AF_INET as u8,
+            protocol: libc::IPPROTO_TCP as u8,
+            extensions: ExtensionFlags::empty(),
+            states: StateFlags::all(),
+            socket_id: id,
+        });
+        request(
+            &diag_socket()?,
+            SockDiagDestroy::new(req),
+            NLM_F_REQUEST | NLM_F_ACK,
+            |_| {},
+        )
+    })
+}
+
 /// Runs `f` in the network namespace at `path` (a scoped thread; `None`: right here).
 fn in_netns<T: Send>(path: Option<&Path>, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
     let Some(path) = path else { return f() };

@@ -143,6 +143,24 @@ fn lateral_movement_get_admin_is_answered_403_by_the_kernel() {
         1,
         "only the request from before the policy reached /admin: {seen}"
     );
+    // A refused request too short for a 403 of its own length: the kernel stops the
+    // connection and the agent resets it at once; the server never sees it.
+    let probe = Command::new("nsenter")
+        .arg(format!("--net={}", frontend.path()))
+        .args(["python3", "-c"])
+        .arg(format!(
+            "import socket,time\ns=socket.create_connection(('{}',8080))\nt=time.time()\ns.sendall(b'GET /admin HTTP/1.0\\r\\n\\r\\n')\ns.settimeout(5)\ntry:\n  d=s.recv(100)\nexcept OSError as e:\n  d=b''\nprint(len(d), round(time.time()-t,2))",
+            backend.ip
+        ))
+        .output()
+        .unwrap();
+    let probe = String::from_utf8_lossy(&probe.stdout).into_owned();
+    let (got, secs) = probe.trim().split_once(' ').unwrap_or(("?", "9"));
+    assert_eq!(got, "0", "no answer: {probe}");
+    assert!(
+        secs.parse::<f64>().unwrap_or(9.0) < 2.0,
+        "reset at once, not after a timeout: {probe}"
+    );
     // `moatctl observe --type l7` shows each request with its verdict and rule.
     let deadline = Instant::now() + Duration::from_secs(5);
     let events = loop {
@@ -159,6 +177,11 @@ fn lateral_movement_get_admin_is_answered_403_by_the_kernel() {
         .unwrap_or_else(|| panic!("no event for /public/app.js: {events:?}"));
     assert_eq!(allowed["verdict"], "FORWARDED");
     assert_eq!(allowed["source"]["pod"], "frontend");
+    assert!(
+        allowed["source"]["port"].as_u64().unwrap_or(0) > 1024,
+        "the client's port: {allowed}"
+    );
+    assert_eq!(allowed["destination"]["port"], 8080);
     assert_eq!(allowed["destination"]["pod"], "backend");
     assert!(
         allowed["http"]["rule"]
@@ -167,8 +190,11 @@ fn lateral_movement_get_admin_is_answered_403_by_the_kernel() {
             .contains("rule 1 (method \"GET|HEAD\", path \"/public/.*\")"),
         "{allowed}"
     );
-    let denied: Vec<_> = events.iter().filter(|e| e["verdict"] == "DROPPED").collect();
-    assert_eq!(denied.len(), 3, "{events:?}");
+    let denied: Vec<_> = events
+        .iter()
+        .filter(|e| e["verdict"] == "DROPPED" && !e["http"].is_null())
+        .collect();
+    assert_eq!(denied.len(), 4, "three 403s and the reset one: {events:?}");
     assert!(
         denied
             .iter()
