@@ -136,7 +136,9 @@ fn tcp_flags(f: u8) -> String {
 /// Connections the HTTP path refused but could not answer (see `http.rs::reset` in the
 /// eBPF crate): destroyed in the server pod's netns, off this task.
 fn reset_refused(view: &View, events: &[FlowEvent]) {
-    let targets: Vec<(String, (Ipv4Addr, u16), (Ipv4Addr, u16), u64)> = events
+    // (pod netns, local address, remote address, socket cookie)
+    type Target = (String, (Ipv4Addr, u16), (Ipv4Addr, u16), u64);
+    let targets: Vec<Target> = events
         .iter()
         .filter(|e| e.hook == hook::HTTP && e.tcp_flags & 0x04 != 0)
         .filter_map(|e| {
