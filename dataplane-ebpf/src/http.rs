@@ -53,15 +53,60 @@ static L7_STATE: HashMap<u64, L7Sock> = HashMap::pinned(MAX_L7_SOCKS, 0);
 
 /// Per-CPU copy of the bytes being judged.
 #[map(name = "moat_l7buf_v1")]
-static L7_BUF: PerCpuArray<[u8; MAX_HEAD as usize]> = PerCpuArray::with_max_entries(1, 0);
+static L7_BUF: PerCpuArray<[u8; MAX_HEAD as usize]> = PerCpuArray::with_max_entries(SLOTS, 0);
 
 /// Per-CPU parser.
 #[map(name = "moat_l7head_v1")]
-static L7_HEAD: PerCpuArray<http1::Head> = PerCpuArray::with_max_entries(1, 0);
+static L7_HEAD: PerCpuArray<http1::Head> = PerCpuArray::with_max_entries(SLOTS, 0);
 
 /// Per-CPU DFA walk: [state, input length].
 #[map(name = "moat_l7walk_v1")]
-static L7_WALK: PerCpuArray<[u32; 2]> = PerCpuArray::with_max_entries(1, 0);
+static L7_WALK: PerCpuArray<[u32; 2]> = PerCpuArray::with_max_entries(SLOTS, 0);
+
+/// Scratch slots per CPU. The stream programs run in process context (the strparser's
+/// work) as well as in softirq, and a softirq may run another socket's parser on the same
+/// CPU in the middle of one: each run takes its own slot (`Nest`), so one never clobbers
+/// the other's parser, walk or buffer.
+const SLOTS: u32 = 2;
+
+/// Per-CPU nesting depth of the stream programs.
+#[map(name = "moat_l7nest_v1")]
+static L7_NEST: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// This run's scratch slot (the depth it entered at).
+#[inline(always)]
+fn slot() -> u32 {
+    L7_NEST.get(0).map_or(0, |n| n.saturating_sub(1)).min(SLOTS - 1)
+}
+
+/// Holds a scratch slot for one program run; gives it back when dropped.
+struct Nest;
+
+impl Nest {
+    /// `None` when every slot is taken (never expected: process context + softirq).
+    #[inline(always)]
+    fn enter() -> Option<Self> {
+        let n = L7_NEST.get_ptr_mut(0)?;
+        // SAFETY: per-CPU counter; a nested run restores it before this one resumes.
+        unsafe {
+            if *n >= SLOTS {
+                return None;
+            }
+            *n += 1;
+        }
+        Some(Self)
+    }
+}
+
+impl Drop for Nest {
+    #[inline(always)]
+    fn drop(&mut self) {
+        if let Some(n) = L7_NEST.get_ptr_mut(0) {
+            // SAFETY: as in `enter`.
+            unsafe { *n = (*n).saturating_sub(1) };
+        }
+    }
+}
 
 const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: u32 = 5;
 const BPF_SOCK_OPS_STATE_CB: u32 = 10;
@@ -130,7 +175,7 @@ const PARSE_BATCH: u32 = 8;
 /// `ctx` points at the byte count): 1 stops the loop.
 #[inline(never)]
 extern "C" fn parse_batch(i: u64, ctx: *mut c_void) -> i64 {
-    let (Some(buf), Some(head)) = (L7_BUF.get_ptr(0), L7_HEAD.get_ptr_mut(0)) else {
+    let (Some(buf), Some(head)) = (L7_BUF.get_ptr(slot()), L7_HEAD.get_ptr_mut(slot())) else {
         return 1;
     };
     // SAFETY: `ctx` is the caller's u32.
@@ -156,7 +201,7 @@ extern "C" fn parse_batch(i: u64, ctx: *mut c_void) -> i64 {
 /// Runs the parser over the first `n` loaded bytes.
 #[inline(always)]
 fn parse(n: u32) -> Option<&'static http1::Head> {
-    let head = L7_HEAD.get_ptr_mut(0)?;
+    let head = L7_HEAD.get_ptr_mut(slot())?;
     let mut count = n;
     // SAFETY: the per-CPU slot; the callback reads `count` only.
     unsafe {
@@ -190,7 +235,7 @@ struct Walk {
 }
 
 #[map(name = "moat_l7units_v1")]
-static L7_UNITS: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
+static L7_UNITS: PerCpuArray<Walk> = PerCpuArray::with_max_entries(SLOTS, 0);
 
 // Walk results.
 const GOING: u32 = 0;
@@ -211,7 +256,7 @@ struct SkbArg {
 /// Copies up to `MAX_HEAD` bytes from `off` into the per-CPU buffer: how many.
 #[inline(always)]
 fn load_at(skb: *mut aya_ebpf::bindings::__sk_buff, off: u32, avail: u32) -> u32 {
-    let Some(buf) = L7_BUF.get_ptr_mut(0) else {
+    let Some(buf) = L7_BUF.get_ptr_mut(slot()) else {
         return 0;
     };
     if avail == 0 {
@@ -240,7 +285,7 @@ fn stop(w: &mut Walk, result: u32, reason: u32) -> i64 {
 /// `bpf_loop` callback; 1 stops the walk (`w.result` says why).
 #[inline(never)]
 extern "C" fn walk_unit(_i: u64, arg: *mut c_void) -> i64 {
-    let Some(w) = L7_UNITS.get_ptr_mut(0) else {
+    let Some(w) = L7_UNITS.get_ptr_mut(slot()) else {
         return 1;
     };
     // SAFETY: per-CPU slot; `arg` is the caller's SkbArg.
@@ -468,6 +513,11 @@ fn emit_http(w: &Walk, skb: *mut aya_ebpf::bindings::__sk_buff, head: &http1::He
 #[stream_parser]
 pub fn http_parser(ctx: SkBuffContext) -> u32 {
     let len = ctx.len();
+    let Some(_nest) = Nest::enter() else {
+        // No scratch slot: refuse the bytes rather than pass them unjudged.
+        count(metric::DROP_L7_NO_STATE);
+        return ECONNRESET.wrapping_neg() as u32;
+    };
     let Some(state) = L7_STATE.get_ptr_mut(&cookie(&ctx)) else {
         return len; // the verdict drops it
     };
@@ -484,7 +534,7 @@ pub fn http_parser(ctx: SkBuffContext) -> u32 {
         state.next_mode = mode::DENIED;
         return len - base;
     }
-    let Some(w) = L7_UNITS.get_ptr_mut(0) else {
+    let Some(w) = L7_UNITS.get_ptr_mut(slot()) else {
         return len;
     };
     // SAFETY: per-CPU slot.
@@ -597,6 +647,10 @@ fn add(slot: u32, n: u32) {
 #[stream_verdict]
 pub fn http_verdict(ctx: SkBuffContext) -> u32 {
     let mut key = cookie(&ctx);
+    let Some(_nest) = Nest::enter() else {
+        count(metric::DROP_L7_NO_STATE);
+        return SK_DROP;
+    };
     let Some(state) = L7_STATE.get_ptr_mut(&key) else {
         count(metric::DROP_L7_NO_STATE);
         return SK_DROP;
@@ -644,7 +698,7 @@ fn input_byte(head: &http1::Head, i: u32) -> u8 {
 /// One DFA transition (a `bpf_loop` callback): 1 stops at the dead state.
 #[inline(never)]
 extern "C" fn walk_byte(i: u64, _ctx: *mut c_void) -> i64 {
-    let (Some(head), Some(walk)) = (L7_HEAD.get_ptr(0), L7_WALK.get_ptr_mut(0)) else {
+    let (Some(head), Some(walk)) = (L7_HEAD.get_ptr(slot()), L7_WALK.get_ptr_mut(slot())) else {
         return 1;
     };
     // SAFETY: per-CPU slots.
@@ -661,7 +715,7 @@ extern "C" fn walk_byte(i: u64, _ctx: *mut c_void) -> i64 {
 /// Runs the port's DFA over the head: the matching rule + 1, or 0.
 #[inline(always)]
 fn walk(start: u32, head: &http1::Head) -> u32 {
-    let Some(w) = L7_WALK.get_ptr_mut(0) else {
+    let Some(w) = L7_WALK.get_ptr_mut(slot()) else {
         return 0;
     };
     let total = u32::from(head.method_len)
@@ -688,7 +742,7 @@ fn walk(start: u32, head: &http1::Head) -> u32 {
 /// One byte of the 403 answer into the per-CPU buffer (a `bpf_loop` callback).
 #[inline(never)]
 extern "C" fn answer_byte(i: u64, ctx: *mut c_void) -> i64 {
-    let Some(buf) = L7_BUF.get_ptr_mut(0) else {
+    let Some(buf) = L7_BUF.get_ptr_mut(slot()) else {
         return 1;
     };
     // SAFETY: `ctx` points at the caller's u32 length; per-CPU slot, masked index.
@@ -710,7 +764,7 @@ fn deny(ctx: &SkBuffContext, state: &mut L7Sock, key: &mut u64, base: u32) -> u3
     if !(FORBIDDEN_MIN..=MAX_HEAD).contains(&len) {
         return SK_DROP;
     }
-    let Some(buf) = L7_BUF.get_ptr(0) else {
+    let Some(buf) = L7_BUF.get_ptr(slot()) else {
         return SK_DROP;
     };
     let mut arg = len;
