@@ -220,6 +220,7 @@ impl Node {
             inputs,
             netdev::host_ipv4s(),
         );
+        self.reset_unjudged();
         match r {
             Err(e) if e.is::<DoesNotFit>() => {
                 tracing::error!("applying policy: {e:#}; the maps keep what they hold");
@@ -244,7 +245,36 @@ impl Node {
         let r = self
             .enforcer
             .refresh(&mut self.datapath, self.endpoints.values(), netdev::host_ipv4s());
+        self.reset_unjudged();
         Ok(r? + self.sync_services()?)
+    }
+
+    /// Connections to ports that just came under HTTP rules were accepted before the rules
+    /// existed, so sock_ops never put them under enforcement: a client could keep one
+    /// open and send `GET /admin` later. They are reset (off the owner thread); clients
+    /// reconnect into enforcement.
+    fn reset_unjudged(&mut self) {
+        let targets: Vec<(String, (Ipv4Addr, u16))> = self
+            .enforcer
+            .http_new
+            .drain(..)
+            .filter_map(|(ip, port)| {
+                let ep = self.endpoints.values().find(|e| e.ipv4 == ip)?;
+                Some((ep.netns.clone(), (ip, port)))
+            })
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        std::thread::spawn(move || {
+            for (netns, local) in targets {
+                match crate::services::sock_destroy::destroy_tcp_to(std::path::Path::new(&netns), local) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(?local, n, "reset connections opened before the port's HTTP rules"),
+                    Err(e) => tracing::warn!(?local, error = %e, "resetting connections opened before HTTP rules"),
+                }
+            }
+        });
     }
 
     /// Services follow the newest state and the endpoints at once (their compile is
@@ -321,6 +351,7 @@ impl Node {
             self.endpoints.values(),
             netdev::host_ipv4s(),
         );
+        self.reset_unjudged();
         match r {
             Ok(_) => self.policy_error = None,
             Err(e) if e.is::<DoesNotFit>() => {

@@ -509,6 +509,12 @@ impl Datapath {
         self.http.apply(ports)
     }
 
+    /// The ports with HTTP rules in the kernel now.
+    #[must_use]
+    pub fn http_ports(&self) -> Vec<moat_dataplane_common::l7::L7PortKey> {
+        self.http.port_keys()
+    }
+
     fn sock_dir(&self) -> PathBuf {
         self.links_dir.with_file_name("socklb")
     }

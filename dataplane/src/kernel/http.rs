@@ -148,6 +148,12 @@ impl Http {
         Ok(())
     }
 
+    /// The ports with HTTP rules in the kernel now (a restarted agent starts from these).
+    #[must_use]
+    pub fn port_keys(&self) -> Vec<L7PortKey> {
+        self.ports.keys().filter_map(Result::ok).collect()
+    }
+
     /// Installs `ports` (replacing every earlier port): tables into the idle half, then
     /// the port entries, then stale ports removed.
     ///

@@ -136,8 +136,13 @@ fn moat_policy(p: &k8s::MoatNetworkPolicy) -> k8s::NetworkPolicy {
 
 /// Installs the HTTP rules of every local server port. Fails closed: a port whose rules
 /// do not build gets a table that refuses every request, and when the node's tables do
-/// not fit the kernel's, every port gets one. Returns the number of ports.
-fn apply_http(dp: &mut Datapath, world: &World, policies: &[k8s::MoatNetworkPolicy], audit: bool) -> usize {
+/// not fit the kernel's, every port gets one. Returns the ports.
+fn apply_http(
+    dp: &mut Datapath,
+    world: &World,
+    policies: &[k8s::MoatNetworkPolicy],
+    audit: bool,
+) -> BTreeSet<(Ipv4Addr, u16)> {
     use crate::kernel::http::PortRules;
     use moat_dataplane_common::l7::{L7PortKey, L7F_AUDIT};
     use moat_policy_compiler::http::{dfa, ports};
@@ -174,7 +179,7 @@ fn apply_http(dp: &mut Datapath, world: &World, policies: &[k8s::MoatNetworkPoli
             tracing::error!(error = %e, "writing the HTTP port tables failed");
         }
     }
-    wanted.len()
+    wanted.into_keys().collect()
 }
 
 /// A full compile to run off the owner thread: the world and a copy of the numbering.
@@ -218,6 +223,11 @@ pub struct Enforcer {
     pub last_updates: usize,
     /// Local server ports under HTTP rules.
     pub http_ports: usize,
+    /// (pod address, port) with HTTP rules in the kernel.
+    http_applied: BTreeSet<(Ipv4Addr, u16)>,
+    /// Ports that just came under HTTP rules: their connections opened before the rules
+    /// are not in the sockhash, and the node resets them (`Node::reset_unjudged`).
+    pub http_new: Vec<(Ipv4Addr, u16)>,
 }
 
 impl Enforcer {
@@ -248,6 +258,12 @@ impl Enforcer {
             persisted_identities: Vec::new(),
             last_updates: 0,
             http_ports: 0,
+            http_applied: dp
+                .http_ports()
+                .into_iter()
+                .map(|k| (Ipv4Addr::from(u32::from_be(k.addr)), k.port))
+                .collect(),
+            http_new: Vec::new(),
         })
     }
 
@@ -384,7 +400,10 @@ impl Enforcer {
 
         // HTTP rules first: a socket accepted after the L3/L4 entries open its port must
         // already be under them (sock_ops looks a port up once, at accept).
-        self.http_ports = apply_http(dp, &self.world, &self.inputs.http, self.settings.audit);
+        let ports = apply_http(dp, &self.world, &self.inputs.http, self.settings.audit);
+        self.http_ports = ports.len();
+        self.http_new.extend(ports.difference(&self.http_applied).copied());
+        self.http_applied = ports;
         let updates = d.len();
         let narrows = moat_policy_compiler::diff::narrows(&self.applied, &d);
         let result = write_plan(dp, &d, &plan);

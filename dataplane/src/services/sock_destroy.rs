@@ -190,6 +190,55 @@ pub fn destroy_tcp(netns: &Path, local: (Ipv4Addr, u16), remote: (Ipv4Addr, u16)
     })
 }
 
+/// Destroys every TCP connection (not listeners) whose local end is `local`, in the
+/// network namespace at `netns`: connections to a server port opened before it came
+/// under HTTP rules were never put under them, so they are reset and the clients
+/// reconnect into enforcement. Returns how many were destroyed.
+///
+/// # Errors
+/// When sock_diag cannot list the sockets.
+pub fn destroy_tcp_to(netns: &Path, local: (Ipv4Addr, u16)) -> io::Result<usize> {
+    in_netns(Some(netns), || {
+        let s = diag_socket()?;
+        let mut found = Vec::new();
+        let dump = SockDiagMessage::InetRequest(InetRequest {
+            family: libc::AF_INET as u8,
+            protocol: libc::IPPROTO_TCP as u8,
+            extensions: ExtensionFlags::empty(),
+            states: StateFlags::all() & !StateFlags::LISTEN,
+            socket_id: SocketId::new_v4(),
+        });
+        request(&s, dump, NLM_F_REQUEST | NLM_F_DUMP, |m| {
+            let SockDiagMessage::InetResponse(r) = m else { return };
+            let id = &r.header.socket_id;
+            if id.source_address == IpAddr::V4(local.0) && id.source_port == local.1 {
+                found.push(id.clone());
+            }
+        })?;
+        let mut n = 0;
+        for id in found {
+            let req = SockDiagMessage::InetRequest(InetRequest {
+                family: libc::AF_INET as u8,
+                protocol: libc::IPPROTO_TCP as u8,
+                extensions: ExtensionFlags::empty(),
+                states: StateFlags::all(),
+                socket_id: id,
+            });
+            if request(
+                &diag_socket()?,
+                SockDiagDestroy::new(req),
+                NLM_F_REQUEST | NLM_F_ACK,
+                |_| {},
+            )
+            .is_ok()
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    })
+}
+
 /// Runs `f` in the network namespace at `path` (a scoped thread; `None`: right here).
 fn in_netns<T: Send>(path: Option<&Path>, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
     let Some(path) = path else { return f() };

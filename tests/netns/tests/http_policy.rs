@@ -118,9 +118,29 @@ fn lateral_movement_get_admin_is_answered_403_by_the_kernel() {
     let url = |p: &str| format!("http://{}:8080{p}", backend.ip);
     assert_eq!(curl(&frontend, &[url("/admin")]), ["200"], "no policy yet: open");
 
+    // An attacker's keep-alive connection opened before the policy: it must not carry a
+    // refused request past the rules later.
+    let early = {
+        let script = format!(
+            "import socket,time\ns=socket.create_connection(('{}',8080))\ns.settimeout(5)\ns.sendall(b'GET / HTTP/1.1\\r\\nHost: b\\r\\n\\r\\n')\nprint(s.recv(4096)[:12])\ntime.sleep(3)\ntry:\n  s.sendall(b'GET /admin HTTP/1.1\\r\\nHost: b\\r\\nUser-Agent: early-bird/1.0\\r\\nAccept: */*\\r\\n\\r\\n')\n  print(s.recv(4096)[:12])\nexcept OSError as e:\n  print('error', e.errno)",
+            backend.ip
+        );
+        Command::new("nsenter")
+            .arg(format!("--net={}", frontend.path()))
+            .args(["python3", "-c", &script])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    std::thread::sleep(Duration::from_millis(500));
     node.apply_manifests(&[("http.yaml", Some(POLICY))]);
     let status = node.status();
     assert_eq!(status["manifestErrors"].as_array().map(Vec::len), Some(0), "{status}");
+    let early = String::from_utf8_lossy(&early.wait_with_output().unwrap().stdout).into_owned();
+    assert!(
+        early.starts_with("b'HTTP/1.1 200") && !early.lines().nth(1).unwrap_or("").contains("200"),
+        "the connection from before the policy was reset, not left unjudged: {early}"
+    );
     // One keep-alive connection: allowed, refused (the kernel answers and closes), then
     // curl reconnects for the next URL.
     assert_eq!(
@@ -141,7 +161,7 @@ fn lateral_movement_get_admin_is_answered_403_by_the_kernel() {
     assert_eq!(
         seen.lines().filter(|l| l.contains("admin")).count(),
         1,
-        "only the request from before the policy reached /admin: {seen}"
+        "only the request from before the policy reached /admin (the early connection's did not): {seen}"
     );
     // A refused request too short for a 403 of its own length: the kernel stops the
     // connection and the agent resets it at once; the server never sees it.
