@@ -1,9 +1,10 @@
 //! HTTP (L7) enforcement maps, shared by the sk_skb programs and the agent.
 //!
 //! A server socket of a local pod whose (address, port) has HTTP rules is put in the
-//! `L7_SOCKS` sockhash when it is accepted; from then on the kernel's stream parser frames
-//! each request on it and the verdict program matches the request head against the port's
-//! rule DFA before the server can read a byte of it.
+//! `L7_SOCKS` sockhash when it is accepted; from then on a verdict program sees every TCP
+//! segment on it before the server can read it, frames the requests in it and matches each
+//! request head against the port's rule DFA. A server never receives a complete head that
+//! was not judged.
 
 /// Pinned name of the port table.
 pub const L7_PORTS_MAP: &str = "moat_l7ports_v1";
@@ -15,6 +16,22 @@ pub const MAX_L7_PORTS: u32 = 4096;
 pub const MAX_DFA_ROWS: u32 = 16_384;
 /// Sockets under HTTP enforcement at once.
 pub const MAX_L7_SOCKS: u32 = 65_536;
+/// Heads split across segments being held at once (an LRU: an evicted one fails closed,
+/// its connection is reset).
+pub const MAX_L7_PARTIAL: u32 = 8192;
+/// Most bytes of a head held back from one connection (the kernel prepends at most
+/// 4,095 bytes to a segment).
+pub const MAX_HELD: u32 = 4095;
+
+/// The first bytes of a head that a segment ended inside of (`L7_PARTIAL`, by socket
+/// cookie): taken out of that segment, and put in front of the next one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct L7Held {
+    pub len: u32,
+    pub _pad: u32,
+    pub bytes: [u8; 4096],
+}
 
 /// `L7_PORTS` key: a local pod's address (wire order) and a TCP port (host order).
 #[repr(C)]
@@ -63,73 +80,62 @@ impl Default for DfaRow {
 
 /// Per-socket framing state (`L7_STATE`, keyed by socket cookie).
 ///
-/// The stream parser walks the bytes available and decides (`plan`) what the next
-/// message is; the verdict applies that plan and commits the framing state it reached
-/// (`next_*`). A message starts at the first unconsumed byte of a TCP segment (`base` is
-/// 0) except right after a split, where it starts at `base` within the same segment:
-/// the kernel does not tell BPF programs where a message starts, so Moat only ever cuts
-/// a segment where it knows the offset.
+/// The verdict program sees each TCP segment once, as it arrives (no stream parser: the
+/// kernel hands the segment over whole and it is passed, dropped or answered at once).
+/// So body framing is byte-incremental (a chunk-size line continues from `left` and
+/// `digits`), and a head split across segments is held back in `L7_PARTIAL` until it is
+/// whole.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct L7Sock {
-    /// `mode::*`: committed framing state.
+    /// `mode::*`: where the next byte on the connection belongs.
     pub mode: u32,
     /// Requests judged on this connection.
     pub requests: u32,
     /// The port, looked up again for every request: rules applied since the connection
     /// opened are the ones that judge its next request.
     pub port: L7PortKey,
-    /// Body or chunk bytes still to pass (committed).
+    /// Body or chunk bytes still to pass; in `CHUNK_SIZE`, the size read so far.
     pub left: u64,
-    /// Where the next message starts in its segment.
-    pub base: u32,
-    /// `plan::*` for the message the parser framed last.
-    pub plan: u32,
-    /// Its length.
-    pub msg_len: u32,
-    /// Drop reason when the plan is to deny.
-    pub reason: u32,
-    /// Framing state after that message, committed by the verdict.
-    pub next_mode: u32,
-    /// Base of the message after it (0, or the split point in the same segment).
-    pub next_base: u32,
-    pub next_left: u64,
-    /// Requests the message holds.
-    pub next_requests: u32,
+    /// Hex digits of the chunk size read so far.
+    pub digits: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<L7Sock>() == 64);
-
-/// What the verdict does with the message the parser framed.
-pub mod plan {
-    /// Every request in it was allowed (or it is body bytes).
-    pub const PASS: u32 = 0;
-    /// It starts with a refused request: answer 403, drop the rest.
-    pub const DENY: u32 = 1;
-    /// Bytes after a refused request, or on a socket without state: dropped.
-    pub const DROP: u32 = 2;
-}
+const _: () = assert!(core::mem::size_of::<L7Sock>() == 32);
 
 /// What the next bytes on an HTTP-rule socket are.
 pub mod mode {
     pub const HEAD: u32 = 0;
     pub const BODY: u32 = 1;
+    /// Hex digits of a chunk size, up to its CR.
     pub const CHUNK_SIZE: u32 = 2;
     pub const CHUNK_DATA: u32 = 3;
+    /// The CR after a chunk's data.
     pub const CHUNK_CRLF: u32 = 4;
-    /// After the last chunk: only an empty trailer (`CRLF`) is accepted.
+    /// After the last chunk: only an empty trailer (`CRLF`) is accepted; this is its CR.
     pub const TRAILER: u32 = 5;
     /// A request was refused: everything after it is dropped.
     pub const DENIED: u32 = 6;
+    /// A head began in an earlier segment: its bytes are held in `L7_PARTIAL`.
+    pub const HEAD_PARTIAL: u32 = 7;
+    /// The LF after a chunk size's CR.
+    pub const CHUNK_SIZE_LF: u32 = 8;
+    /// The LF after a chunk's data CR.
+    pub const CHUNK_CRLF_LF: u32 = 9;
+    /// The LF of the empty trailer.
+    pub const TRAILER_LF: u32 = 10;
 }
 
-/// The kernel answers a refused request with exactly as many bytes as the request had:
-/// the stream parser fixed the message length, and the kernel sends that many bytes of the
-/// rewritten message (it cannot grow it). So the answer is a 403 whose body pads it to the
-/// request's length: `HTTP/1.1 403 Forbidden`, `Connection: close`, a Content-Length, and
-/// "Access denied" followed by spaces. Requests of 36–66 bytes get a shorter status line;
-/// a request under 36 bytes cannot hold any complete answer: its connection is reset.
+/// The kernel answers a refused request in place of the segment that carried it, with
+/// exactly as many bytes as the segment had: TCP counts the bytes a socket consumed by the
+/// length of the segments it passed on, so a segment must not change length on its way
+/// back out. The answer is a 403 padded to that length: `HTTP/1.1 403 Forbidden`,
+/// `Connection: close`, a Content-Length, and "Access denied" followed by spaces.
+/// Segments of 36–66 bytes get a shorter status line; one under 36 bytes cannot hold any
+/// complete answer, and its connection is reset.
 pub const FORBIDDEN_MIN: u32 = 36;
+/// Longest answer: its Content-Length has four digits (longer segments are reset).
+pub const FORBIDDEN_MAX: u32 = 9999 + 67;
 // Padded to powers of two: the kernel indexes them with a mask, which the verifier
 // understands (a clamped index it does not always).
 const LONG: &[u8; 64] = b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\nContent-Length: _____";
@@ -217,7 +223,7 @@ mod tests {
 
     #[test]
     fn the_answer_is_a_complete_403_of_exactly_the_request_length() {
-        for len in FORBIDDEN_MIN..600 {
+        for len in FORBIDDEN_MIN..=FORBIDDEN_MAX {
             let a: Vec<u8> = (0..len).map(|i| forbidden_byte(len, i)).collect();
             let text = String::from_utf8(a).unwrap();
             assert!(text.starts_with("HTTP/1.1 403 "), "{len}: {text:?}");

@@ -2,23 +2,33 @@
 //!
 //! ```text
 //!  accept() ── sock_ops (passive established): port has HTTP rules? ─► L7_SOCKS + L7_STATE
-//!  bytes ───── http_parser  (stream parser): frame the next message (head, body, chunk)
-//!         └─── http_verdict (stream verdict): head → parse, normalise, DFA → pass
-//!                                             or rewrite into 403 and send it back
+//!  segment ─── http_verdict (sk_skb verdict, no stream parser): walk the requests in it
+//!              from the socket's framing state; every head → parse, normalise, DFA
+//!                ├─ all allowed (or body bytes) ─────────────► pass
+//!                ├─ ends inside a head ─► hold those bytes back (L7_PARTIAL), pass the rest
+//!                ├─ refused, and the segment starts with it ─► rewrite into 403, send back
+//!                └─ refused behind allowed requests ────────► drop, agent resets
 //! ```
 //!
-//! The parser and the verdict both run the byte-step parser `moat_dataplane_common::http1`
-//! from a `bpf_loop` callback (the verifier checks one step, not 4,096), so a request is
-//! never judged on bytes the parser framed differently. Bodies pass by length; nothing
-//! after a refused request reaches the server.
+//! There is no stream parser: the kernel's strparser cannot read data that arrived before
+//! `accept()` (the socket has no `struct socket` yet), and a blocking server's first
+//! `recv()` then fails with EAGAIN. The verdict-only path reads such data on that first
+//! `recv()`. It cannot wait for more bytes, so a segment that ends inside a head gives
+//! those bytes up: they are cut off it and held in `L7_PARTIAL`, and put back in front
+//! of the next segment on the connection, which is then judged from the head's start.
+//! The server never sees a byte of a head before the whole head is judged (a lenient
+//! server would act on a partial one at EOF). The byte-step parser
+//! `moat_dataplane_common::http1` runs from a `bpf_loop` callback (the verifier checks
+//! one step, not 4,096). Bodies pass by length; nothing after a refused request reaches
+//! the server.
 use aya_ebpf::{
     bindings::sk_action::{SK_DROP, SK_PASS},
     helpers::generated::{
-        bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_loop, bpf_skb_load_bytes, bpf_skb_store_bytes,
-        bpf_sock_ops_cb_flags_set,
+        bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_loop, bpf_skb_adjust_room, bpf_skb_change_tail,
+        bpf_skb_load_bytes, bpf_skb_store_bytes, bpf_sock_ops_cb_flags_set,
     },
-    macros::{map, sock_ops, stream_parser, stream_verdict},
-    maps::{Array, HashMap, PerCpuArray, SockHash},
+    macros::{map, sock_ops, stream_verdict},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
     programs::{SkBuffContext, SockOpsContext},
     EbpfContext as _,
 };
@@ -27,8 +37,8 @@ use moat_dataplane_common::{
     direction, hook,
     http1::{self, Step, MAX_HEAD},
     l7::{
-        forbidden_byte, mode, plan, DfaRow, L7Event, L7Port, L7PortKey, L7Sock, EVENT_HOST, EVENT_PATH, FORBIDDEN_MIN,
-        L7F_AUDIT, MAX_DFA_ROWS, MAX_L7_PORTS, MAX_L7_SOCKS,
+        forbidden_byte, mode, DfaRow, L7Event, L7Held, L7Port, L7PortKey, L7Sock, EVENT_HOST, EVENT_PATH,
+        FORBIDDEN_MAX, FORBIDDEN_MIN, L7F_AUDIT, MAX_DFA_ROWS, MAX_HELD, MAX_L7_PARTIAL, MAX_L7_PORTS, MAX_L7_SOCKS,
     },
     metric, verdict, FlowEvent,
 };
@@ -36,7 +46,8 @@ use moat_dataplane_common::{
 use crate::maps::{count, EVENTS};
 
 /// HTTP-rule server sockets by cookie (the verdict redirects a 403 to the same socket).
-#[map(name = "moat_l7socks_v1")]
+/// v2: the verdict program alone (v1 had a stream parser attached as well).
+#[map(name = "moat_l7socks_v2")]
 static L7_SOCKS: SockHash<u64> = SockHash::pinned(MAX_L7_SOCKS, 0);
 
 /// (pod address, port) → its rule DFA.
@@ -48,8 +59,17 @@ static L7_PORTS: HashMap<L7PortKey, L7Port> = HashMap::pinned(MAX_L7_PORTS, 0);
 static L7_DFA: Array<DfaRow> = Array::pinned(MAX_DFA_ROWS, 0);
 
 /// Framing state per socket cookie; removed when the socket closes.
-#[map(name = "moat_l7state_v1")]
+#[map(name = "moat_l7state_v2")]
 static L7_STATE: HashMap<u64, L7Sock> = HashMap::pinned(MAX_L7_SOCKS, 0);
+
+/// The held-back start of a head split across segments, by socket cookie
+/// (`mode::HEAD_PARTIAL`).
+#[map(name = "moat_l7partial_v1")]
+static L7_PARTIAL: LruHashMap<u64, L7Held> = LruHashMap::pinned(MAX_L7_PARTIAL, 0);
+
+/// Per-CPU staging for bytes on their way into `L7_PARTIAL`.
+#[map(name = "moat_l7hold_v1")]
+static L7_HOLD: PerCpuArray<L7Held> = PerCpuArray::with_max_entries(SLOTS, 0);
 
 /// Per-CPU copy of the bytes being judged.
 #[map(name = "moat_l7buf_v1")]
@@ -63,10 +83,10 @@ static L7_HEAD: PerCpuArray<http1::Head> = PerCpuArray::with_max_entries(SLOTS, 
 #[map(name = "moat_l7walk_v1")]
 static L7_WALK: PerCpuArray<[u32; 2]> = PerCpuArray::with_max_entries(SLOTS, 0);
 
-/// Scratch slots per CPU. The stream programs run in process context (the strparser's
-/// work) as well as in softirq, and a softirq may run another socket's parser on the same
-/// CPU in the middle of one: each run takes its own slot (`Nest`), so one never clobbers
-/// the other's parser, walk or buffer.
+/// Scratch slots per CPU. The verdict runs in process context (a `recv()` reading data
+/// that arrived before `accept()`) as well as in softirq, and a softirq may run another
+/// socket's verdict on the same CPU in the middle of one: each run takes its own slot
+/// (`Nest`), so one never clobbers the other's parser, walk or buffer.
 const SLOTS: u32 = 2;
 
 /// Per-CPU nesting depth of the stream programs.
@@ -112,8 +132,8 @@ const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: u32 = 5;
 const BPF_SOCK_OPS_STATE_CB: u32 = 10;
 const BPF_SOCK_OPS_STATE_CB_FLAG: i32 = 4;
 const TCP_CLOSE: u32 = 7;
-/// Longest chunk-size line (8 hex digits + CRLF; extensions are refused).
-const CHUNK_LINE: u32 = 10;
+/// Most hex digits in a chunk size (extensions are refused).
+const CHUNK_DIGITS: u32 = 8;
 
 #[sock_ops]
 pub fn http_sockops(ctx: SockOpsContext) -> u32 {
@@ -123,6 +143,7 @@ pub fn http_sockops(ctx: SockOpsContext) -> u32 {
             // SAFETY: plain helper call on the hook's context.
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
             let _ = L7_STATE.remove(&cookie);
+            let _ = L7_PARTIAL.remove(&cookie);
         }
         _ => {}
     }
@@ -198,14 +219,13 @@ extern "C" fn parse_batch(i: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
-/// Runs the parser over the first `n` loaded bytes.
+/// Steps the per-CPU parser over the first `n` loaded bytes (from wherever it stands).
 #[inline(always)]
 fn parse(n: u32) -> Option<&'static http1::Head> {
     let head = L7_HEAD.get_ptr_mut(slot())?;
     let mut count = n;
     // SAFETY: the per-CPU slot; the callback reads `count` only.
     unsafe {
-        (*head).reset();
         bpf_loop(
             n.div_ceil(PARSE_BATCH),
             parse_batch as *mut c_void,
@@ -216,12 +236,12 @@ fn parse(n: u32) -> Option<&'static http1::Head> {
     }
 }
 
-/// Per-CPU walk over the bytes available on one socket (see `http_parser`).
+/// Per-CPU walk over one segment (see `http_verdict`).
 #[repr(C)]
 struct Walk {
-    /// Next byte to look at, relative to the segment start.
+    /// Next byte to look at.
     p: u32,
-    /// Bytes available (from the segment start).
+    /// Segment length.
     len: u32,
     mode: u32,
     result: u32,
@@ -230,8 +250,10 @@ struct Walk {
     port: L7PortKey,
     allowed: u32,
     audited: u32,
-    /// Where this parser run started (a refusal after it is reported by the next run).
-    base: u32,
+    /// Chunk-size digits read.
+    digits: u32,
+    /// The refused request starts this segment (nothing before it passes).
+    whole: u32,
 }
 
 #[map(name = "moat_l7units_v1")]
@@ -240,12 +262,13 @@ static L7_UNITS: PerCpuArray<Walk> = PerCpuArray::with_max_entries(SLOTS, 0);
 // Walk results.
 const GOING: u32 = 0;
 const COMPLETE: u32 = 1;
-const NEED_MORE: u32 = 2;
 const DENY_HERE: u32 = 3;
-const ECONNRESET: i32 = 104;
+/// The segment ends inside the head at `w.p`.
+const HOLD: u32 = 4;
 const TCP_RST: u8 = 0x04;
-/// Heads, bodies or chunks one parser run walks before it cuts the message there.
-const MAX_UNITS: u32 = 64;
+/// Units (heads, runs of body bytes, framing bytes of chunks) one segment may hold: a
+/// 64 KiB segment of one-byte chunks takes one per byte. More refuses the segment.
+const MAX_UNITS: u32 = 1 << 17;
 
 /// The socket's skb, handed to the unit callback through its context pointer.
 #[repr(C)]
@@ -281,7 +304,7 @@ fn stop(w: &mut Walk, result: u32, reason: u32) -> i64 {
     1
 }
 
-/// One unit (a head, a run of body bytes, a chunk-size line or a CRLF) at `w.p`: a
+/// One unit (a head, a run of body bytes, one framing byte of a chunk) at `w.p`: a
 /// `bpf_loop` callback; 1 stops the walk (`w.result` says why).
 #[inline(never)]
 extern "C" fn walk_unit(_i: u64, arg: *mut c_void) -> i64 {
@@ -312,105 +335,82 @@ extern "C" fn walk_unit(_i: u64, arg: *mut c_void) -> i64 {
             }
             0
         }
-        mode::CHUNK_CRLF | mode::TRAILER => {
-            if avail < 2 {
-                return stop(w, NEED_MORE, 0);
-            }
-            let mut crlf = [0u8; 2];
-            // SAFETY: two bytes into a two-byte stack buffer.
-            let ok = unsafe { bpf_skb_load_bytes(skb as *const c_void, w.p, crlf.as_mut_ptr().cast(), 2) } == 0;
-            if !ok || crlf != *b"\r\n" {
-                return stop(w, DENY_HERE, metric::DROP_L7_CHUNK);
-            }
-            w.p += 2;
-            w.mode = if w.mode == mode::TRAILER {
-                mode::HEAD
-            } else {
-                mode::CHUNK_SIZE
-            };
-            0
-        }
-        mode::CHUNK_SIZE => chunk_line(w, skb, avail),
         mode::HEAD => head_unit(w, skb, avail),
+        mode::CHUNK_SIZE
+        | mode::CHUNK_SIZE_LF
+        | mode::CHUNK_CRLF
+        | mode::CHUNK_CRLF_LF
+        | mode::TRAILER
+        | mode::TRAILER_LF => chunk_byte(w, skb),
         _ => stop(w, DENY_HERE, metric::DROP_L7_AFTER_DENY),
     }
 }
 
-/// `HEX CRLF` (1–8 digits, no extensions) at `w.p`.
+/// One framing byte of a chunked body: `HEX CR LF` (1–8 digits, no extensions) before a
+/// chunk, `CR LF` after its data, and the empty trailer `CR LF` after the last one.
 #[inline(always)]
-fn chunk_line(w: &mut Walk, skb: *mut aya_ebpf::bindings::__sk_buff, avail: u32) -> i64 {
-    let mut line = [0u8; 16];
-    // 1..=CHUNK_LINE by arithmetic: the verifier keeps these bounds (avail is ≥ 1 here).
-    let n = avail.saturating_sub(1).min(CHUNK_LINE - 1) + 1;
-    // SAFETY: n in 1..=CHUNK_LINE bytes into a 16-byte stack buffer.
-    if unsafe { bpf_skb_load_bytes(skb as *const c_void, w.p, line.as_mut_ptr().cast(), n) } != 0 {
+fn chunk_byte(w: &mut Walk, skb: *mut aya_ebpf::bindings::__sk_buff) -> i64 {
+    let mut b = [0u8; 1];
+    // SAFETY: one byte into a one-byte stack buffer.
+    if unsafe { bpf_skb_load_bytes(skb as *const c_void, w.p, b.as_mut_ptr().cast(), 1) } != 0 {
         return stop(w, DENY_HERE, metric::DROP_L7_CHUNK);
     }
-    let mut size = 0u64;
-    let mut digits = 0u32;
-    let mut cr = 0u32; // index of the CR + 1
-    let mut k = 0u32;
-    while k < CHUNK_LINE {
-        if k >= n {
-            break;
+    let b = b[0];
+    let next = match (w.mode, b) {
+        (mode::CHUNK_SIZE, b'\r') if w.digits > 0 => mode::CHUNK_SIZE_LF,
+        (mode::CHUNK_SIZE, _) => {
+            let d = match b {
+                b'0'..=b'9' => b - b'0',
+                b'a'..=b'f' => b - b'a' + 10,
+                b'A'..=b'F' => b - b'A' + 10,
+                _ => return stop(w, DENY_HERE, metric::DROP_L7_CHUNK),
+            };
+            if w.digits >= CHUNK_DIGITS {
+                return stop(w, DENY_HERE, metric::DROP_L7_CHUNK);
+            }
+            w.left = w.left * 16 + u64::from(d);
+            w.digits += 1;
+            mode::CHUNK_SIZE
         }
-        let b = line[(k & 15) as usize];
-        if b == b'\r' {
-            cr = k + 1;
-            break;
+        (mode::CHUNK_SIZE_LF, b'\n') => {
+            w.digits = 0;
+            if w.left == 0 {
+                mode::TRAILER
+            } else {
+                mode::CHUNK_DATA
+            }
         }
-        let d = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            b'A'..=b'F' => b - b'A' + 10,
-            _ => return stop(w, DENY_HERE, metric::DROP_L7_CHUNK),
-        };
-        if digits >= 8 {
-            return stop(w, DENY_HERE, metric::DROP_L7_CHUNK);
+        (mode::CHUNK_CRLF, b'\r') => mode::CHUNK_CRLF_LF,
+        (mode::CHUNK_CRLF_LF, b'\n') => {
+            w.left = 0;
+            mode::CHUNK_SIZE
         }
-        size = size * 16 + u64::from(d);
-        digits += 1;
-        k += 1;
-    }
-    if cr == 0 {
-        return if n < CHUNK_LINE {
-            stop(w, NEED_MORE, 0)
-        } else {
-            stop(w, DENY_HERE, metric::DROP_L7_CHUNK)
-        };
-    }
-    if digits == 0 {
-        return stop(w, DENY_HERE, metric::DROP_L7_CHUNK);
-    }
-    if cr >= n {
-        return stop(w, NEED_MORE, 0); // the LF has not arrived
-    }
-    if line[(cr & 15) as usize] != b'\n' {
-        return stop(w, DENY_HERE, metric::DROP_L7_CHUNK);
-    }
-    w.p += cr + 1;
-    if size == 0 {
-        w.mode = mode::TRAILER;
-    } else {
-        w.mode = mode::CHUNK_DATA;
-        w.left = size;
-    }
+        (mode::TRAILER, b'\r') => mode::TRAILER_LF,
+        (mode::TRAILER_LF, b'\n') => mode::HEAD,
+        _ => return stop(w, DENY_HERE, metric::DROP_L7_CHUNK),
+    };
+    w.p += 1;
+    w.mode = next;
     0
 }
 
-/// A request head at `w.p`: parse, match, advance past it or stop.
+/// A request head at `w.p`: parse, match, advance past it; stop where the segment ends
+/// inside it (`HOLD`).
 #[inline(always)]
 fn head_unit(w: &mut Walk, skb: *mut aya_ebpf::bindings::__sk_buff, avail: u32) -> i64 {
+    let Some(head) = L7_HEAD.get_ptr_mut(slot()) else {
+        return stop(w, DENY_HERE, metric::DROP_L7_NO_STATE);
+    };
+    // SAFETY: per-CPU slot.
+    unsafe { (*head).reset() };
+    // A refusal can be answered only if nothing has passed before it in this segment.
+    w.whole = u32::from(w.p == 0);
     let n = load_at(skb, w.p, avail);
     let Some(head) = parse(n) else {
-        return stop(
-            w,
-            DENY_HERE,
-            metric::DROP_L7_UNPARSABLE + u32::from(http1::reject::MALFORMED),
-        );
+        return stop(w, DENY_HERE, metric::DROP_L7_NO_STATE);
     };
     match head.outcome() {
-        Step::More if avail < MAX_HEAD => return stop(w, NEED_MORE, 0),
+        Step::More if n == avail => return stop(w, HOLD, 0),
         Step::Done => {}
         _ => {
             let why = if head.reject == 0 {
@@ -428,10 +428,7 @@ fn head_unit(w: &mut Walk, skb: *mut aya_ebpf::bindings::__sk_buff, avail: u32) 
         let rule = walk(port.start, head);
         if rule == 0 {
             if port.flags & L7F_AUDIT == 0 {
-                // Reported once: by the run in which the refused request comes first.
-                if w.p == w.base {
-                    emit_http(w, skb, head, verdict::DROPPED, metric::DROP_L7_DENIED, 0);
-                }
+                emit_http(w, skb, head, verdict::DROPPED, metric::DROP_L7_DENIED, 0);
                 return stop(w, DENY_HERE, metric::DROP_L7_DENIED);
             }
             w.audited += 1;
@@ -447,7 +444,11 @@ fn head_unit(w: &mut Walk, skb: *mut aya_ebpf::bindings::__sk_buff, avail: u32) 
             w.mode = mode::BODY;
             w.left = head.content_length;
         }
-        http1::body::CHUNKED => w.mode = mode::CHUNK_SIZE,
+        http1::body::CHUNKED => {
+            w.mode = mode::CHUNK_SIZE;
+            w.left = 0;
+            w.digits = 0;
+        }
         _ => w.mode = mode::HEAD,
     }
     0
@@ -506,106 +507,164 @@ fn emit_http(w: &Walk, skb: *mut aya_ebpf::bindings::__sk_buff, head: &http1::He
     slot.submit(0);
 }
 
-/// Frames the next message: walks the units from the socket's committed state and
-/// records the plan for the verdict. A message ends where the bytes available end, or
-/// just before a refused request (the requests before it still pass), or after
-/// `MAX_UNITS` units.
-#[stream_parser]
-pub fn http_parser(ctx: SkBuffContext) -> u32 {
-    let len = ctx.len();
+/// Judges one TCP segment on an HTTP-rule socket before the server can read it: walks
+/// the units in it from the socket's framing state (held-back head bytes first). All
+/// allowed: it passes. It ends inside a head: those bytes are held back and the rest
+/// passes. A refused request that starts the segment: the segment becomes the 403. A
+/// refused request behind allowed ones: the segment is dropped and the connection reset.
+#[stream_verdict]
+pub fn http_verdict(ctx: SkBuffContext) -> u32 {
+    let mut key = cookie(&ctx);
+    let Some(state) = L7_STATE.get_ptr_mut(&key) else {
+        // Not tracked (sock_ops could not keep up): nothing passes unjudged.
+        count(metric::DROP_L7_NO_STATE);
+        return SK_DROP;
+    };
+    // SAFETY: this socket's entry; its segments are judged one at a time (socket lock).
+    let state = unsafe { &mut *state };
+    if state.mode == mode::DENIED {
+        count(metric::DROP_L7_AFTER_DENY);
+        return SK_DROP;
+    }
+    if ctx.len() == 0 {
+        return SK_PASS; // a FIN: nothing to judge, and held bytes stay held
+    }
     let Some(_nest) = Nest::enter() else {
         // No scratch slot: refuse the bytes rather than pass them unjudged.
-        count(metric::DROP_L7_NO_STATE);
-        return ECONNRESET.wrapping_neg() as u32;
+        return reset(&ctx, state, metric::DROP_L7_NO_STATE);
     };
-    let Some(state) = L7_STATE.get_ptr_mut(&cookie(&ctx)) else {
-        return len; // the verdict drops it
-    };
-    // SAFETY: this socket's entry; its messages are framed one at a time.
-    let state = unsafe { &mut *state };
-    let base = state.base;
-    if base >= len {
-        return 0;
-    }
-    if state.mode == mode::DENIED {
-        state.plan = plan::DROP;
-        state.msg_len = len - base;
-        state.next_base = 0;
-        state.next_mode = mode::DENIED;
-        return len - base;
+    if state.mode == mode::HEAD_PARTIAL {
+        if !prepend_held(&ctx, key) {
+            return reset(&ctx, state, metric::DROP_L7_NO_STATE);
+        }
+        state.mode = mode::HEAD;
     }
     let Some(w) = L7_UNITS.get_ptr_mut(slot()) else {
-        return len;
+        return reset(&ctx, state, metric::DROP_L7_NO_STATE);
     };
     // SAFETY: per-CPU slot.
     unsafe {
-        (*w).p = base;
-        (*w).len = len;
+        (*w).p = 0;
+        (*w).len = ctx.len();
         (*w).mode = state.mode;
         (*w).left = state.left;
+        (*w).digits = state.digits;
         (*w).result = GOING;
         (*w).reason = 0;
         (*w).port = state.port;
         (*w).allowed = 0;
         (*w).audited = 0;
-        (*w).base = base;
+        (*w).whole = 0;
     }
     let mut arg = SkbArg { skb: ctx.skb.skb };
     // SAFETY: the callback reads `arg` only.
     unsafe { bpf_loop(MAX_UNITS, walk_unit as *mut c_void, (&raw mut arg).cast(), 0) };
     // SAFETY: per-CPU slot, read after the callbacks wrote it.
     let w = unsafe { &*w };
-    let p = w.p.min(len);
-    let cut = match w.result {
-        COMPLETE => len,
-        DENY_HERE if p <= base && base > 0 => {
-            // A refused request pipelined behind requests that just passed: their answers
-            // are still to come from the server, and a 403 now would overtake them (the
-            // client would take it for the answer to an allowed request). The kernel
-            // cannot hold it back, so the connection is reset instead: the stream parser
-            // stops for good and the socket reports ECONNRESET.
-            return reset(&ctx, state, w.reason);
-        }
-        DENY_HERE if p <= base && len - base < FORBIDDEN_MIN => {
-            // Too short to be rewritten into any complete answer: the connection is reset
-            // instead of left waiting.
-            return reset(&ctx, state, w.reason);
-        }
-        DENY_HERE if p <= base => {
-            // The refused request starts this message: it is answered, and what follows
-            // it (up to MAX_HEAD bytes in this message) goes with it.
-            let msg = (len - base).min(MAX_HEAD);
-            state.plan = plan::DENY;
-            state.reason = w.reason;
-            state.msg_len = msg;
-            state.next_base = if base + msg < len { base + msg } else { 0 };
-            state.next_mode = mode::DENIED;
-            return msg;
-        }
-        NEED_MORE if p <= base => return 0,
-        // A refused request, a partial unit or the unit budget after whole units: those
-        // pass now; the rest is a message of its own in the same segment.
-        _ => p,
+    let verdict = match w.result {
+        COMPLETE => SK_PASS,
+        HOLD => match hold(&ctx, key, w.p) {
+            Some(v) => {
+                state.mode = mode::HEAD_PARTIAL;
+                v
+            }
+            None => {
+                return reset(
+                    &ctx,
+                    state,
+                    metric::DROP_L7_UNPARSABLE + u32::from(http1::reject::TOO_LARGE),
+                )
+            }
+        },
+        DENY_HERE if w.whole != 0 => return deny(&ctx, state, &mut key, w.reason),
+        DENY_HERE => return reset(&ctx, state, w.reason),
+        // The unit budget ran out: the rest of the segment cannot be judged.
+        _ => return reset(&ctx, state, metric::DROP_L7_CHUNK),
     };
-    state.plan = plan::PASS;
-    state.msg_len = cut - base;
-    state.next_base = if cut < len { cut } else { 0 };
-    state.next_mode = w.mode;
-    state.next_left = w.left;
-    state.next_requests = w.allowed + w.audited;
+    if state.mode != mode::HEAD_PARTIAL {
+        state.mode = w.mode;
+    }
+    state.left = w.left;
+    state.digits = w.digits;
+    state.requests += w.allowed + w.audited;
     add(metric::L7_ALLOWED, w.allowed);
     add(metric::L7_AUDIT, w.audited);
-    cut - base
+    verdict
 }
 
-/// Stops the stream parser for good (nothing more reaches the server) and asks the agent
-/// to reset the connection: a `FlowEvent` on the HTTP hook with RST in its flags. The
-/// kernel gives sk_skb programs no way to reset a socket; the agent destroys it through
-/// sock_diag in the pod's netns.
+/// Puts the bytes held back from the last segment in front of this one: false when they
+/// are gone (evicted) or the kernel refuses.
+#[inline(always)]
+fn prepend_held(ctx: &SkBuffContext, key: u64) -> bool {
+    // SAFETY: the helper copies out of the map value below; it is removed afterwards.
+    let Some(held) = (unsafe { L7_PARTIAL.get(&key) }) else {
+        return false;
+    };
+    // 1..=MAX_HELD by arithmetic (see `load_at`).
+    let k = (held.len.wrapping_sub(1) & 4095).min(MAX_HELD - 1) + 1;
+    if k != held.len {
+        return false;
+    }
+    let skb = ctx.skb.skb;
+    // SAFETY: the program's own skb; k ≤ 4,095 bytes, copied from the map value.
+    let ok = unsafe {
+        bpf_skb_adjust_room(skb, k as i32, 0, 0) == 0
+            && bpf_skb_store_bytes(skb.cast(), 0, held.bytes.as_ptr().cast(), k, 0) == 0
+    };
+    let _ = L7_PARTIAL.remove(&key);
+    ok
+}
+
+/// Holds back the bytes from `cut` to the segment's end (the start of a head) and cuts
+/// them off it: the verdict for what is left, or `None` when they cannot be held.
+///
+/// The segment shrinks rather than being replaced: TCP counts what the socket consumed by
+/// the length of the segments it passes on or drops, and the held bytes are counted once,
+/// in the segment they are put in front of.
+#[inline(always)]
+fn hold(ctx: &SkBuffContext, key: u64, cut: u32) -> Option<u32> {
+    let len = ctx.len();
+    let k = len.checked_sub(cut)?;
+    if k == 0 || k > MAX_HELD {
+        return None;
+    }
+    let stage = L7_HOLD.get_ptr_mut(slot())?;
+    let k = (k - 1).min(MAX_HELD - 1) + 1;
+    let skb = ctx.skb.skb;
+    // SAFETY: per-CPU slot; k in 1..=4,095 bytes into its 4,096-byte buffer.
+    unsafe {
+        if bpf_skb_load_bytes(skb as *const c_void, cut, (*stage).bytes.as_mut_ptr().cast(), k) != 0 {
+            return None;
+        }
+        (*stage).len = k;
+        L7_PARTIAL.insert(&key, &*stage, 0).ok()?;
+    }
+    // SAFETY: the program's own skb.
+    let cut_off = unsafe {
+        if cut == 0 {
+            bpf_skb_adjust_room(skb, -(k as i32), 0, 0)
+        } else {
+            bpf_skb_change_tail(skb, cut, 0)
+        }
+    };
+    if cut_off != 0 {
+        let _ = L7_PARTIAL.remove(&key);
+        return None;
+    }
+    // An empty segment has nothing for the server.
+    Some(if cut == 0 { SK_DROP } else { SK_PASS })
+}
+
+/// Drops the segment and everything after it (nothing more reaches the server) and asks
+/// the agent to reset the connection: a `FlowEvent` on the HTTP hook with RST in its
+/// flags. The kernel gives sk_skb programs no way to reset a socket; the agent destroys it
+/// through sock_diag in the pod's netns.
 #[inline(always)]
 fn reset(ctx: &SkBuffContext, state: &mut L7Sock, reason: u32) -> u32 {
     count(reason);
     state.mode = mode::DENIED;
+    let key = cookie(ctx);
+    let _ = L7_PARTIAL.remove(&key);
     if let Some(mut slot) = EVENTS.reserve::<FlowEvent>(0) {
         // SAFETY: the program's context; these fields are readable in sk_skb. The remote
         // port is in network order in the upper 16 bits.
@@ -625,14 +684,14 @@ fn reset(ctx: &SkBuffContext, state: &mut L7Sock, reason: u32) -> u32 {
             direction: direction::INGRESS,
             // The socket's cookie: the agent destroys exactly this socket, never another
             // one (a listener) found by the same addresses.
-            netns_cookie: cookie(ctx),
+            netns_cookie: key,
             ..FlowEvent::default()
         });
         slot.submit(0);
     } else {
         count(metric::EVENTS_LOST);
     }
-    ECONNRESET.wrapping_neg() as u32
+    SK_DROP
 }
 
 #[inline(always)]
@@ -640,37 +699,6 @@ fn add(slot: u32, n: u32) {
     if let Some(c) = crate::maps::METRICS.get_ptr_mut(slot) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *c += u64::from(n) };
-    }
-}
-
-/// Applies the parser's plan to the message it framed.
-#[stream_verdict]
-pub fn http_verdict(ctx: SkBuffContext) -> u32 {
-    let mut key = cookie(&ctx);
-    let Some(_nest) = Nest::enter() else {
-        count(metric::DROP_L7_NO_STATE);
-        return SK_DROP;
-    };
-    let Some(state) = L7_STATE.get_ptr_mut(&key) else {
-        count(metric::DROP_L7_NO_STATE);
-        return SK_DROP;
-    };
-    // SAFETY: this socket's entry; its messages are judged one at a time.
-    let state = unsafe { &mut *state };
-    let base = state.base;
-    state.base = state.next_base;
-    state.mode = state.next_mode;
-    match state.plan {
-        plan::PASS => {
-            state.left = state.next_left;
-            state.requests += state.next_requests;
-            SK_PASS
-        }
-        plan::DENY => deny(&ctx, state, &mut key, base),
-        _ => {
-            count(metric::DROP_L7_AFTER_DENY);
-            SK_DROP
-        }
     }
 }
 
@@ -753,31 +781,60 @@ extern "C" fn answer_byte(i: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
-/// Overwrites the message (at `base` in its segment) with the 403 answer, same length
-/// (see `l7::FORBIDDEN_MIN`), and sends it back out of the same socket. A message too
-/// short for an answer is dropped unanswered.
+/// One space into the per-CPU buffer (a `bpf_loop` callback): the answer's padding.
+#[inline(never)]
+extern "C" fn space_byte(i: u64, _ctx: *mut c_void) -> i64 {
+    let Some(buf) = L7_BUF.get_ptr_mut(slot()) else {
+        return 1;
+    };
+    // SAFETY: per-CPU slot, masked index.
+    unsafe { (*buf)[(i as usize) & (MAX_HEAD as usize - 1)] = b' ' };
+    0
+}
+
+/// Overwrites the segment (which starts with the refused request) with the 403 answer,
+/// same length (see `l7::FORBIDDEN_MIN`), and sends it back out of the same socket. A
+/// segment too short or too long for that is dropped and the connection reset.
 #[inline(always)]
-fn deny(ctx: &SkBuffContext, state: &mut L7Sock, key: &mut u64, base: u32) -> u32 {
-    count(state.reason);
-    state.mode = mode::DENIED;
-    let len = state.msg_len;
-    if !(FORBIDDEN_MIN..=MAX_HEAD).contains(&len) {
-        return SK_DROP;
+fn deny(ctx: &SkBuffContext, state: &mut L7Sock, key: &mut u64, reason: u32) -> u32 {
+    let len = ctx.len();
+    if !(FORBIDDEN_MIN..=FORBIDDEN_MAX).contains(&len) {
+        return reset(ctx, state, reason);
     }
     let Some(buf) = L7_BUF.get_ptr(slot()) else {
-        return SK_DROP;
+        return reset(ctx, state, reason);
     };
+    let skb = ctx.skb.skb;
+    let first = len.min(MAX_HEAD);
     let mut arg = len;
     // SAFETY: the callback reads `arg` only.
-    unsafe { bpf_loop(len, answer_byte as *mut c_void, (&raw mut arg).cast(), 0) };
-    // Bounds by arithmetic (the same value as `len`, checked above): the verifier keeps
-    // these where it loses those of a fused range check.
-    let n = ((len.wrapping_sub(FORBIDDEN_MIN) & (MAX_HEAD - 1)).min(MAX_HEAD - FORBIDDEN_MIN)) + FORBIDDEN_MIN;
+    unsafe { bpf_loop(first, answer_byte as *mut c_void, (&raw mut arg).cast(), 0) };
+    // Bounds by arithmetic (the same value as `first`): the verifier keeps these where it
+    // loses those of a fused range check.
+    let n = ((first.wrapping_sub(FORBIDDEN_MIN) & (MAX_HEAD - 1)).min(MAX_HEAD - FORBIDDEN_MIN)) + FORBIDDEN_MIN;
     // SAFETY: n bytes of the MAX_HEAD-byte buffer, n in FORBIDDEN_MIN..=MAX_HEAD.
-    let stored = unsafe { bpf_skb_store_bytes(ctx.skb.skb.cast(), base, buf.cast(), n, 0) };
-    if stored != 0 {
-        return SK_DROP; // no answer possible: the request still never reaches the server
+    let mut stored = unsafe { bpf_skb_store_bytes(skb.cast(), 0, buf.cast(), n, 0) };
+    if len > MAX_HEAD {
+        // The rest is padding: spaces, a buffer at a time.
+        // SAFETY: the callback writes the per-CPU buffer only.
+        unsafe { bpf_loop(MAX_HEAD, space_byte as *mut c_void, core::ptr::null_mut(), 0) };
+        let mut at = MAX_HEAD;
+        while at < FORBIDDEN_MAX && stored == 0 {
+            if at >= len {
+                break;
+            }
+            let m = ((len - at - 1) & (MAX_HEAD - 1)).min(MAX_HEAD - 1) + 1;
+            let m = if len - at < MAX_HEAD { m } else { MAX_HEAD };
+            // SAFETY: m in 1..=MAX_HEAD bytes of the buffer.
+            stored = unsafe { bpf_skb_store_bytes(skb.cast(), at, buf.cast(), m, 0) };
+            at += MAX_HEAD;
+        }
     }
+    if stored != 0 {
+        return reset(ctx, state, reason); // no answer possible
+    }
+    count(reason);
+    state.mode = mode::DENIED;
     // Flags 0: to the socket's egress, i.e. back to the client.
     if L7_SOCKS.redirect_skb(ctx, key, 0) as u32 == SK_PASS {
         return SK_PASS;

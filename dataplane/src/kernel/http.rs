@@ -1,8 +1,8 @@
 //! HTTP (L7) enforcement in the kernel: loads and attaches the sock_ops and sk_skb
 //! programs (`dataplane-ebpf/src/http.rs`) and writes the per-port rule DFAs.
 //!
-//! Attachment outlives the agent: the sock_ops link is pinned, and the stream parser and
-//! verdict stay attached to the pinned `L7_SOCKS` sockhash (attached with
+//! Attachment outlives the agent: the sock_ops link is pinned, and the verdict (alone: no
+//! stream parser, see `dataplane-ebpf/src/http.rs`) stays attached to the pinned `L7_SOCKS` sockhash (attached with
 //! `BPF_PROG_ATTACH`, which aya would undo when the program object drops, so the link
 //! id is forgotten). A restarted agent attaches its own programs over them.
 //!
@@ -22,9 +22,8 @@ use moat_policy_compiler::http::dfa::PortDfa;
 use super::datapath::DatapathError;
 
 const SOCKOPS: &str = "http_sockops";
-const PARSER: &str = "http_parser";
 const VERDICT: &str = "http_verdict";
-const SOCKS_MAP: &str = "moat_l7socks_v1";
+const SOCKS_MAP: &str = "moat_l7socks_v2";
 
 /// One port's rules as the kernel gets them.
 #[derive(Debug, Clone)]
@@ -76,15 +75,13 @@ where
 }
 
 impl Http {
-    /// Loads the three programs and takes the HTTP maps out of `ebpf`.
+    /// Loads the two programs and takes the HTTP maps out of `ebpf`.
     ///
     /// # Errors
     /// When the kernel refuses a program (the verifier) or a map is missing.
     pub fn load(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
         typed::<SockOps>(ebpf, SOCKOPS)?.load().map_err(prog_err(SOCKOPS))?;
-        for name in [PARSER, VERDICT] {
-            typed::<SkSkb>(ebpf, name)?.load().map_err(prog_err(name))?;
-        }
+        typed::<SkSkb>(ebpf, VERDICT)?.load().map_err(prog_err(VERDICT))?;
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or_else(|| DatapathError::Map {
                 name,
@@ -107,8 +104,8 @@ impl Http {
         Ok(http)
     }
 
-    /// Attaches sock_ops at `cgroup` (link pinned under `pin_dir`) and the stream parser
-    /// and verdict to the sockhash.
+    /// Attaches sock_ops at `cgroup` (link pinned under `pin_dir`) and the verdict to the
+    /// sockhash.
     ///
     /// # Errors
     /// When the cgroup cannot be opened or the kernel refuses an attachment.
@@ -138,13 +135,13 @@ impl Http {
             .try_into()
             .map_err(|e: LinkError| attach_err(SOCKOPS)(Box::new(e)))?;
         pin_replacing(link, &pin_dir.join(SOCKOPS)).map_err(attach_err(SOCKOPS))?;
-        for name in [PARSER, VERDICT] {
-            let p = typed::<SkSkb>(ebpf, name)?;
-            let id = p.attach(self.socks.fd()).map_err(|e| attach_err(name)(Box::new(e)))?;
-            // Stays attached to the pinned map after this agent exits (see the module doc).
-            let link = p.take_link(id).map_err(|e| attach_err(name)(Box::new(e)))?;
-            std::mem::forget(link);
-        }
+        let p = typed::<SkSkb>(ebpf, VERDICT)?;
+        let id = p
+            .attach(self.socks.fd())
+            .map_err(|e| attach_err(VERDICT)(Box::new(e)))?;
+        // Stays attached to the pinned map after this agent exits (see the module doc).
+        let link = p.take_link(id).map_err(|e| attach_err(VERDICT)(Box::new(e)))?;
+        std::mem::forget(link);
         Ok(())
     }
 
